@@ -1,0 +1,78 @@
+"""Analyzers: the paper's loss-landscape analyses over checkpoint sweeps, as tidy tables.
+
+    from landscape.analyzers import analyze_runs, analyze_model, ANALYSES
+
+- :func:`analyze_runs` -- every checkpoint of trainer run folders (cached; CSV per analysis).
+- :func:`analyze_model` -- any ``nn.Module`` with any losses (your own model and quantizer).
+
+One file per analysis (``cosine``, ``trace``, ``eigen`` (+ 1-D slice), ``density``,
+``interepoch``, ``crossings``); each returns tidy rows with the columns
+
+    run, seed, epoch, loss, layer, metric, value, stderr, n_matvecs   (+ k, x, prev_epoch)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import pandas as pd
+from torch import nn
+
+from landscape.analyzers._common import COLUMNS, EXTRA_COLUMNS, AnalysisError, Point
+from landscape.analyzers.runner import MODULES, AnalysisWarning, analyze_runs, run_identity, to_table
+from landscape.analyzers.settings import ANALYSES, DEFAULTS, check_analyses, resolve_settings
+
+#: Analyses that need one model (``analyze_model`` runs these); the others compare epochs.
+POINT_ANALYSES = ("cosine", "trace", "eigen", "density")
+
+__all__ = [
+    "ANALYSES", "POINT_ANALYSES", "COLUMNS", "DEFAULTS", "AnalysisError", "AnalysisWarning",
+    "Point", "analyze_runs", "analyze_model", "resolve_settings", "run_identity",
+]
+
+
+def analyze_model(model: nn.Module, losses: Mapping[str, Callable], batches, analyses=POINT_ANALYSES,
+                  settings: Mapping | None = None, params=None, name: str = "model") -> dict[str, pd.DataFrame]:
+    """Run the single-model analyses on any model and losses (no checkpoint, no cache).
+
+    model:    any ``nn.Module`` (e.g. a student quantized by your own rule, with an STE).
+    losses:   ``{name: loss_fn}``, ``loss_fn(model, batch) -> scalar`` mean over the batch,
+              e.g. ``{"ce": landscape.losses.cross_entropy(),
+              "kl": landscape.losses.kl_to_teacher(teacher, 4.0)}``.
+    batches:  a list of ``(x, y)`` batches (or a DataLoader), on the model's device.
+    analyses: any of ``cosine``, ``trace``, ``eigen``, ``density``.
+    settings: the ``[analysis]`` table (same keys as for :func:`analyze_runs`; ``runs``,
+              ``epochs`` and ``max_batches`` do not apply: every given batch is used).
+              The loss names analysed are those of ``losses`` unless ``settings["losses"]``.
+    params:   parameter names to analyse (default: every parameter with ``requires_grad``).
+    name:     the ``run`` column of the rows.
+
+    Returns ``{analysis: DataFrame}`` with the same tidy columns as :func:`analyze_runs`
+    (``epoch`` and ``seed`` are NaN).
+    """
+    names = check_analyses(analyses)
+    pairwise = [n for n in names if n not in POINT_ANALYSES]
+    if pairwise:
+        raise AnalysisError(f"{', '.join(pairwise)} compare(s) consecutive checkpoints and cannot run on "
+                            f"one model; analyze_model runs {', '.join(POINT_ANALYSES)} "
+                            "(use analyze_runs on a run folder for the others)")
+    if not isinstance(model, nn.Module):
+        raise AnalysisError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(losses, Mapping) or not losses:
+        raise AnalysisError("losses must be a non-empty dict {name: loss_fn}, e.g. {'ce': cross_entropy()}")
+    for k, fn in losses.items():
+        if not callable(fn):
+            raise AnalysisError(f"losses[{k!r}] is not callable: a loss_fn(model, batch) -> scalar is expected")
+    settings = dict(settings or {})
+    settings.setdefault("losses", list(losses))
+    cfg = resolve_settings(settings)
+    unknown = [l for l in cfg["losses"] if l not in losses]
+    if unknown:
+        raise AnalysisError(f"settings losses {unknown} are not among the given losses {list(losses)}")
+    if "cosine" in names and len(cfg["losses"]) < 2:
+        raise AnalysisError("the cosine analysis compares two losses' gradients: give at least two losses")
+    batches = list(batches)
+    if not batches:
+        raise AnalysisError("no batches given: the losses are evaluated on a list of (x, y) batches")
+    point = Point(model, dict(losses), batches, meta={"run": name}, params=params)
+    return {n: to_table(MODULES[n].analyze(point, cfg)) for n in names}
