@@ -53,6 +53,8 @@ def to_table(rows: Iterable[dict]) -> pd.DataFrame:
     for c in COLUMNS:
         if c not in df:
             df[c] = math.nan
+    df["loss"] = df["loss"].fillna("").astype(str)  # CSV turns "" into NaN; keep it a string
+    df["layer"] = df["layer"].fillna("all").astype(str)
     extras = [c for c in EXTRA_COLUMNS if c in df and df[c].notna().any()]
     others = [c for c in df.columns if c not in COLUMNS and c not in EXTRA_COLUMNS]
     return df[COLUMNS + extras + others].reset_index(drop=True)
@@ -406,7 +408,7 @@ def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping
         parts = [t for t in tables[n] if not t.empty]
         df = to_table(pd.concat(parts, ignore_index=True).to_dict("records")) if parts else to_table([])
         if not df.empty:
-            df = df.sort_values(["run", "seed", "epoch"], kind="stable").reset_index(drop=True)
+            df = df.sort_values(["run", "seed", "epoch", "metric"], kind="stable").reset_index(drop=True)
         _write_csv(df, out_dir / f"{n}.csv")
         out[n] = df
     train_df = pd.DataFrame(training, columns=["run", "seed", "epoch", "metric", "value"])

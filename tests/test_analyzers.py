@@ -1,0 +1,300 @@
+"""Analyzers on a tiny real run (sklearn digits, two epochs) against direct computations."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from landscape.analyzers import (ANALYSES, COLUMNS, AnalysisError, AnalysisWarning, analyze_runs,
+                                 run_identity)
+
+TINY = """
+name = "tiny"
+seed = 0
+[data]
+name = "digits"
+[model]
+name = "smallcnn"
+width = 4
+[quant]
+w_bits = 4
+a_bits = 4
+[teacher]
+epochs = 2
+batch_size = 64
+[train]
+epochs = 2
+warmup_epochs = 0
+gi_warmup_epochs = 0
+iters_per_epoch = 4
+batch_size = 32
+gen_width = 8
+latent_dim = 16
+analysis_batches = 2
+analysis_batch_size = 32
+[runs.kd]
+source = "real"
+[runs.gdfq]
+source = "synthetic"
+[runs.ait]
+source = "synthetic"
+ce_scale = 0.0
+gi = true
+"""
+
+#: Cheap but complete: every analysis at every epoch.
+SETTINGS = {
+    "max_batches": 2,
+    "trace": {"max_matvecs": 20, "rtol": None},
+    "eigen": {"epochs": "all", "n_points": 5, "max_iter": 20},
+    "density": {"n_runs": 1, "n_steps": 10, "grid_points": 50},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """Three two-epoch runs on digits (kd real, gdfq CE+KL synthetic, ait KL+GI), trained once."""
+    from landscape.zsq.runs import train_recipe
+
+    root = tmp_path_factory.mktemp("tiny")
+    recipe = root / "tiny.toml"
+    recipe.write_text(TINY)
+    torch.manual_seed(0)
+    dirs = train_recipe(recipe, out=root / "checkpoints", device="cpu", progress=False)
+    return {run_identity(d)["run"]: d for d in dirs}
+
+
+@pytest.fixture(scope="session")
+def analyzed(tiny_runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tables")
+    tables = analyze_runs(list(tiny_runs.values()), settings=SETTINGS, out_dir=out, device="cpu")
+    return tables, out
+
+
+def _point(run_dir, epoch, max_batches=2):
+    """Student, teacher, batches and losses of one checkpoint, rebuilt by hand."""
+    from landscape import losses
+    from landscape.checkpoints import (analysis_batches, list_checkpoints, load_checkpoint,
+                                       rebuild_student, rebuild_teacher)
+
+    path = dict(list_checkpoints(run_dir))[epoch]
+    ckpt = load_checkpoint(path)
+    student = rebuild_student(ckpt).eval()
+    teacher = rebuild_teacher(ckpt).eval()
+    batches = analysis_batches(ckpt)[:max_batches]
+    kl = losses.kl_to_teacher(teacher, ckpt["temperature"], ckpt["kl_reduction"])
+    return student, batches, {"ce": losses.cross_entropy(), "kl": kl}
+
+
+def _hand_gradient(model, loss_fn, batches):
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    n = 0
+    for x, y in batches:
+        grads = torch.autograd.grad(loss_fn(model, (x, y)), params, allow_unused=True)
+        for t, g in zip(total, grads):
+            if g is not None:
+                t += len(x) * g
+        n += len(x)
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    return {name: t / n for name, t in zip(names, total)}
+
+
+def test_every_table_has_the_documented_columns(analyzed):
+    tables, out = analyzed
+    assert set(ANALYSES) <= set(tables)
+    for name in ANALYSES:
+        df = tables[name]
+        assert list(df.columns[: len(COLUMNS)]) == COLUMNS, name
+        assert len(df) > 0, name
+        on_disk = pd.read_csv(out / f"{name}.csv")
+        assert len(on_disk) == len(df)
+    assert "k" in tables["eigen"] and "x" in tables["density"] and "prev_epoch" in tables["interepoch"]
+    assert set(tables["trace"]["loss"]) == {"ce", "kl"}
+    assert (tables["trace"]["n_matvecs"] > 0).all() and tables["trace"]["stderr"].notna().all()
+    assert set(tables["training"]["metric"]) >= {"test_acc"}
+    # seeds and runs come from the run folders
+    assert set(tables["cosine"]["run"]) == {"kd", "gdfq", "ait"} and set(tables["cosine"]["seed"]) == {0}
+
+
+def test_cosine_equals_the_one_computed_by_hand(analyzed, tiny_runs):
+    tables, _ = analyzed
+    student, batches, losses = _point(tiny_runs["gdfq"], 2)
+    g_ce = _hand_gradient(student, losses["ce"], batches)
+    g_kl = _hand_gradient(student, losses["kl"], batches)
+    a = torch.cat([g.flatten() for g in g_ce.values()]).double()
+    b = torch.cat([g.flatten() for g in g_kl.values()]).double()
+    expected = float(a @ b / (a.norm() * b.norm()))
+    df = tables["cosine"]
+    row = df[(df.run == "gdfq") & (df.epoch == 2) & (df.layer == "all") & (df.metric == "cosine")]
+    assert row["value"].item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    # one layer: the cosine of that layer's parameters only
+    layer = "fc"
+    a = torch.cat([g.flatten() for n, g in g_ce.items() if n.rsplit(".", 1)[0] == layer]).double()
+    b = torch.cat([g.flatten() for n, g in g_kl.items() if n.rsplit(".", 1)[0] == layer]).double()
+    row = df[(df.run == "gdfq") & (df.epoch == 2) & (df.layer == layer) & (df.metric == "cosine")]
+    assert row["value"].item() == pytest.approx(float(a @ b / (a.norm() * b.norm())), rel=1e-4, abs=1e-6)
+
+
+def test_interepoch_cosine_equals_two_hand_gradients(analyzed, tiny_runs):
+    tables, _ = analyzed
+    g = []
+    for epoch in (1, 2):
+        student, batches, losses = _point(tiny_runs["ait"], epoch)
+        g.append(torch.cat([t.flatten() for t in _hand_gradient(student, losses["kl"], batches).values()]).double())
+    expected = float(g[0] @ g[1] / (g[0].norm() * g[1].norm()))
+    df = tables["interepoch"]
+    row = df[(df.run == "ait") & (df.epoch == 2) & (df.layer == "all")]
+    assert row["value"].item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert row["prev_epoch"].item() == 1
+
+
+def test_crossings_equal_a_count_of_changed_integer_codes(analyzed, tiny_runs):
+    from landscape.quant import integer_codes
+
+    tables, _ = analyzed
+    codes = [integer_codes(_point(tiny_runs["ait"], e)[0]) for e in (1, 2)]
+    df = tables["crossings"]
+    df = df[(df.run == "ait") & (df.epoch == 2)]
+    total = 0
+    for layer, q in codes[1].items():
+        changed = int((q != codes[0][layer]).sum())
+        total += changed
+        got = df[(df.layer == layer) & (df.metric == "codes_changed")]["value"].item()
+        assert got == changed
+        frac = df[(df.layer == layer) & (df.metric == "code_change_fraction")]["value"].item()
+        assert frac == pytest.approx(changed / q.numel())
+    assert df[(df.layer == "all") & (df.metric == "codes_changed")]["value"].item() == total
+    # and the per-step view is the trainer's log, averaged over the epoch's steps
+    log = pd.read_csv(tiny_runs["ait"] / "crossings.csv")
+    want = log[log.epoch == 2].groupby("layer")["crossing_fraction"].mean()
+    step = df[df.metric == "step_crossing_fraction"].set_index("layer")["value"]
+    for layer, v in want.items():
+        assert step[layer] == pytest.approx(v)
+
+
+def test_eigen_slice_and_density_rows(analyzed):
+    tables, _ = analyzed
+    eg = tables["eigen"]
+    sl = eg[(eg.metric == "slice_loss") & (eg.run == "gdfq") & (eg.epoch == 2) & (eg.loss == "ce")]
+    assert sorted(sl["k"]) == pytest.approx([-0.5, -0.25, 0.0, 0.25, 0.5])
+    lam = eg[(eg.metric == "top_eigenvalue")]
+    assert len(lam) == 3 * 2 * 2 and np.isfinite(lam["value"]).all()
+    de = tables["density"]
+    ritz = de[(de.metric == "ritz") & (de.run == "kd")]
+    assert ritz.groupby("loss")["value"].sum().to_numpy() == pytest.approx([1.0, 1.0])
+    assert set(de["epoch"]) == {2}  # the density runs at the last epoch by default
+
+
+def test_cached_second_call_performs_no_hvp(analyzed, tiny_runs, monkeypatch):
+    from landscape.curvature import Hessian
+
+    tables, out = analyzed
+    calls = {"hvp": 0, "load": 0}
+    original = Hessian._apply
+
+    def counting(self, V):
+        calls["hvp"] += 1
+        return original(self, V)
+
+    def no_load(*a, **k):
+        calls["load"] += 1
+        raise AssertionError("a cached call must not load a checkpoint")
+
+    monkeypatch.setattr(Hessian, "_apply", counting)
+    monkeypatch.setattr("landscape.checkpoints.load_checkpoint", no_load)
+    again = analyze_runs(list(tiny_runs.values()), settings=SETTINGS, out_dir=out, device="cpu")
+    assert calls == {"hvp": 0, "load": 0}
+    for name in ANALYSES:
+        pd.testing.assert_frame_equal(again[name].reset_index(drop=True), tables[name].reset_index(drop=True),
+                                      check_dtype=False)
+    monkeypatch.undo()
+    monkeypatch.setattr(Hessian, "_apply", counting)
+    analyze_runs([tiny_runs["kd"]], analyses=["trace"], settings=SETTINGS, out_dir=out, device="cpu", force=True)
+    assert calls["hvp"] > 0  # --force recomputes
+
+
+def test_changed_settings_miss_the_cache(analyzed, tiny_runs):
+    _, out = analyzed
+    s = {**SETTINGS, "trace": {"max_matvecs": 4, "rtol": None}}
+    df = analyze_runs([tiny_runs["kd"]], analyses=["trace"], settings=s, out_dir=out, device="cpu")["trace"]
+    assert (df["n_matvecs"] == 4).all()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_unknown_analysis_names_the_closest(tiny_runs, tmp_path):
+    with pytest.raises(AnalysisError, match="did you mean 'trace'"):
+        analyze_runs([tiny_runs["kd"]], analyses=["trase"], out_dir=tmp_path)
+
+
+def test_unknown_setting_names_the_closest(tiny_runs, tmp_path):
+    with pytest.raises(AnalysisError, match="max_matvecs"):
+        analyze_runs([tiny_runs["kd"]], analyses=["trace"], settings={"trace": {"max_matvec": 3}},
+                     out_dir=tmp_path)
+
+
+def test_missing_run_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(AnalysisError, match="does not exist"):
+        analyze_runs([tmp_path / "nope"], out_dir=tmp_path)
+
+
+def _copy_run(src, dst):
+    """A copy of a run folder whose relative teacher reference (../../teachers/) still resolves."""
+    dst = dst.parent / "ck" / "tiny" / dst.name
+    shutil.copytree(src, dst)
+    (dst.parent.parent / "teachers").symlink_to(src.parent.parent / "teachers")
+    return dst
+
+
+def test_corrupt_and_missing_epochs_are_skipped_with_a_warning(tiny_runs, tmp_path):
+    run = _copy_run(tiny_runs["kd"], tmp_path / "kd-seed0")
+    (run / "epoch_0002.pt").write_bytes((run / "epoch_0002.pt").read_bytes()[:500])  # truncated
+    with pytest.warns(AnalysisWarning, match="epoch 2"):
+        df = analyze_runs([run], analyses=["cosine"], out_dir=tmp_path / "t", device="cpu")["cosine"]
+    assert set(df["epoch"]) == {1}
+    (run / "epoch_0002.pt").unlink()
+    (run / "epoch_0001.pt").rename(run / "epoch_0003.pt")  # epochs 1 and 2 now missing
+    with pytest.warns(AnalysisWarning, match=r"no checkpoint for epoch\(s\) 1, 2"):
+        analyze_runs([run], analyses=["cosine"], out_dir=tmp_path / "t", device="cpu")
+
+
+def test_nothing_left_stops_with_a_clear_message(tiny_runs, tmp_path):
+    run = _copy_run(tiny_runs["kd"], tmp_path / "kd-seed0")
+    for p in run.glob("epoch_*.pt"):
+        p.write_bytes(b"PK\x03\x04 not really a zip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)
+        with pytest.raises(AnalysisError, match="nothing left to analyse"):
+            analyze_runs([run], analyses=["trace"], out_dir=tmp_path / "t", device="cpu")
+
+
+def test_incompatible_version_is_named(tiny_runs, tmp_path):
+    run = _copy_run(tiny_runs["kd"], tmp_path / "kd-seed0")
+    (run / "epoch_0002.pt").unlink()
+    ckpt = torch.load(run / "epoch_0001.pt", weights_only=True)
+    ckpt["version"] = 99
+    torch.save(ckpt, run / "epoch_0001.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)
+        with pytest.raises(AnalysisError, match="version 99"):
+            analyze_runs([run], analyses=["cosine"], out_dir=tmp_path / "t", device="cpu")
+
+
+def test_epoch_selection():
+    from landscape.analyzers._common import select_epochs
+
+    eps = list(range(1, 11))
+    assert select_epochs("last", eps) == [10]
+    assert select_epochs(4, eps) == [1, 4, 7, 10]
+    assert select_epochs([2, 5, 99], eps) == [2, 5]
+    with pytest.raises(AnalysisError, match="epochs"):
+        select_epochs("sometimes", eps)
+    assert math.isnan(run_identity("/nonexistent/foo")["seed"])
