@@ -53,7 +53,7 @@ def exact_hessian(model, loss_fn, batches, names=None):
         tuple(float(p.detach().double().sum()) for p in model.parameters()),
         tuple(float(b.double().sum()) for b in model.buffers()),
         repr(loss_fn),
-        tuple(float(p.sum()) for p in getattr(loss_fn, "teacher", nn.Module()).parameters()),
+        tuple(float(p.detach().sum()) for p in getattr(loss_fn, "teacher", nn.Module()).parameters()),
         tuple((float(b[0].sum()), tuple(b[0].shape)) for b in batches),
         None if names is None else tuple(names),
     )
