@@ -1,0 +1,186 @@
+"""analyze_model on models that did not come from our trainer: exact checks and a foreign quantizer."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landscape import losses
+from landscape.analyzers import COLUMNS, AnalysisError, analyze_model
+
+
+def _mlp(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+
+
+def _batches(seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 6, generator=g, dtype=dtype), torch.randint(0, 3, (16,), generator=g))
+            for _ in range(2)]
+
+
+def _exact_hessian(model, loss_fn, batches):
+    """Dense Hessian of the mean loss w.r.t. the flat parameters, by torch.func."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat0 = torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    def f(flat):
+        params, i = {}, 0
+        for n, s in zip(names, shapes):
+            k = int(np.prod(s))
+            params[n] = flat[i:i + k].view(s)
+            i += k
+        total = sum(len(b[0]) * loss_fn(lambda x: torch.func.functional_call(model, params, (x,)), b)
+                    for b in batches)
+        return total / sum(len(b[0]) for b in batches)
+
+    return torch.func.hessian(f)(flat0), torch.func.grad(f)(flat0)
+
+
+def _ce(forward, batch):
+    return F.cross_entropy(forward(batch[0]), batch[1])
+
+
+def test_trace_eigen_density_match_the_exact_hessian():
+    model, batches = _mlp(), _batches()
+    H, g = _exact_hessian(model, _ce, batches)
+    evals, evecs = torch.linalg.eigh(H)
+    settings = {"trace": {"max_matvecs": 400, "rtol": None},
+                "eigen": {"tol": 1e-8, "max_iter": 2000, "n_points": 5},
+                "density": {"n_runs": 4, "n_steps": 20, "grid_points": 50}}
+    before = [p.detach().clone() for p in model.parameters()]
+    model.train()
+    t = analyze_model(model, {"ce": losses.cross_entropy()}, batches, analyses=["trace", "eigen", "density"],
+                      settings=settings)
+    # the model is left as it was
+    assert model.training and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    for df in t.values():
+        assert list(df.columns[: len(COLUMNS)]) == COLUMNS
+
+    tr = t["trace"].query("metric == 'trace'").iloc[0]
+    assert abs(tr["value"] - float(torch.trace(H))) <= 4 * tr["stderr"]
+    assert tr["n_matvecs"] == 400
+
+    eg = t["eigen"]
+    lam = eg.query("metric == 'top_eigenvalue'")["value"].item()
+    assert lam == pytest.approx(float(evals[-1]), rel=1e-4)
+    scale = eg.query("metric == 'slice_scale'")["value"].item()
+    assert scale == pytest.approx(abs(float(g @ evecs[:, -1])), rel=1e-2, abs=1e-8)
+    sl = eg.query("metric == 'slice_loss'").sort_values("k")
+    with torch.no_grad():
+        direct = float(sum(len(b[0]) * _ce(model, b) for b in batches) / 32)
+    assert sl.loc[sl["k"] == 0, "value"].item() == pytest.approx(direct, rel=1e-10)
+
+    ritz = t["density"].query("metric == 'ritz'")
+    assert ritz["x"].min() >= float(evals[0]) - 1e-8 and ritz["x"].max() <= float(evals[-1]) + 1e-8
+    # the table holds the engine's quadrature faithfully: its first moment is the engine's
+    from landscape.curvature import Hessian
+
+    sd = Hessian(model, losses.cross_entropy(), batches).density(n_runs=4, n_steps=20, seed=0)
+    mean = float((ritz["x"] * ritz["value"]).sum())
+    assert mean == pytest.approx(sd.moments(1), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- a foreign quantizer
+
+
+def _sym_fake_quant(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric per-tensor fake quantization (not our rule), identity STE: w + (q(w) - w).detach()."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = w.detach().abs().max() / qmax
+    q = torch.clamp(torch.round(w.detach() / scale), -qmax, qmax) * scale
+    return w + (q - w.detach())
+
+
+class SymQuantLinear(nn.Linear):
+    bits = 4
+
+    def forward(self, x):
+        return F.linear(x, _sym_fake_quant(self.weight, self.bits), self.bias)
+
+
+def _sym_quantize(model: nn.Module, bits: int) -> nn.Module:
+    student = copy.deepcopy(model)
+    for name, m in list(student.named_children()):
+        if type(m) is nn.Linear:
+            q = SymQuantLinear(m.in_features, m.out_features)
+            q.load_state_dict(m.state_dict())
+            q.bits = bits
+            setattr(student, name, q)
+    return student.eval()
+
+
+@pytest.fixture(scope="module")
+def digits_teacher():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor(X / 16.0, dtype=torch.float32)
+    y = torch.tensor(y)
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(teacher.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        F.cross_entropy(teacher(X[:1200]), y[:1200]).backward()
+        opt.step()
+    batches = [(X[1200 + 64 * i: 1200 + 64 * (i + 1)], y[1200 + 64 * i: 1200 + 64 * (i + 1)]) for i in range(2)]
+    return teacher.eval(), batches
+
+
+def test_our_quantizer_against_a_symmetric_per_tensor_rule(digits_teacher):
+    from landscape.quant import calibrate, quantize_model
+
+    teacher, batches = digits_teacher
+    ours = calibrate(quantize_model(teacher, 3, 8), batches)
+    sym = _sym_quantize(teacher, 3)
+    loss_fns = {"ce": losses.cross_entropy(), "kl": losses.kl_to_teacher(teacher, temperature=4.0)}
+    settings = {"trace": {"max_matvecs": 20}, "eigen": {"n_points": 5, "max_iter": 30},
+                "density": {"n_runs": 1, "n_steps": 10, "grid_points": 20}}
+    results = {}
+    for name, student in (("ours", ours), ("symmetric", sym)):
+        t = analyze_model(student, loss_fns, batches, settings=settings, name=name)
+        assert set(t) == {"cosine", "trace", "eigen", "density"}
+        for df in t.values():
+            assert set(df["run"]) == {name}
+            assert np.isfinite(df["value"]).all()
+        results[name] = t
+    # the two rules quantize differently, so the curvature they see differs
+    tr = {n: r["trace"].set_index("loss")["value"] for n, r in results.items()}
+    assert not np.allclose(tr["ours"].to_numpy(), tr["symmetric"].to_numpy())
+
+    # the foreign student's cosine equals the one from two autograd gradients by hand
+    params = list(sym.parameters())
+    n = sum(len(b[0]) for b in batches)
+    grads = []
+    for fn in loss_fns.values():
+        gs = [torch.zeros_like(p) for p in params]
+        for b in batches:
+            for acc, gp in zip(gs, torch.autograd.grad(fn(sym, b), params)):
+                acc += len(b[0]) / n * gp
+        grads.append(torch.cat([x.flatten() for x in gs]).double())
+    expected = float(grads[0] @ grads[1] / (grads[0].norm() * grads[1].norm()))
+    cos = results["symmetric"]["cosine"].query("metric == 'cosine' and layer == 'all'")["value"].item()
+    assert cos == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_bad_input_to_analyze_model():
+    model, batches = _mlp(), _batches()
+    ce = {"ce": losses.cross_entropy()}
+    with pytest.raises(AnalysisError, match="consecutive checkpoints"):
+        analyze_model(model, ce, batches, analyses=["interepoch"])
+    with pytest.raises(AnalysisError, match="did you mean 'density'"):
+        analyze_model(model, ce, batches, analyses=["densty"])
+    with pytest.raises(AnalysisError, match="two losses"):
+        analyze_model(model, ce, batches, analyses=["cosine"])
+    with pytest.raises(AnalysisError, match="no batches"):
+        analyze_model(model, ce, [], analyses=["trace"])
+    with pytest.raises(AnalysisError, match="nn.Module"):
+        analyze_model(lambda x: x, ce, batches, analyses=["trace"])
