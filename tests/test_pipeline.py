@@ -1,0 +1,134 @@
+"""The `make figures` job end to end on a tiny recipe (digits, two epochs, all five runs)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from landscape.figures import FIGURES
+from landscape.pipeline import pipeline_settings, run_figures
+
+TINY = """
+name = "tinypipe"
+seed = 0
+[data]
+name = "digits"
+[model]
+name = "smallcnn"
+width = 4
+[quant]
+w_bits = 4
+a_bits = 4
+[teacher]
+epochs = 2
+batch_size = 64
+[train]
+epochs = 2
+warmup_epochs = 0
+gi_warmup_epochs = 0
+iters_per_epoch = 3
+batch_size = 32
+gen_width = 8
+latent_dim = 16
+analysis_batches = 1
+analysis_batch_size = 32
+[runs.ptq]
+source = "none"
+[runs.kd]
+source = "real"
+[runs.gdfq]
+source = "synthetic"
+[runs.kl]
+source = "synthetic"
+ce_scale = 0.0
+[runs.ait]
+source = "synthetic"
+ce_scale = 0.0
+gi = true
+[analysis]
+max_batches = 1
+[analysis.trace]
+max_matvecs = 6
+[analysis.eigen]
+epochs = "all"
+n_points = 5
+max_iter = 10
+[analysis.density]
+n_runs = 1
+n_steps = 8
+grid_points = 40
+[figures]
+"""
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    (root / "tiny.toml").write_text(TINY)
+    import os
+
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        t0 = time.perf_counter()
+        run_figures("tiny.toml", device="cpu", out="figs")
+        elapsed = time.perf_counter() - t0
+    finally:
+        os.chdir(old)
+    return root, elapsed
+
+
+def test_make_figures_writes_every_figure_and_the_findings(first_run):
+    root, _ = first_run
+    figs = root / "figs"
+    for stem in FIGURES:
+        for ext in (".png", ".pdf", ".csv"):
+            assert (figs / f"{stem}{ext}").stat().st_size > 0, stem + ext
+    readme = (figs / "README.md").read_text()
+    assert "| # | The paper's claim | Our number | Verdict |" in readme
+    for stem in FIGURES:
+        assert f"![{stem}]({stem}.png)" in readme
+    # every claim of METHOD.md §2 (1-6) and the headline (7) has a verdict
+    for i in range(1, 8):
+        assert f"\n| {i} | " in readme
+    assert readme.count("**supported**") + readme.count("**partly**") + readme.count("**not supported**") \
+        + readme.count("**no data**") == 7
+    assert (figs / "tables" / "training.csv").exists()
+
+
+def test_second_call_is_cached_and_prints_stage_times(first_run, monkeypatch, capsys):
+    from landscape.curvature import Hessian
+
+    root, first = first_run
+    calls = []
+    original = Hessian._apply
+    monkeypatch.setattr(Hessian, "_apply", lambda self, V: calls.append(1) or original(self, V))
+    monkeypatch.chdir(root)
+    t0 = time.perf_counter()
+    run_figures("tiny.toml", device="cpu", out="figs")
+    second = time.perf_counter() - t0
+    assert calls == []
+    out = capsys.readouterr().out
+    assert "time of each stage" in out
+    for stage in ("train", "analyze", "plot", "findings", "total"):
+        assert stage in out
+    assert second < max(first, 30)
+
+
+def test_bad_analysis_key_fails_before_training(tmp_path, monkeypatch):
+    from landscape.analyzers import AnalysisError
+
+    (tmp_path / "bad.toml").write_text(TINY.replace("max_matvecs = 6", "max_matvec = 6"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((AnalysisError, ValueError), match="max_matvecs"):
+        run_figures("bad.toml", device="cpu", out="figs")
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_roles_choose_which_runs_each_analysis_visits():
+    s = pipeline_settings({"trace": {"max_matvecs": 5}}, {"kd": "kd", "zq": "gdfq", "kl_only": "kl", "ait": "ait",
+                                                          "ptq": "ptq", "accuracy": []})
+    assert s["trace"] == {"runs": ["kd", "gdfq"], "max_matvecs": 5}
+    assert s["interepoch"]["runs"] == ["kl", "ait", "kd"]
+    assert "ptq" not in s["crossings"]["runs"]
