@@ -32,7 +32,8 @@ __all__ = [
 
 
 def analyze_model(model: nn.Module, losses: Mapping[str, Callable], batches, analyses=POINT_ANALYSES,
-                  settings: Mapping | None = None, params=None, name: str = "model") -> dict[str, pd.DataFrame]:
+                  settings: Mapping | None = None, params=None, name: str = "model", epoch=None,
+                  seed=None) -> dict[str, pd.DataFrame]:
     """Run the single-model analyses on any model and losses (no checkpoint, no cache).
 
     model:    any ``nn.Module`` (e.g. a student quantized by your own rule, with an STE).
@@ -45,10 +46,11 @@ def analyze_model(model: nn.Module, losses: Mapping[str, Callable], batches, ana
               ``epochs`` and ``max_batches`` do not apply: every given batch is used).
               The loss names analysed are those of ``losses`` unless ``settings["losses"]``.
     params:   parameter names to analyse (default: every parameter with ``requires_grad``).
-    name:     the ``run`` column of the rows.
+    name, epoch, seed: the ``run``, ``epoch`` and ``seed`` columns of the rows (NaN when not
+              given), so that a loop over your own checkpoints builds a sweep that
+              :func:`landscape.figures.plot_all` can draw once written as CSV.
 
-    Returns ``{analysis: DataFrame}`` with the same tidy columns as :func:`analyze_runs`
-    (``epoch`` and ``seed`` are NaN).
+    Returns ``{analysis: DataFrame}`` with the same tidy columns as :func:`analyze_runs`.
     """
     names = check_analyses(analyses)
     pairwise = [n for n in names if n not in POINT_ANALYSES]
@@ -74,5 +76,10 @@ def analyze_model(model: nn.Module, losses: Mapping[str, Callable], batches, ana
     batches = list(batches)
     if not batches:
         raise AnalysisError("no batches given: the losses are evaluated on a list of (x, y) batches")
-    point = Point(model, dict(losses), batches, meta={"run": name}, params=params)
+    meta = {"run": name}
+    if epoch is not None:
+        meta["epoch"] = int(epoch)
+    if seed is not None:
+        meta["seed"] = int(seed)
+    point = Point(model, dict(losses), batches, meta=meta, params=params)
     return {n: to_table(MODULES[n].analyze(point, cfg)) for n in names}
