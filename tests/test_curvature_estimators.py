@@ -104,8 +104,9 @@ def test_hutchinson_stderr_formula_and_rtol_rule(problem):
     assert stopped.stderr < 0.05 * abs(stopped.value)
     capped = hutchinson(Hx, max_matvecs=12, rtol=1e-9, seed=1)
     assert capped.n_matvecs == 12 and not capped.converged
-    pp = hutchpp(Hx, max_matvecs=300, rtol=0.02, seed=2)
-    assert pp.converged and pp.n_matvecs < 300 and pp.stderr < 0.02 * abs(pp.value)
+    pp = hutchpp(Hx, max_matvecs=2000, rtol=0.05, seed=2)
+    assert pp.converged and pp.n_matvecs < 2000 and pp.stderr < 0.05 * abs(pp.value)
+    assert pp.n_matvecs - len(pp.samples) == 2 * 20  # the sketch does not grow with the cap
 
 
 def test_hutchpp_beats_hutchinson_on_decaying_spectrum():

@@ -44,15 +44,22 @@ def hutchpp(
 ) -> TraceEstimate:
     """Estimate ``tr(A)`` by Hutch++ with at most ``max_matvecs`` products.
 
-    ``sketch_size`` (default ``max_matvecs // 3``) columns go into the low-rank part; the
-    remaining ``max_matvecs − 2·sketch_size`` products are residual Hutchinson probes
-    (all of them, or until the ``rtol`` rule stops after ``min_matvecs`` probes).
+    ``sketch_size`` columns go into the low-rank part (default ``max_matvecs // 3``, the
+    paper's split; with ``rtol`` the default is ``min(max_matvecs // 3, 2·min_matvecs)`` so a
+    large ``max_matvecs`` cap does not force a large sketch). The remaining products are
+    residual Hutchinson probes: all of them, or until the ``rtol`` rule stops (after
+    ``min_matvecs`` probes).
     """
     n, dtype, device = operator_info(A)
     check_positive_int(max_matvecs, "max_matvecs", minimum=3)
     if rtol is not None and not (isinstance(rtol, (int, float)) and rtol > 0):
         raise CurvatureError(f"rtol must be a positive number or None, got {rtol!r}")
-    s = max_matvecs // 3 if sketch_size is None else sketch_size
+    if sketch_size is not None:
+        s = sketch_size
+    elif rtol is None:
+        s = max_matvecs // 3
+    else:
+        s = min(max_matvecs // 3, 2 * min_matvecs)
     check_positive_int(s, "sketch_size")
     s = min(s, n)
     if 2 * s >= max_matvecs:
