@@ -1,0 +1,93 @@
+"""The full-precision teacher: trained once per (data, model, teacher settings, seed), cached.
+
+Cache file: ``<out>/teachers/<data>-<model>-<hash8>-seed<S>.pt`` (format
+"landscape-teacher"), where hash8 covers the data, model and teacher sections of the recipe
+(not the data root). Training: SGD momentum 0.9, cosine decay to 0, weight decay, random
+crop (pad 4) and horizontal flip for 32x32 colour images, none for digits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from landscape.checkpoints import TEACHER_FORMAT, VERSION, load_teacher_file, save_atomic
+from landscape.data import Dataset, iterate_batches
+from landscape.models import build_model, evaluate, model_spec
+
+
+def teacher_key(recipe: dict) -> str:
+    data = {k: v for k, v in recipe["data"].items() if k != "root"}
+    blob = json.dumps({"data": data, "model": recipe["model"], "teacher": recipe["teacher"]},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def teacher_path(recipe: dict, out: Path, seed: int) -> Path:
+    return (Path(out) / "teachers" /
+            f"{recipe['data']['name']}-{recipe['model']['name']}-{teacher_key(recipe)}-seed{seed}.pt")
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with 4-pixel zero padding and random horizontal flip (CIFAR-style)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def train_teacher(recipe: dict, data: Dataset, seed: int, device="cpu", progress=True) -> dict:
+    """Train the recipe's teacher from scratch; returns the teacher-file dict (not saved)."""
+    cfg = recipe["teacher"]
+    spec = model_spec(recipe["model"]["name"], data.channels, data.num_classes,
+                      recipe["model"]["width"])
+    torch.manual_seed(seed)
+    model = build_model(spec).to(device)
+    sampler = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                          weight_decay=cfg["weight_decay"], nesterov=True)
+    steps_per_epoch = math.ceil(len(data.y_train) / cfg["batch_size"])
+    total = cfg["epochs"] * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    use_aug = data.channels == 3 and data.size >= 32
+    bar = tqdm(range(cfg["epochs"]), desc=f"teacher {spec['name']} seed{seed}", disable=not progress,
+               leave=False)
+    for _ in bar:
+        model.train()
+        for x, y in iterate_batches(data.x_train, data.y_train, cfg["batch_size"], sampler):
+            if use_aug:
+                x = augment(x, sampler)
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"teacher training diverged (loss {loss.item()}); "
+                                         "lower [teacher] lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        model.eval()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    acc = evaluate(model.eval(), data.x_test, data.y_test)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"format": TEACHER_FORMAT, "version": VERSION, "model_spec": spec, "state_dict": state,
+            "test_acc": acc, "data_spec": data.spec(), "teacher_config": dict(cfg), "seed": seed,
+            "key": teacher_key(recipe)}
+
+
+def get_teacher(recipe: dict, data: Dataset, out: Path, seed: int, device="cpu",
+                progress=True) -> tuple[Path, dict]:
+    """The cached teacher file (trained first if absent): ``(path, teacher-file dict)``."""
+    path = teacher_path(recipe, out, seed)
+    if not path.is_file():
+        save_atomic(train_teacher(recipe, data, seed, device, progress), path)
+    return path, load_teacher_file(path)

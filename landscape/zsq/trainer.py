@@ -1,0 +1,249 @@
+"""One run of the zero-shot quantization trainer, readable top to bottom.
+
+    student = quantize_model(teacher)            # every conv/linear, ReLU -> ReLU + ActQuant
+    for epoch in 1..epochs:
+        warm-up epochs (1..warmup_epochs): the generator trains, the student only calibrates
+            its activation ranges (EMA); after them the ranges are frozen and the student trains
+        for each of iters_per_epoch steps:
+            synthetic: x = G(z, y); G steps on CE(teacher(x), y) + bns_scale * BNS (Adam)
+            real:      x, y = a batch of training images
+            student loss = ce_scale * CE(s, y) + kd_scale * T^2 KL(teacher || student)
+            InundatedSGD step (GI when the run has gi = true), crossings recorded per layer
+        test accuracy; append the metrics.csv row and crossings.csv rows; then the checkpoint
+
+The checkpoint is the commit point: on resume, CSV rows of epochs after the last checkpoint
+are dropped and the epoch is redone from the saved state (RNG states included), which gives
+the same weights as an uninterrupted run on the same device.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from landscape.checkpoints import FORMAT, VERSION, checkpoint_path, save_atomic
+from landscape.data import Dataset, iterate_batches
+from landscape.losses import ce, kl_divergence
+from landscape.models import build_model, evaluate
+from landscape.quant import calibrate, calibrating, quantize_model
+from landscape.zsq.generator import BNStatsLoss, Generator
+from landscape.zsq.gi import InundatedSGD, param_groups
+from landscape.zsq import tables
+
+StepHook = Callable[[str, int, int], None]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (a non-finite loss); the message names the step and the last
+    good checkpoint."""
+
+
+def schedule_factor(epoch: int, milestones, gamma: float) -> float:
+    """MultiStepLR's factor for 1-based ``epoch``: gamma per milestone already passed."""
+    return gamma ** sum(epoch - 1 >= m for m in milestones)
+
+
+def rng_state(sampler: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "sampler": sampler.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, sampler: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    sampler.set_state(state["sampler"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Run:
+    """State of one run (student, generator, optimizers, sampler) and its epoch loop."""
+
+    def __init__(self, cfg: dict, recipe: dict, data: Dataset, teacher_file: dict,
+                 teacher_ref: dict, run_dir: Path, seed: int, device):
+        self.cfg, self.recipe, self.data = cfg, recipe, data
+        self.run_dir, self.seed, self.device = Path(run_dir), seed, torch.device(device)
+        self.teacher_ref = teacher_ref
+        self.teacher_acc = teacher_file["test_acc"]
+        self.model_spec = teacher_file["model_spec"]
+        torch.manual_seed(seed)
+        self.teacher = build_model(self.model_spec)
+        self.teacher.load_state_dict(teacher_file["state_dict"])
+        self.teacher.to(self.device).eval().requires_grad_(False)
+        self.quant = {"w_bits": cfg["w_bits"], "a_bits": cfg["a_bits"],
+                      "act_momentum": recipe["quant"]["act_momentum"]}
+        self.student = quantize_model(self.teacher, cfg["w_bits"], cfg["a_bits"],
+                                      self.quant["act_momentum"]).requires_grad_(True)
+        self.sampler = torch.Generator().manual_seed(seed)
+        self.generator = self.gen_opt = None
+        if cfg["source"] == "synthetic":
+            self.generator = Generator(data.num_classes, data.channels, data.size,
+                                       cfg["latent_dim"], cfg["gen_width"]).to(self.device)
+            self.gen_opt = torch.optim.Adam(self.generator.parameters(), lr=cfg["gen_lr"],
+                                            betas=(0.5, 0.999))
+        self.opt = InundatedSGD(param_groups(self.student), lr=cfg["lr"],
+                                momentum=cfg["momentum"], nesterov=cfg["nesterov"],
+                                weight_decay=cfg["weight_decay"],
+                                rho=cfg["rho"] if cfg["gi"] else None,
+                                kappa_max=cfg["kappa_max_warmup"], bisect_steps=cfg["bisect_steps"])
+
+    # ------------------------------------------------------------------ checkpoint state
+
+    def checkpoint(self, epoch: int, phase: str, batches: list, metrics: dict) -> dict:
+        cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
+        cfg = self.cfg
+        return {
+            "format": FORMAT, "version": VERSION, "run": cfg["name"], "recipe": self.recipe["name"],
+            "seed": self.seed, "epoch": epoch, "phase": phase, "config": dict(cfg),
+            "model_spec": self.model_spec, "quant": self.quant, "data_spec": self.data.spec(),
+            "student_state": cpu(self.student.state_dict()),
+            "generator_spec": self.generator.spec() if self.generator else None,
+            "generator_state": cpu(self.generator.state_dict()) if self.generator else None,
+            "optimizer_state": self.opt.state_dict(),
+            "generator_optimizer_state": self.gen_opt.state_dict() if self.gen_opt else None,
+            "rng_state": rng_state(self.sampler), "teacher": self.teacher_ref,
+            "analysis_batches": [(x.detach().cpu(), y.detach().cpu()) for x, y in batches],
+            "temperature": cfg["temperature"], "kl_reduction": cfg["kl_reduction"],
+            "metrics": metrics,
+        }
+
+    def restore(self, ckpt: dict) -> None:
+        self.student.load_state_dict(ckpt["student_state"])
+        self.opt.load_state_dict(ckpt["optimizer_state"])
+        if self.generator is not None:
+            self.generator.load_state_dict(ckpt["generator_state"])
+            self.gen_opt.load_state_dict(ckpt["generator_optimizer_state"])
+        set_rng_state(ckpt["rng_state"], self.sampler)
+
+    # ------------------------------------------------------------------ one epoch
+
+    def real_batches(self, n_steps: int):
+        """n_steps real training batches, reshuffled each pass (order from the run's sampler)."""
+        bs = self.cfg["batch_size"]
+        while True:
+            for batch in iterate_batches(self.data.x_train, self.data.y_train, bs, self.sampler,
+                                         drop_last=len(self.data.y_train) >= bs):
+                yield batch
+                n_steps -= 1
+                if n_steps == 0:
+                    return
+
+    def student_loss(self, s_logits, t_logits, y):
+        cfg = self.cfg
+        loss_ce = ce(s_logits, y)
+        loss_kl = kl_divergence(s_logits, t_logits, cfg["temperature"], cfg["kl_reduction"])
+        return cfg["ce_scale"] * loss_ce + cfg["kd_scale"] * loss_kl, loss_ce, loss_kl
+
+    def train_epoch(self, epoch: int, bns: BNStatsLoss | None, step_hook: StepHook | None,
+                    last_good: str):
+        cfg = self.cfg
+        warm = epoch <= cfg["warmup_epochs"]
+        calib = epoch <= max(cfg["warmup_epochs"], 1)  # ranges need at least one epoch of EMA
+        f = schedule_factor(epoch, cfg["milestones"], cfg["gamma"])
+        gi_warm = epoch <= cfg["warmup_epochs"] + cfg["gi_warmup_epochs"]
+        self.opt.set_schedule(lr=cfg["lr"] * f, rho=cfg["rho"] * f,
+                              kappa_max=cfg["kappa_max_warmup"] if gi_warm else cfg["kappa_max"])
+        if self.gen_opt is not None:
+            for g in self.gen_opt.param_groups:
+                g["lr"] = cfg["gen_lr"] * f
+        n_keep = cfg["analysis_batches"]
+        kept, sums, crossings = [], {}, []
+        real = self.real_batches(cfg["iters_per_epoch"]) if cfg["source"] == "real" else None
+        step0 = (epoch - 1) * cfg["iters_per_epoch"]
+        for i in range(cfg["iters_per_epoch"]):
+            step = step0 + i + 1
+            logs = {}
+            if self.generator is not None:  # generator step on CE(teacher(G(z, y)), y) + BNS
+                bns.clear()
+                self.generator.train()
+                x, y = self.generator.sample(cfg["batch_size"], self.sampler)
+                t_logits = self.teacher(x)
+                loss_bns = bns.loss()
+                loss_g = ce(t_logits, y) + cfg["bns_scale"] * loss_bns
+                self._check(loss_g, "generator loss", epoch, step, last_good)
+                self.gen_opt.zero_grad(set_to_none=True)
+                loss_g.backward()
+                self.gen_opt.step()
+                x, t_logits = x.detach(), t_logits.detach()
+                logs.update(loss_g=loss_g.item(), loss_bns=loss_bns.item())
+            else:
+                x, y = next(real)
+                x, y = x.to(self.device), y.to(self.device)
+                with torch.no_grad():
+                    t_logits = self.teacher(x)
+            with calibrating(self.student, calib), torch.set_grad_enabled(not warm):
+                s_logits = self.student(x)
+                loss, loss_ce, loss_kl = self.student_loss(s_logits, t_logits, y)
+            self._check(loss, "student loss", epoch, step, last_good)
+            if not warm:
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                for r in self.opt.last_records:
+                    crossings.append({"epoch": epoch, "step": step, **r})
+            logs.update(loss_ce=loss_ce.item(), loss_kl=loss_kl.item(), loss_total=loss.item())
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if len(kept) < n_keep:
+                m = cfg["analysis_batch_size"]
+                kept.append((x[:m].detach(), y[:m].detach()))
+            if step_hook is not None:
+                step_hook(cfg["name"], epoch, i + 1)
+        means = {k: v / cfg["iters_per_epoch"] for k, v in sums.items()}
+        return means, crossings, kept, warm
+
+    def _check(self, loss, what, epoch, step, last_good):
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"run {self.cfg['name']}-seed{self.seed}: {what} is {loss.item()} at epoch {epoch}, "
+                f"step {step}; stopped. The last good checkpoint is {last_good}; lower lr "
+                "(or rho) in the recipe and re-run `landscape train`, which resumes from it")
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, start_epoch: int, epochs: int, step_hook: StepHook | None = None,
+            progress: bool = True) -> None:
+        cfg = self.cfg
+        bns = BNStatsLoss(self.teacher) if self.generator is not None else None
+        bar = tqdm(range(start_epoch, epochs + 1), desc=f"{cfg['name']}-seed{self.seed}",
+                   disable=not progress, leave=False, initial=start_epoch - 1, total=epochs)
+        try:
+            for epoch in bar:
+                t0 = time.perf_counter()
+                last = checkpoint_path(self.run_dir, epoch - 1)
+                last_good = str(last) if last.exists() else "none (no epoch finished yet)"
+                means, crossings, kept, warm = self.train_epoch(epoch, bns, step_hook, last_good)
+                acc = evaluate(self.student, self.data.x_test, self.data.y_test)
+                row = tables.metrics_row(epoch, "warmup" if warm else "train", acc,
+                                         self.teacher_acc, means, crossings,
+                                         lr=self.opt.param_groups[0]["lr"],
+                                         rho=cfg["rho"] * schedule_factor(epoch, cfg["milestones"], cfg["gamma"]) if cfg["gi"] else 0.0,
+                                         seconds=time.perf_counter() - t0)
+                tables.append_rows(self.run_dir / "metrics.csv", [row], tables.METRICS_COLUMNS)
+                tables.append_rows(self.run_dir / "crossings.csv", crossings, tables.CROSSING_COLUMNS)
+                save_atomic(self.checkpoint(epoch, row["phase"], kept, row),
+                            checkpoint_path(self.run_dir, epoch))
+                bar.set_postfix(acc=f"{acc:.2f}", phase=row["phase"])
+        finally:
+            if bns is not None:
+                bns.remove()
+
+    def post_training_quantization(self) -> None:
+        """The `ptq` run: calibrate activation ranges on real batches, no training; epoch 0."""
+        cfg = self.cfg
+        batches = list(self.real_batches(cfg["calib_batches"]))
+        calibrate(self.student, batches)
+        acc = evaluate(self.student, self.data.x_test, self.data.y_test)
+        row = tables.metrics_row(0, "ptq", acc, self.teacher_acc, {}, [], lr=0.0, rho=0.0,
+                                 seconds=0.0)
+        tables.append_rows(self.run_dir / "metrics.csv", [row], tables.METRICS_COLUMNS)
+        tables.append_rows(self.run_dir / "crossings.csv", [], tables.CROSSING_COLUMNS)
+        m = cfg["analysis_batch_size"]
+        kept = [(x[:m], y[:m]) for x, y in batches[:cfg["analysis_batches"]]]
+        save_atomic(self.checkpoint(0, "ptq", kept, row), checkpoint_path(self.run_dir, 0))
