@@ -131,10 +131,16 @@ def test_no_side_effects(model, teacher):
 def test_eval_mode_false_uses_batch_statistics(model):
     batches = make_batches([6])
     model.train()
+    stats = [b.clone() for b in model.buffers()]
     H_eval = Hessian(model, cross_entropy(), batches)
     H_train = Hessian(model, cross_entropy(), batches, eval_mode=False)
     v = torch.randn(H_eval.shape[0], dtype=torch.float64)
-    assert rel(H_eval @ v, H_train @ v) > 1e-3
+    Hv_train = H_train @ v
+    assert rel(H_eval @ v, Hv_train) > 1e-3
+    assert rel(H_train @ v, Hv_train) < 1e-12  # cached graph reused, not invalidated by BN's update
+    assert H_train._versions == H_train._state_versions()  # so the next product will not rebuild
+    for b, s in zip(model.buffers(), stats):
+        assert torch.equal(b, s)  # train-mode BatchNorm statistics restored
     model.eval()
     Hx, _, _ = exact_hessian(model, cross_entropy(), batches)
     assert rel(H_eval @ v, Hx @ v) < 1e-10

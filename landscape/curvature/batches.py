@@ -127,17 +127,26 @@ def evaluate_loss(loss_fn: LossFn, model: nn.Module, batch: Any, index: int, *, 
 
 @contextlib.contextmanager
 def model_mode(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
-    """Temporarily ``model.eval()`` (if ``eval_mode``); restore every module's own mode after."""
-    if not eval_mode:
-        yield
-        return
+    """Temporarily ``model.eval()`` (if ``eval_mode``); afterwards restore every module's own
+    mode and the values of any buffer the forward pass changed (e.g. BatchNorm running
+    statistics with ``eval_mode=False``).
+
+    Buffers are restored through ``.data`` so their autograd version counters are not bumped: a
+    retained graph stays usable (running statistics are not used by a train-mode backward).
+    """
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    if eval_mode:
+        model.eval()
     try:
         yield
     finally:
         for m, mode in modes:
             m.training = mode
+        with torch.no_grad():
+            for b, saved in buffers:
+                if b.shape == saved.shape and not torch.equal(b, saved):
+                    b.data.copy_(saved)
 
 
 def reduce_over_batches(total: torch.Tensor, count: float) -> torch.Tensor:

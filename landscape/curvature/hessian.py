@@ -222,7 +222,6 @@ class Hessian:
     def _fill_cache(self) -> None:
         """Build and keep the first-order graphs of the leading batches that fit the budget."""
         self._cache, self._n_cached, self.cached_bytes = [], 0, 0
-        self._versions = self._state_versions()
         budget = None
         if self.cache_graph == "auto":
             budget = self.memory_budget if self.memory_budget is not None else _default_budget(self.device)
@@ -244,6 +243,7 @@ class Hessian:
             self._cache.append(graph)
             self._n_cached += 1
         self._cache_complete = complete
+        self._versions = self._state_versions()  # after building: the forward may bump buffer versions
 
     def clear_cache(self) -> None:
         """Drop the cached graphs (they are rebuilt on the next product)."""
