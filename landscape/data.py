@@ -81,8 +81,8 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int):
 
 def _standardise(name, x_train, y_train, x_test, y_test, num_classes) -> Dataset:
     """uint8/float arrays N x C x H x W -> standardised float32 tensors."""
-    x_train = torch.as_tensor(np.ascontiguousarray(x_train), dtype=torch.float32)
-    x_test = torch.as_tensor(np.ascontiguousarray(x_test), dtype=torch.float32)
+    x_train = torch.tensor(np.asarray(x_train), dtype=torch.float32)
+    x_test = torch.tensor(np.asarray(x_test), dtype=torch.float32)
     mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
     std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     return Dataset(name, (x_train - mean) / std, torch.as_tensor(y_train, dtype=torch.long),

@@ -116,7 +116,9 @@ def check_dequantization(student: nn.Module, atol: float = 1e-6) -> list[dict]:
             raise QuantizationError(f"{name}: forward weight differs from scale*(q - zero_point) "
                                     f"by {(used - w_hat).abs().max():.3g}")
         ratio = ((w - w_hat).abs() / scale).max().item()
-        if ratio > 0.5 + 1e-4:
+        # float rounding of w/s + z grows with the code range (16 bits in float32: ~1e-2)
+        slack = 4 * torch.finfo(w.dtype).eps * (w.abs() / scale + zp.abs()).max().item()
+        if ratio > 0.5 + max(slack, 1e-6):
             raise QuantizationError(f"{name}: dequantization error {ratio:.4f} x scale > scale/2")
         rows.append({"layer": name, "bits": bits, "n": w.numel(), "code_min": int(q.min()),
                      "code_max": int(q.max()), "max_error_over_scale": ratio})

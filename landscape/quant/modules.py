@@ -58,7 +58,7 @@ class ActQuant(nn.Module):
 
     @torch.no_grad()
     def _update(self, x: torch.Tensor) -> None:
-        lo, hi = x.detach().min(), x.detach().max()
+        lo, hi = torch.aminmax(x.detach())
         if bool(self.initialized):
             m = self.momentum
             lo, hi = m * self.lo + (1 - m) * lo, m * self.hi + (1 - m) * hi
