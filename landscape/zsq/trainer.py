@@ -220,11 +220,10 @@ class Run:
                 last_good = str(last) if last.exists() else "none (no epoch finished yet)"
                 means, crossings, kept, warm = self.train_epoch(epoch, bns, step_hook, last_good)
                 acc = evaluate(self.student, self.data.x_test, self.data.y_test)
+                group = self.opt.param_groups[0]
                 row = tables.metrics_row(epoch, "warmup" if warm else "train", acc,
-                                         self.teacher_acc, means, crossings,
-                                         lr=self.opt.param_groups[0]["lr"],
-                                         rho=cfg["rho"] * schedule_factor(epoch, cfg["milestones"], cfg["gamma"]) if cfg["gi"] else 0.0,
-                                         seconds=time.perf_counter() - t0)
+                                         self.teacher_acc, means, crossings, lr=group["lr"],
+                                         rho=group["rho"] or 0.0, seconds=time.perf_counter() - t0)
                 tables.append_rows(self.run_dir / "metrics.csv", [row], tables.METRICS_COLUMNS)
                 tables.append_rows(self.run_dir / "crossings.csv", crossings, tables.CROSSING_COLUMNS)
                 save_atomic(self.checkpoint(epoch, row["phase"], kept, row),
