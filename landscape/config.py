@@ -163,7 +163,7 @@ def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
             raise RecipeError(f"{source}: [runs.{name}] must be a table")
         check_keys(overrides, RUN_KEYS | {"w_bits", "a_bits"}, f"{source}: [runs.{name}]")
         recipe["runs"][name] = dict(overrides)
-        _validate_run(resolve_run(recipe, name), f"{source}: [runs.{name}]")
+        validate_run(resolve_run(recipe, name), f"{source}: [runs.{name}]")
     # the analyzers' sections travel untouched; they check them with check_keys
     for section in ("analysis", "figures"):
         if section in raw:
@@ -171,7 +171,7 @@ def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
     return recipe
 
 
-def _validate_run(run: Mapping[str, Any], where: str) -> None:
+def validate_run(run: Mapping[str, Any], where: str) -> None:
     _check_choice(run["source"], SOURCES, f"{where} source")
     _check_choice(run["kl_reduction"], REDUCTIONS, f"{where} kl_reduction")
     for key in ("w_bits", "a_bits"):

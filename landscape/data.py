@@ -202,30 +202,27 @@ def _unpickle_batch(raw: bytes, where: str) -> dict:
     return batch
 
 
-def _cifar_sources(name: str, root: Path):
-    """Yield a reader(member) -> bytes for the first layout found under root."""
+def _cifar_members(name: str, root: Path) -> tuple[dict | None, str | None]:
+    """``({member: bytes}, where)`` from the first layout found under root, or (None, None)."""
     meta = CIFAR[name]
-    candidates = []
-    if root.is_file():
-        candidates.append(root)
-    else:
+    wanted = meta["train"] + meta["test"]
+    if root.is_dir():
         for folder in (root, root / meta["folder"]):
-            if all((folder / f).is_file() for f in meta["train"] + meta["test"]):
-                return (lambda member, folder=folder: (folder / member).read_bytes()), str(folder)
-        candidates.append(root / meta["tar"])
-    for tar_path in candidates:
-        if tar_path.is_file():
-            try:
-                tar = tarfile.open(tar_path, "r:*")
-                members = {Path(m.name).name: m for m in tar.getmembers()
-                           if Path(m.name).parent.name == meta["folder"]}
-            except tarfile.TarError as exc:
-                raise DataError(f"{tar_path} is not a readable tar archive ({exc})") from None
-            missing = [f for f in meta["train"] + meta["test"] if f not in members]
+            if all((folder / f).is_file() for f in wanted):
+                return {f: (folder / f).read_bytes() for f in wanted}, str(folder)
+        root = root / meta["tar"]
+    if not root.is_file():
+        return None, None
+    try:
+        with tarfile.open(root, "r:*") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers()
+                       if Path(m.name).parent.name == meta["folder"]}
+            missing = [f for f in wanted if f not in members]
             if missing:
-                raise DataError(f"{tar_path} lacks {meta['folder']}/{', '.join(missing)}")
-            return (lambda member: tar.extractfile(members[member]).read()), str(tar_path)
-    return None, None
+                raise DataError(f"{root} lacks {meta['folder']}/{', '.join(missing)}")
+            return {f: tar.extractfile(members[f]).read() for f in wanted}, str(root)
+    except tarfile.TarError as exc:
+        raise DataError(f"{root} is not a readable tar archive ({exc})") from None
 
 
 def load_cifar(name: str, root: str | Path | None) -> Dataset:
@@ -234,15 +231,15 @@ def load_cifar(name: str, root: str | Path | None) -> Dataset:
         raise DataError(f"{name}: no data folder given; pass --data-root (or [data] root) "
                         f"pointing at {meta['folder']}/ or {meta['tar']}")
     root = Path(root)
-    read, where = _cifar_sources(name, root)
-    if read is None:
+    members, where = _cifar_members(name, root)
+    if members is None:
         raise DataError(f"{name}: found neither {root / meta['folder']}/"
                         f"{{{','.join(meta['train'] + meta['test'])}}} nor {root / meta['tar']}")
 
-    def split(members):
+    def split(names):
         xs, ys = [], []
-        for m in members:
-            batch = _unpickle_batch(read(m), f"{where}:{m}")
+        for m in names:
+            batch = _unpickle_batch(members[m], f"{where}:{m}")
             xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(batch[meta["label"]], dtype=np.int64))
         return np.concatenate(xs), np.concatenate(ys)

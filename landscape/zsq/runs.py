@@ -19,7 +19,7 @@ from typing import Iterable
 import torch
 
 from landscape.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, sha256_file
-from landscape.config import RecipeError, _validate_run, load_recipe, resolve_run
+from landscape.config import RecipeError, validate_run, load_recipe, resolve_run
 from landscape.data import load_dataset
 from landscape.zsq import tables
 from landscape.zsq.teacher import get_teacher
@@ -104,7 +104,7 @@ def train_recipe(recipe: str | Path | dict, runs: Iterable[str] | None = None,
         cfg = resolve_run(recipe, name)
         if epochs is not None:
             cfg["epochs"] = int(epochs)
-        _validate_run(cfg, f"run {name} (with --epochs {epochs})")
+        validate_run(cfg, f"run {name} (with --epochs {epochs})")
         cfgs.append(cfg)
 
     data_cfg = recipe["data"]
