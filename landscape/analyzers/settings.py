@@ -2,18 +2,19 @@
 
 A recipe may set, under ``[analysis]``::
 
-    max_batches = 2          # stored analysis batches used per checkpoint (0: all of them)
+    max_batches = 1          # stored analysis batches used per checkpoint (0: all of them)
     losses = ["ce", "kl"]    # which losses the per-checkpoint analyses evaluate
 
     [analysis.trace]         # one sub-table per analysis; every key optional
     runs = ["kd", "gdfq"]    # run names this analysis applies to (default: every run given)
     epochs = "all"           # "all" | "last" | "first" | N evenly spaced | [e1, e2, ...]
-    max_matvecs = 30
+    max_matvecs = 20
     ...
 
 The defaults are cheap on purpose (the embedded default must be analysed in minutes on two
-CPU cores): a couple of analysis batches, few Hessian-vector products, the density only at
-the last epoch, eigenpairs and slices at four epochs. A full reproduction raises them.
+CPU cores): one analysis batch, 20 Hutchinson probes, 20 power iterations, the density only
+at the last epoch, eigenpairs and slices at four epochs. Every estimate carries its standard
+error or residual, so the table says when this is not enough; a full reproduction raises them.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ ANALYSES = ("cosine", "trace", "eigen", "density", "interepoch", "crossings")
 _COMMON = {"runs": None, "epochs": "all"}
 
 DEFAULTS: dict[str, Any] = {
-    "max_batches": 2,
+    "max_batches": 1,
     "losses": ["ce", "kl"],
     "cosine": {**_COMMON, "per_layer": True},
-    "trace": {**_COMMON, "method": "hutchinson", "max_matvecs": 30, "rtol": 0.05, "seed": 0,
+    "trace": {**_COMMON, "method": "hutchinson", "max_matvecs": 20, "rtol": 0.05, "seed": 0,
               "per_layer": False},
-    "eigen": {**_COMMON, "epochs": 4, "method": "power", "tol": 1e-3, "max_iter": 50, "seed": 0,
+    "eigen": {**_COMMON, "epochs": 4, "method": "power", "tol": 1e-3, "max_iter": 20, "seed": 0,
               "n_points": 21, "k_max": 0.5, "scale": "grad_along_e"},
-    "density": {**_COMMON, "epochs": "last", "n_runs": 2, "n_steps": 30, "grid_points": 400,
+    "density": {**_COMMON, "epochs": "last", "n_runs": 2, "n_steps": 20, "grid_points": 400,
                 "seed": 0},
     "interepoch": {**_COMMON, "loss": "kl", "per_layer": True},
     "crossings": {**_COMMON},
