@@ -295,7 +295,8 @@ class Hessian:
         if self._cache is None and self.cache_graph is not False:
             self._fill_cache()
         out = torch.zeros(m, n, dtype=self.dtype, device=self.device)
-        cols = [self.split(V[:, j]) for j in range(m)]
+        Vt = V.T.contiguous()  # rows are contiguous: grad_outputs shaped like the parameters without copies
+        cols = [self.split(Vt[j]) for j in range(m)]
         count = 0.0
         if self._cache:
             self._products(self._cache, cols, out, retain_last=True)
