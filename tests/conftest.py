@@ -6,8 +6,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-torch.set_num_threads(1)  # tiny models: one thread is fastest and robust on a shared machine
-
 
 class TinyCNN(nn.Module):
     def __init__(self, classes: int = 4):
@@ -80,6 +78,15 @@ def _exact_hessian(model, loss_fn, batches, names=None):
         return sum(b[0].shape[0] * loss_fn(proxy, b) for b in batches) / total
 
     return torch.func.hessian(f)(theta0), f, theta0
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread is fastest and robust on a shared machine (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ from landscape.curvature import CurvatureError, Hessian, hutchinson, hutchpp, la
 from landscape.curvature.operators import _generator, rademacher
 from landscape.losses import distillation, kl_to_teacher
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture
 def problem(model, teacher):

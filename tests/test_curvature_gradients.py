@@ -19,6 +19,8 @@ from landscape.curvature import (
 )
 from landscape.losses import cross_entropy, kl_to_teacher
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def direct_loss(model, loss_fn, batches, theta):
     """Mean loss at flat parameters theta, evaluated without touching the model."""

@@ -11,6 +11,8 @@ from conftest import exact_hessian, make_batches, make_model
 from landscape.curvature import CurvatureError, CurvatureWarning, Hessian
 from landscape.losses import cross_entropy, distillation, kl_to_teacher
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def rel(a, b):
     return float((a - b).detach().norm() / b.detach().norm())

@@ -10,6 +10,8 @@ from torch import nn
 from conftest import make_batches, make_model
 from landscape.losses import ce, cross_entropy, distillation, distillation_loss, kl_divergence, kl_to_teacher
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture
 def logits():
