@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from landscape.checkpoints import (analysis_batches, list_checkpoints, load_checkpoint,
-                                   rebuild_student, rebuild_teacher)
+                                   rebuild_generator, rebuild_student, rebuild_teacher)
 from landscape.config import RecipeError, load_recipe
 from landscape.models import evaluate
 from landscape.quant import check_dequantization, integer_codes
@@ -71,7 +71,10 @@ def test_checkpoint_rebuilds_student_teacher_and_batches(trained):
         assert evaluate(teacher, data.x_test, data.y_test) == pytest.approx(ckpt["teacher"]["test_acc"])
         batches = analysis_batches(ckpt)
         assert len(batches) == 2 and all(x.shape == (16, 1, 8, 8) and y.shape == (16,) for x, y in batches)
-        assert (ckpt["generator_state"] is None) == (name in ("ptq", "kd"))
+        assert (rebuild_generator(ckpt) is None) == (name in ("ptq", "kd"))
+        if name not in ("ptq", "kd"):
+            x, y = rebuild_generator(ckpt).sample(3)
+            assert x.shape == (3, 1, 8, 8)
         assert ckpt["kl_reduction"] == "batchmean" and ckpt["temperature"] == 20.0
         assert set(integer_codes(student)) == {"features.0.0", "features.1.0", "features.2.0", "fc"}
 

@@ -26,10 +26,10 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from landscape.checkpoints import FORMAT, VERSION, checkpoint_path, save_atomic
+from landscape.checkpoints import FORMAT, VERSION, checkpoint_path, save_atomic, teacher_from_file
 from landscape.data import Dataset, iterate_batches
 from landscape.losses import ce, kl_divergence
-from landscape.models import build_model, evaluate
+from landscape.models import evaluate
 from landscape.quant import calibrate, calibrating, quantize_model
 from landscape.zsq.generator import BNStatsLoss, Generator
 from landscape.zsq.gi import InundatedSGD, param_groups
@@ -73,9 +73,7 @@ class Run:
         self.teacher_acc = teacher_file["test_acc"]
         self.model_spec = teacher_file["model_spec"]
         torch.manual_seed(seed)
-        self.teacher = build_model(self.model_spec)
-        self.teacher.load_state_dict(teacher_file["state_dict"])
-        self.teacher.to(self.device).eval().requires_grad_(False)
+        self.teacher = teacher_from_file(teacher_file, self.device).requires_grad_(False)
         self.quant = {"w_bits": cfg["w_bits"], "a_bits": cfg["a_bits"],
                       "act_momentum": recipe["quant"]["act_momentum"]}
         self.student = quantize_model(self.teacher, cfg["w_bits"], cfg["a_bits"],
