@@ -2,7 +2,7 @@
 
 A recipe may set, under ``[analysis]``::
 
-    max_batches = 1          # stored analysis batches used per checkpoint (0: all of them)
+    max_batches = 2          # stored analysis batches used per checkpoint (0: all of them)
     losses = ["ce", "kl"]    # which losses the per-checkpoint analyses evaluate
 
     [analysis.trace]         # one sub-table per analysis; every key optional
@@ -12,7 +12,7 @@ A recipe may set, under ``[analysis]``::
     ...
 
 The defaults are cheap on purpose (the embedded default must be analysed in minutes on two
-CPU cores): one analysis batch, 20 Hutchinson probes, 20 power iterations, the density only
+CPU cores): two analysis batches (128 samples on the default), 20 Hutchinson probes, 20 power iterations, the density only
 at the last epoch, eigenpairs and slices at four epochs. Every estimate carries its standard
 error or residual, so the table says when this is not enough; a full reproduction raises them.
 """
@@ -30,7 +30,7 @@ ANALYSES = ("cosine", "trace", "eigen", "density", "interepoch", "crossings")
 _COMMON = {"runs": None, "epochs": "all"}
 
 DEFAULTS: dict[str, Any] = {
-    "max_batches": 1,
+    "max_batches": 2,
     "losses": ["ce", "kl"],
     "cosine": {**_COMMON, "per_layer": True},
     "trace": {**_COMMON, "method": "hutchinson", "max_matvecs": 20, "rtol": 0.05, "seed": 0,
