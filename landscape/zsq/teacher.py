@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from landscape.checkpoints import TEACHER_FORMAT, VERSION, load_teacher_file, save_atomic
 from landscape.data import Dataset, iterate_batches
 from landscape.models import build_model, evaluate, model_spec
+from landscape.zsq.trainer import TrainingError
 
 
 def teacher_key(recipe: dict) -> str:
@@ -69,8 +70,8 @@ def train_teacher(recipe: dict, data: Dataset, seed: int, device="cpu", progress
                 x = augment(x, sampler)
             loss = F.cross_entropy(model(x.to(device)), y.to(device))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"teacher training diverged (loss {loss.item()}); "
-                                         "lower [teacher] lr")
+                raise TrainingError(f"teacher training diverged (loss {loss.item()}); "
+                                    "lower [teacher] lr in the recipe")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
