@@ -52,7 +52,7 @@ def test_trace_eigen_density_match_the_exact_hessian():
     model, batches = _mlp(), _batches()
     H, g = _exact_hessian(model, _ce, batches)
     evals, evecs = torch.linalg.eigh(H)
-    settings = {"trace": {"max_matvecs": 200, "rtol": None},
+    settings = {"trace": {"max_matvecs": 200, "rtol": None, "per_layer": True},
                 "eigen": {"method": "lanczos", "tol": 1e-10, "max_iter": 83, "n_points": 5},
                 "density": {"n_runs": 4, "n_steps": 20, "grid_points": 50}}
     before = [p.detach().clone() for p in model.parameters()]
@@ -64,9 +64,15 @@ def test_trace_eigen_density_match_the_exact_hessian():
     for df in t.values():
         assert list(df.columns[: len(COLUMNS)]) == COLUMNS
 
-    tr = t["trace"].query("metric == 'trace'").iloc[0]
+    tr = t["trace"].query("metric == 'trace' and layer == 'all'").iloc[0]
     assert abs(tr["value"] - float(torch.trace(H))) <= 4 * tr["stderr"]
     assert tr["n_matvecs"] == 200
+    # per layer: the trace of the layer's own diagonal block
+    diag, i = torch.diagonal(H), 0
+    for layer, size in (("0", 6 * 8 + 8), ("2", 8 * 3 + 3)):
+        row = t["trace"].query("layer == @layer").iloc[0]
+        assert abs(row["value"] - float(diag[i:i + size].sum())) <= 4 * row["stderr"] + 1e-12
+        i += size
 
     eg = t["eigen"]
     lam = eg.query("metric == 'top_eigenvalue'")["value"].item()
