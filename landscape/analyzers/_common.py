@@ -46,6 +46,9 @@ class Point:
     batches: list
     meta: dict = field(default_factory=dict)
     params: Sequence[str] | None = None
+    #: gradients already computed at this point, shared by the analyses (the weights do not
+    #: change between analyses: slices restore them bit for bit)
+    grads: dict = field(default_factory=dict, repr=False)
 
     def param_names(self) -> list[str]:
         """Names of the analysed parameters, in ``named_parameters`` order."""
@@ -111,8 +114,11 @@ def flat_gradient(point: Point, loss_name: str, params: Sequence[str] | None = N
     from landscape.curvature import gradient
 
     names = list(params) if params is not None else point.param_names()
-    g = gradient(point.model, point.losses[loss_name], point.batches, params=names)
-    return torch.as_tensor(g).detach().flatten()
+    key = (loss_name, tuple(names))
+    if key not in point.grads:
+        g = gradient(point.model, point.losses[loss_name], point.batches, params=names)
+        point.grads[key] = torch.as_tensor(g).detach().flatten()
+    return point.grads[key]
 
 
 # ----------------------------------------------------------------------------- names
