@@ -23,7 +23,6 @@ columns of H are zero, and one :class:`CurvatureWarning` names them.
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
 from typing import Any, Callable, Iterable
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .lanczos import _tridiag_eig, lanczos_tridiagonal
