@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
 from .errors import CurvatureError
 from .operators import _generator, check_positive_int, matmat, operator_info, rademacher
 from .results import TraceEstimate
