@@ -42,15 +42,22 @@ def test_hvp_matches_exact(model, loss_fn):
     assert rel(H.dense(), Hx) < 1e-10
 
 
-@pytest.mark.parametrize("cache", ["auto", True, False, "tiny-budget"])
+@pytest.mark.parametrize("cache", ["auto", True, False, "tiny-budget", "partial"])
 def test_unequal_batches_weighted_by_size(model, teacher, cache):
     loss = kl_to_teacher(teacher, temperature=2.0)
     batches = make_batches([5, 2, 3])
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
     Hx, _, _ = exact_hessian(model, loss, [(x, y)])
-    if cache == "tiny-budget":  # only part of the batches fit: the rest are recomputed
+    if cache == "tiny-budget":  # nothing fits: every product recomputes every batch's graph
         H = Hessian(model, loss, batches, cache_graph="auto", memory_budget=1)
+    elif cache == "partial":  # the first batch (5 of 10 samples) fits, the others are recomputed
+        probe = Hessian(model, loss, batches, cache_graph="auto")
+        probe @ torch.zeros(probe.shape[0], dtype=torch.float64)
+        assert probe._n_cached == 3 and probe.cached_bytes > 0
+        H = Hessian(model, loss, batches, cache_graph="auto", memory_budget=int(probe.cached_bytes * 0.6))
+        H @ torch.zeros(H.shape[0], dtype=torch.float64)
+        assert H._n_cached == 1 and not H._cache_complete
     else:
         H = Hessian(model, loss, batches, cache_graph=cache)
     V = torch.randn(H.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
