@@ -279,7 +279,7 @@ def fig_density(tables: dict, roles: dict, styler: _Styler):
         dr = d[d["run"] == run]
         for loss in sorted(dr["loss"].unique(), key=lambda l: (l != "ce", l)):
             dl = dr[dr["loss"] == loss].groupby("x", as_index=False)["value"].mean().sort_values("x")
-            y = dl["value"].clip(lower=max(dl["value"].max(), 1e-300) * 1e-7)
+            y = dl["value"].clip(lower=max(dl["value"].max(), 1e-300) * 1e-5)
             _line(ax, dl["x"], y, LOSS_STYLES.get(loss, _FALLBACK_STYLES[0]), LOSS_LABELS.get(loss, loss),
                   len(dl))
         _symlog_x(ax, span, float(dr["x"].min()), float(dr["x"].max()))

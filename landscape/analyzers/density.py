@@ -17,7 +17,7 @@ import torch
 from landscape.analyzers._common import Point, make_hessian, row
 
 NAME = "density"
-VERSION = 1
+VERSION = 2
 
 
 def _flat(parts) -> np.ndarray:
@@ -25,6 +25,21 @@ def _flat(parts) -> np.ndarray:
     if isinstance(parts, torch.Tensor):
         return parts.detach().double().flatten().cpu().numpy()
     return np.concatenate([np.asarray(torch.as_tensor(p).double().cpu()).reshape(-1) for p in parts])
+
+
+def _grid(lo: float, hi: float, n: int) -> np.ndarray:
+    """Half the points evenly spaced over [lo, hi] (padded), half log-spaced away from 0 on each
+    side, so that the density is resolved both on a linear and on a symmetric-log axis."""
+    span = max(hi - lo, abs(hi), abs(lo), 1e-12)
+    pad = 0.05 * span
+    lo, hi = lo - pad, hi + pad
+    parts = [np.linspace(lo, hi, max(n // 2, 2))]
+    tiny = span * 1e-4
+    if hi > tiny:
+        parts.append(np.geomspace(tiny, hi, max(n // 4, 2)))
+    if lo < -tiny:
+        parts.append(-np.geomspace(tiny, -lo, max(n // 4, 2)))
+    return np.unique(np.concatenate(parts + [np.zeros(1)]))
 
 
 def analyze(point: Point, cfg: dict) -> list[dict]:
@@ -38,9 +53,7 @@ def analyze(point: Point, cfg: dict) -> list[dict]:
         nodes = _flat(dens.nodes)
         weights = _flat(dens.weights)
         weights = weights / weights.sum()
-        lo, hi = float(nodes.min()), float(nodes.max())
-        pad = 0.05 * max(hi - lo, abs(hi), 1e-12)
-        grid = np.linspace(lo - pad, hi + pad, int(s["grid_points"]))
+        grid = _grid(float(nodes.min()), float(nodes.max()), int(s["grid_points"]))
         values = np.asarray(dens.evaluate(grid), dtype=np.float64).reshape(-1)
         for x, v in zip(grid, values):
             rows.append(row(point.meta, loss=loss, metric="density", x=float(x), value=float(v),

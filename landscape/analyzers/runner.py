@@ -190,8 +190,18 @@ class _Loader:
         from landscape import losses
         from landscape.checkpoints import analysis_batches, load_checkpoint, rebuild_student
 
+        from landscape.checkpoints import CheckpointError
+
         ckpt = load_checkpoint(path)
-        student = rebuild_student(ckpt, device=self.device)
+        try:
+            student = rebuild_student(ckpt, device=self.device)
+        except CheckpointError:
+            raise
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # e.g. a state_dict mismatch
+            first = str(exc).strip().splitlines()
+            raise AnalysisError(f"{path}: cannot rebuild its student ({type(exc).__name__}: "
+                                f"{' '.join(first[:2])[:300]}); was it written by another version of "
+                                "landscape's models? retrain the run") from None
         student.eval()
         batches = list(analysis_batches(ckpt))
         if self.cfg["max_batches"]:
@@ -373,7 +383,7 @@ def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping
                 point = loader.load(paths[e], meta)
             except ckpt_errors as exc:
                 bad.add(e)
-                problems.append(f"{paths[e]}: {exc}")
+                problems.append(str(exc) if str(paths[e]) in str(exc) else f"{paths[e]}: {exc}")
                 _warn(f"run {ident['run']} epoch {e}: {exc}; skipped")
                 continue
             for n, key in per_point.get(e, []):
