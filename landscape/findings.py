@@ -239,7 +239,8 @@ def claims_table(rows: list[dict]) -> str:
 
 
 def write_readme(tables_dir="figures/tables", out_dir="figures", roles: Mapping | None = None,
-                 figures=None, timings: Mapping[str, float] | None = None, recipe: str | None = None) -> Path:
+                 figures=None, timings: Mapping[str, float] | None = None, recipe: str | None = None,
+                 settings: Mapping | None = None) -> Path:
     """Write ``<out_dir>/README.md``: the figures with captions, the findings table, the rules."""
     out_dir = Path(out_dir)
     tables_dir = Path(tables_dir)
@@ -258,6 +259,13 @@ def write_readme(tables_dir="figures/tables", out_dir="figures", roles: Mapping 
               "the paper's ResNet-20 on CIFAR-10; a claim that does not hold here is reported as such.", "",
               claims_table(rows), "", "How each verdict is decided:", ""]
     lines += [f"{r['id']}. {r['rule']}." for r in rows]
+    lines += ["", "Read the CE-vs-KL comparisons (claims 2-4) with their scale in mind: the KL is "
+              "T²·KL(teacher ‖ student) with the temperature and reduction stored in each checkpoint "
+              "(the element-wise `mean` reduction is C times smaller than `batchmean`), so its "
+              "curvature scales with those choices. The slices move by k·e·ĝ with ĝ = |⟨∇L, e⟩| of "
+              "the same loss, which magnifies a larger-scale loss further. Every number comes from the "
+              "analysis batches stored in the checkpoints; the trace carries its standard error "
+              "(`tables/trace.csv`)."]
     lines += ["", "## Figures", ""]
     for stem in stems:
         first, second = CAPTIONS.get(stem, (stem, ""))
@@ -266,6 +274,13 @@ def write_readme(tables_dir="figures/tables", out_dir="figures", roles: Mapping 
     missing = [s for s in CAPTIONS if s not in stems]
     if missing:
         lines += [f"Not drawn (no data in the tables): {', '.join(missing)}.", ""]
+    if settings:
+        import json
+
+        lines += ["## Analysis settings", ""]
+        for key, value in settings.items():
+            lines.append(f"- `{key}`: `{json.dumps(value, sort_keys=True, default=str)}`")
+        lines.append("")
     if timings:
         lines += ["## Time of each stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]

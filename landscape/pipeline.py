@@ -95,7 +95,8 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
         timings_so_far = dict(timings)
         timings_so_far["total"] = time.perf_counter() - start
         readme = write_readme(tables_dir, out, roles=roles, figures=paths, timings=timings_so_far,
-                              recipe=str(recipe_path) if not isinstance(recipe_path, Mapping) else recipe.get("name"))
+                              recipe=str(recipe_path) if not isinstance(recipe_path, Mapping) else recipe.get("name"),
+                              settings=resolve_settings(settings))
     timings["total"] = time.perf_counter() - start
     cpu["total"] = time.process_time() - cpu_start
 
