@@ -227,7 +227,7 @@ def fig_slices(tables: dict, roles: dict, styler: _Styler):
     sl = sl[sl["epoch"].isin(epochs)]
     lam = df[(df["metric"] == "top_eigenvalue") & df["run"].isin(runs) & df["epoch"].isin(epochs)]
     fig, axes = plt.subplots(len(runs), len(epochs), figsize=(2.6 * len(epochs) + 0.6, 2.4 * len(runs) + 0.5),
-                             sharex=True, sharey="row", squeeze=False)
+                             sharex=True, sharey=False, squeeze=False)
     shown = []
     for i, run in enumerate(runs):
         for j, epoch in enumerate(epochs):
@@ -254,7 +254,7 @@ def fig_slices(tables: dict, roles: dict, styler: _Styler):
             if j == 0:
                 ax.set_ylabel(f"{styler.label(run)}\nL(θ+k·e·ĝ) − L(θ)", fontsize=8)
             ax.grid(True, alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="upper right")
     fig.suptitle("1-D loss surface along each loss's top Hessian eigenvector (flatter = better)", fontsize=10)
     fig.tight_layout()
     data = pd.concat(shown, ignore_index=True) if shown else sl
@@ -279,7 +279,7 @@ def fig_density(tables: dict, roles: dict, styler: _Styler):
         dr = d[d["run"] == run]
         for loss in sorted(dr["loss"].unique(), key=lambda l: (l != "ce", l)):
             dl = dr[dr["loss"] == loss].groupby("x", as_index=False)["value"].mean().sort_values("x")
-            y = dl["value"].clip(lower=max(dl["value"].max(), 1e-300) * 1e-5)
+            y = dl["value"].clip(lower=max(dl["value"].max(), 1e-300) * 1e-8)
             _line(ax, dl["x"], y, LOSS_STYLES.get(loss, _FALLBACK_STYLES[0]), LOSS_LABELS.get(loss, loss),
                   len(dl))
         _symlog_x(ax, span, float(dr["x"].min()), float(dr["x"].max()))
