@@ -129,8 +129,11 @@ def test_killed_run_resumes_to_identical_weights(trained, recipe, tmp_path):
         pd.testing.assert_frame_equal(ca, cb)
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(recipe, tmp_path, monkeypatch):
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(trained, recipe, tmp_path,
+                                                                          monkeypatch):
     from landscape.zsq import trainer
+
+    shutil.copytree(trained[0] / "teachers", tmp_path / "teachers")  # reuse the cached teacher
 
     real_kl, calls = trainer.kl_divergence, {"n": 0}
 
