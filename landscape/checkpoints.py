@@ -158,7 +158,13 @@ def rebuild_student(ckpt: dict, device: str | torch.device = "cpu") -> nn.Module
     q = ckpt["quant"]
     student = quantize_model(build_model(ckpt["model_spec"]), q["w_bits"], q["a_bits"],
                              q.get("act_momentum", 0.9))
-    student.load_state_dict(ckpt["student_state"])
+    try:
+        student.load_state_dict(ckpt["student_state"])
+    except RuntimeError as exc:  # the saved weights do not fit the model this code builds
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{ckpt.get('_path', 'the checkpoint')}: its student weights do not fit "
+                              f"the {ckpt['model_spec']} model built by this version ({first}); "
+                              "retrain the run with this version of landscape") from None
     return student.to(device).eval()
 
 

@@ -96,3 +96,25 @@ def test_teacher_hash_is_checked(tmp_path):
     teacher.unlink()
     with pytest.raises(CheckpointError, match="teacher .* is missing"):
         rebuild_teacher(ckpt)
+
+
+def test_student_weights_that_do_not_fit_are_a_checkpoint_error(tmp_path):
+    """A checkpoint whose saved student does not fit the model this code builds names the file."""
+    import torch
+    from torch import nn
+
+    from landscape.checkpoints import CheckpointError, rebuild_student
+    from landscape.models import build_model, model_spec
+    from landscape.quant import quantize_model
+
+    spec = model_spec("smallcnn", in_channels=1, num_classes=10, width=4)
+    state = quantize_model(build_model(spec), 4, 4).state_dict()
+    wrong = dict(state)
+    key = next(k for k in wrong if k.endswith("weight"))
+    wrong[key] = torch.zeros(1)
+    ckpt = {"_path": str(tmp_path / "epoch_0001.pt"), "model_spec": spec,
+            "quant": {"w_bits": 4, "a_bits": 4}, "student_state": wrong}
+    with pytest.raises(CheckpointError, match="epoch_0001.pt"):
+        rebuild_student(ckpt)
+    ckpt["student_state"] = state
+    assert isinstance(rebuild_student(ckpt), nn.Module)
