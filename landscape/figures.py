@@ -80,8 +80,9 @@ def resolve_roles(roles: Mapping | None = None) -> dict:
     return out
 
 
-def _read(tables_dir: Path, name: str) -> pd.DataFrame | None:
-    path = tables_dir / f"{name}.csv"
+def read_table(tables_dir: Path | str, name: str) -> pd.DataFrame | None:
+    """The tidy table ``<tables_dir>/<name>.csv``, or None when it is missing, empty or unreadable."""
+    path = Path(tables_dir) / f"{name}.csv"
     if not path.exists():
         return None
     try:
@@ -155,16 +156,9 @@ def _epoch_axis(ax):
 # ----------------------------------------------------------------------------- figures
 
 
-def fig_cosine(tables: dict, roles: dict, styler: _Styler):
-    """Fig. 1: cos(∇CE, ∇KL) over epochs, KD vs ZQ; band = middle half of the layers."""
-    df = tables.get("cosine")
-    if df is None:
-        return None
-    df = df[(df["metric"] == "cosine")]
-    runs = _pick_runs(df, [roles["kd"], roles["zq"]])
-    df = df[df["run"].isin(runs)]
-    if df.empty:
-        return None
+def _cosine_panel(df: pd.DataFrame, runs: list, styler: _Styler):
+    """A cosine over epochs per run: the whole-model value (mean over seeds) as a line, the
+    middle half of the layers (25-75 %) as a band, and the zero line."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     ax.axhline(0, color="0.4", linewidth=0.8, zorder=0)
     for run in runs:
@@ -176,6 +170,20 @@ def fig_cosine(tables: dict, roles: dict, styler: _Styler):
             q = layers.groupby("epoch")["value"].quantile([0.25, 0.75]).unstack()
             ax.fill_between(q.index, q[0.25], q[0.75], color=st["color"], alpha=0.15, linewidth=0)
         _line(ax, whole["epoch"], whole["mean"], st, styler.label(run), len(whole))
+    return fig, ax
+
+
+def fig_cosine(tables: dict, roles: dict, styler: _Styler):
+    """Fig. 1: cos(∇CE, ∇KL) over epochs, KD vs ZQ; band = middle half of the layers."""
+    df = tables.get("cosine")
+    if df is None:
+        return None
+    df = df[(df["metric"] == "cosine")]
+    runs = _pick_runs(df, [roles["kd"], roles["zq"]])
+    df = df[df["run"].isin(runs)]
+    if df.empty:
+        return None
+    fig, ax = _cosine_panel(df, runs, styler)
     ax.set_ylabel("cos(∇CE, ∇KL)")
     ax.set_title("CE and KL gradients: aligned (>0) or fighting (≤0)?")
     _epoch_axis(ax)
@@ -317,17 +325,7 @@ def fig_interepoch(tables: dict, roles: dict, styler: _Styler):
     df = df[df["run"].isin(runs)]
     if df.empty:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    ax.axhline(0, color="0.4", linewidth=0.8, zorder=0)
-    for run in runs:
-        d = df[df["run"] == run]
-        whole = _mean_over_seeds(d[d["layer"] == "all"], ["epoch"])
-        st = styler.style(run)
-        layers = d[d["layer"] != "all"]
-        if not layers.empty:
-            q = layers.groupby("epoch")["value"].quantile([0.25, 0.75]).unstack()
-            ax.fill_between(q.index, q[0.25], q[0.75], color=st["color"], alpha=0.15, linewidth=0)
-        _line(ax, whole["epoch"], whole["mean"], st, styler.label(run), len(whole))
+    fig, ax = _cosine_panel(df, runs, styler)
     ax.set_ylabel("cos(ḡ_KL(t), ḡ_KL(t−1))")
     ax.set_title("Does the KL gradient keep its direction? (high = no minimum reached)", fontsize=10)
     _epoch_axis(ax)
@@ -434,7 +432,7 @@ def plot_all(tables_dir="figures/tables", out_dir="figures", roles: Mapping | No
     if not tables_dir.is_dir():
         raise FigureError(f"no tables folder {str(tables_dir)!r}: run `landscape analyze RUN_DIR...` "
                           "or `make figures` first")
-    tables = {n: _read(tables_dir, n) for n in _TABLES}
+    tables = {n: read_table(tables_dir, n) for n in _TABLES}
     tables = {n: t for n, t in tables.items() if t is not None}
     if not tables:
         raise FigureError(f"no tables in {str(tables_dir)!r} (expected {', '.join(t + '.csv' for t in _TABLES)}): "

@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from landscape.figures import resolve_roles
+from landscape.figures import read_table, resolve_roles
 
 SUPPORTED, PARTLY, NOT_SUPPORTED, NO_DATA = "supported", "partly", "not supported", "no data"
 
@@ -37,17 +37,6 @@ CAPTIONS = {
     "fig7_accuracy": ("Fig. 7 — Test accuracy of the quantized student over epochs; PTQ (no training) as a dotted line.",
                       "Mean over seeds (band: ±1 std when several seeds)."),
 }
-
-
-def _read(tables_dir: Path, name: str) -> pd.DataFrame | None:
-    path = Path(tables_dir) / f"{name}.csv"
-    if not path.exists():
-        return None
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
-        return None
-    return None if df.empty else df
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -74,7 +63,7 @@ def claims(tables_dir, roles: Mapping | None = None) -> list[dict]:
     """The paper's claims against the tables: ``[{id, claim, number, verdict, rule}]``."""
     roles = resolve_roles(roles)
     kd, zq, klo, ait = roles["kd"], roles["zq"], roles["kl_only"], roles["ait"]
-    t = {n: _read(Path(tables_dir), n) for n in
+    t = {n: read_table(tables_dir, n) for n in
          ("cosine", "trace", "eigen", "density", "interepoch", "crossings", "training")}
     out = []
 

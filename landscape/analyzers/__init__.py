@@ -18,7 +18,7 @@ from typing import Callable, Mapping
 import pandas as pd
 from torch import nn
 
-from landscape.analyzers._common import COLUMNS, EXTRA_COLUMNS, AnalysisError, Point
+from landscape.analyzers._common import COLUMNS, AnalysisError, Point
 from landscape.analyzers.runner import MODULES, AnalysisWarning, analyze_runs, run_identity, to_table
 from landscape.analyzers.settings import ANALYSES, DEFAULTS, check_analyses, resolve_settings
 

@@ -49,6 +49,9 @@ class Point:
     #: gradients already computed at this point, shared by the analyses (the weights do not
     #: change between analyses: slices restore them bit for bit)
     grads: dict = field(default_factory=dict, repr=False)
+    #: Hessian operators already built at this point, so trace, eigen and density share one
+    #: first-order graph per loss (the operator rebuilds it itself if the weights changed)
+    hessians: dict = field(default_factory=dict, repr=False)
 
     def param_names(self) -> list[str]:
         """Names of the analysed parameters, in ``named_parameters`` order."""
@@ -102,11 +105,15 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def make_hessian(point: Point, loss_name: str, params: Sequence[str] | None = None):
-    """The curvature engine's Hessian of one of the point's losses (one place to count HVPs)."""
+    """The curvature engine's Hessian of one of the point's losses (one place to count HVPs),
+    built once per (loss, params) and shared by the analyses of this point."""
     from landscape.curvature import Hessian
 
-    return Hessian(point.model, point.losses[loss_name], point.batches,
-                   params=list(params) if params is not None else point.param_names())
+    names = list(params) if params is not None else point.param_names()
+    key = (loss_name, tuple(names))
+    if key not in point.hessians:
+        point.hessians[key] = Hessian(point.model, point.losses[loss_name], point.batches, params=names)
+    return point.hessians[key]
 
 
 def flat_gradient(point: Point, loss_name: str, params: Sequence[str] | None = None) -> torch.Tensor:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import CurvatureError
-from .operators import _generator, check_method, check_positive_int, gaussian, operator_info, rademacher
+from .operators import _generator, check_eigen_args, check_method, check_positive_int, gaussian, operator_info, rademacher
 from .results import Eigenpairs
 
 __all__ = ["lanczos", "eigsh", "lanczos_tridiagonal"]
@@ -109,16 +109,10 @@ def lanczos(
     after ``max_iter`` steps (default ``min(n, max(100, 4k))``); the residuals reported are those
     Lanczos estimates ``|β_j s_i[j]|``. ``which="LA"``: largest algebraic first; ``"LM"``: largest magnitude.
     """
-    n, dtype, device = operator_info(A)
-    check_positive_int(k, "k")
-    if k > n:
-        raise CurvatureError(f"k={k} is larger than the dimension n={n}")
-    which = check_method(which, ("la", "lm"), "which").upper()
+    n, dtype, device, which = check_eigen_args(A, k, which, tol)
     max_iter = min(n, max(100, 4 * k)) if max_iter is None else min(n, check_positive_int(max_iter, "max_iter"))
     if max_iter < k:
         raise CurvatureError(f"max_iter={max_iter} is smaller than k={k}")
-    if not (isinstance(tol, (int, float)) and tol >= 0):
-        raise CurvatureError(f"tol must be a non-negative number, got {tol!r}")
     gen = _generator(seed)
 
     def converged(alpha, beta, j):

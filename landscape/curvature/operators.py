@@ -17,7 +17,7 @@ import torch
 
 from .errors import CurvatureError
 
-__all__ = ["operator_info", "rademacher", "gaussian", "matmat", "check_method"]
+__all__ = ["operator_info", "rademacher", "gaussian", "matmat", "check_method", "check_eigen_args"]
 
 
 def operator_info(A: Any) -> tuple[int, torch.dtype, torch.device]:
@@ -72,3 +72,16 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise CurvatureError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def check_eigen_args(A: Any, k: Any, which: Any, tol: Any) -> tuple[int, torch.dtype, torch.device, str]:
+    """Validate the arguments shared by the top-k eigensolvers; returns ``(n, dtype, device, which)``
+    with ``which`` upper-cased (``"LA"`` or ``"LM"``)."""
+    n, dtype, device = operator_info(A)
+    check_positive_int(k, "k")
+    if k > n:
+        raise CurvatureError(f"k={k} is larger than the dimension n={n}")
+    which = check_method(which, ("la", "lm"), "which").upper()
+    if not (isinstance(tol, (int, float)) and tol >= 0):
+        raise CurvatureError(f"tol must be a non-negative number, got {tol!r}")
+    return n, dtype, device, which

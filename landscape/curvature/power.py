@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import CurvatureError
-from .operators import _generator, check_method, check_positive_int, gaussian, operator_info
+from .operators import _generator, check_eigen_args, check_positive_int, gaussian
 from .results import Eigenpairs
 
 __all__ = ["power_iteration"]
@@ -70,14 +69,8 @@ def power_iteration(
     ``max_iter`` (default 100, like PyHessian) bounds the iterations per eigenpair.
     Returns :class:`Eigenpairs` sorted largest first (algebraic for ``"LA"``, magnitude for ``"LM"``).
     """
-    n, dtype, device = operator_info(A)
-    check_positive_int(k, "k")
-    if k > n:
-        raise CurvatureError(f"k={k} is larger than the dimension n={n}")
-    which = check_method(which, ("la", "lm"), "which").upper()
+    n, dtype, device, which = check_eigen_args(A, k, which, tol)
     max_iter = 100 if max_iter is None else check_positive_int(max_iter, "max_iter")
-    if not (isinstance(tol, (int, float)) and tol >= 0):
-        raise CurvatureError(f"tol must be a non-negative number, got {tol!r}")
     gen = _generator(seed)
     V: list[torch.Tensor] = []
     lams, res = [], []

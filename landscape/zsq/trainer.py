@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from landscape.checkpoints import FORMAT, VERSION, checkpoint_path, save_atomic, teacher_from_file
