@@ -30,6 +30,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
+from landscape.tables import TableError, read_table, resolve_roles  # noqa: E402
+
 # Okabe-Ito: safe for the common colour-vision deficiencies.
 CE_STYLE = dict(color="#D55E00", linestyle="-", marker="o")     # vermillion (the paper's red)
 KL_STYLE = dict(color="#0072B2", linestyle="--", marker="s")    # blue
@@ -51,45 +53,15 @@ _FALLBACK_STYLES = [
 ROLE_LABELS = {"kd": "KD (real data)", "zq": "ZQ (GDFQ, synthetic)", "kl_only": "KL-only ZQ",
                "ait": "AIT (KL + GI)", "ptq": "PTQ (no training)"}
 
-#: Which run plays which role; a recipe's ``[figures]`` table may override any of these.
-DEFAULT_ROLES = {"kd": "kd", "zq": "gdfq", "kl_only": "kl", "ait": "ait", "ptq": "ptq",
-                 "accuracy": ["ptq", "kd", "gdfq", "kl", "ait"]}
-
 FIGURES = ("fig1_cosine", "fig2_trace", "fig3_slices", "fig4_density", "fig5_interepoch",
            "fig6_crossings", "fig7_accuracy")
 
 
-class FigureError(ValueError):
+class FigureError(TableError):
     """Tables missing or unusable: one clear line."""
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def resolve_roles(roles: Mapping | None = None) -> dict:
-    """DEFAULT_ROLES overlaid with ``roles``; unknown keys are an error naming the closest."""
-    import difflib
-
-    out = dict(DEFAULT_ROLES)
-    for k, v in (roles or {}).items():
-        if k not in DEFAULT_ROLES:
-            m = difflib.get_close_matches(k, DEFAULT_ROLES, n=1)
-            hint = f" (did you mean {m[0]!r}?)" if m else ""
-            raise FigureError(f"unknown key {k!r} in [figures]{hint}; allowed: {', '.join(DEFAULT_ROLES)}")
-        out[k] = v
-    return out
-
-
-def read_table(tables_dir: Path | str, name: str) -> pd.DataFrame | None:
-    """The tidy table ``<tables_dir>/<name>.csv``, or None when it is missing, empty or unreadable."""
-    path = Path(tables_dir) / f"{name}.csv"
-    if not path.exists():
-        return None
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
-        return None
-    return None if df.empty else df
 
 
 def _role_of(run: str, roles: dict) -> str | None:

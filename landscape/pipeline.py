@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Mapping
 
 from landscape.analyzers.settings import ANALYSES, resolve_settings
-from landscape.figures import resolve_roles
+from landscape.tables import resolve_roles
 
 
 def role_settings(roles: Mapping) -> dict:
@@ -71,7 +71,7 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
     from landscape.analyzers import analyze_runs
     from landscape.config import load_recipe
     from landscape.figures import plot_all
-    from landscape.findings import write_readme
+    from landscape.findings.readme import write_readme
     from landscape.zsq.runs import train_recipe
 
     timings: dict[str, float] = {}

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from landscape.figures import FIGURES, FigureError, plot_all, resolve_roles
+from landscape.figures import FIGURES, FigureError, plot_all
+from landscape.tables import TableError, resolve_roles
 
 COLS = ["run", "seed", "epoch", "loss", "layer", "metric", "value", "stderr", "n_matvecs"]
 LAYERS = ["conv1", "conv2", "fc"]
@@ -98,7 +99,7 @@ def test_no_tables_is_one_clear_error(tmp_path):
 
 
 def test_unknown_role_names_the_closest():
-    with pytest.raises(FigureError, match="did you mean 'kl_only'"):
+    with pytest.raises(TableError, match="did you mean 'kl_only'"):
         resolve_roles({"kl_onyl": "kl"})
 
 

@@ -5,10 +5,15 @@
 - :func:`analyze_runs` -- every checkpoint of trainer run folders (cached; CSV per analysis).
 - :func:`analyze_model` -- any ``nn.Module`` with any losses (your own model and quantizer).
 
-One file per analysis (``cosine``, ``trace``, ``eigen`` (+ 1-D slice), ``density``,
-``interepoch``, ``crossings``); each returns tidy rows with the columns
+One file per analysis (``cosine``, ``trace``, ``eigen`` (+ 1-D slices), ``density``,
+``interepoch``, ``crossings``); each returns tidy rows (:mod:`.tidy`) with the columns
 
-    run, seed, epoch, loss, layer, metric, value, stderr, n_matvecs   (+ k, x, prev_epoch)
+    run, seed, epoch, loss, layer, metric, value, stderr, n_matvecs, converged, residual, probe_seed
+    (+ k, x, prev_epoch, slice, curvature, probe)
+
+The runner (:mod:`.runner`) schedules them over checkpoints; :mod:`.cache` keys results by
+checkpoint content and settings; :mod:`.discovery` reads run folders; :mod:`.loading` turns a
+checkpoint into a point.
 """
 
 from __future__ import annotations
@@ -18,16 +23,18 @@ from typing import Callable, Mapping
 import pandas as pd
 from torch import nn
 
-from landscape.analyzers._common import COLUMNS, AnalysisError, Point
-from landscape.analyzers.runner import MODULES, AnalysisWarning, analyze_runs, run_identity, to_table
+from landscape.analyzers._common import AnalysisError, Point
+from landscape.analyzers.discovery import run_identity
+from landscape.analyzers.runner import MODULES, AnalysisTables, AnalysisWarning, Problem, analyze_runs
 from landscape.analyzers.settings import ANALYSES, DEFAULTS, check_analyses, resolve_settings
+from landscape.analyzers.tidy import COLUMNS, to_table
 
 #: Analyses that need one model (``analyze_model`` runs these); the others compare epochs.
 POINT_ANALYSES = ("cosine", "trace", "eigen", "density")
 
 __all__ = [
-    "ANALYSES", "POINT_ANALYSES", "COLUMNS", "DEFAULTS", "AnalysisError", "AnalysisWarning",
-    "Point", "analyze_runs", "analyze_model", "resolve_settings", "run_identity",
+    "ANALYSES", "POINT_ANALYSES", "COLUMNS", "DEFAULTS", "AnalysisError", "AnalysisWarning", "AnalysisTables",
+    "Point", "Problem", "analyze_runs", "analyze_model", "resolve_settings", "run_identity",
 ]
 
 

@@ -1,9 +1,7 @@
 """What every analyzer shares: the tidy row, the analysed point, settings and epoch choice.
 
 An analyzer sees a :class:`Point` -- a model, its named losses and the batches to evaluate
-them on -- and returns tidy rows, one observation each::
-
-    run, seed, epoch, loss, layer, metric, value, stderr, n_matvecs   (+ k, x, prev_epoch)
+them on -- and returns tidy rows (:mod:`landscape.analyzers.tidy`), one observation each.
 
 Nothing here knows about checkpoints or the trainer; the runner builds points from
 checkpoints and :func:`landscape.analyzers.analyze_model` builds one from a user's model.
@@ -12,6 +10,7 @@ checkpoints and :func:`landscape.analyzers.analyze_model` builds one from a user
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -19,11 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-#: The columns every tidy table has, in this order; analysis-specific ones follow.
-COLUMNS = ["run", "seed", "epoch", "loss", "layer", "metric", "value", "stderr", "n_matvecs"]
-#: Extra columns some analyses add: slice offset ``k``, density abscissa ``x``, and the
-#: epoch a pairwise analysis compared against.
-EXTRA_COLUMNS = ["k", "x", "prev_epoch"]
+from landscape.curvature.params import layer_of
 
 
 class AnalysisError(ValueError):
@@ -39,6 +34,12 @@ class Point:
     losses:  ``{name: loss_fn}`` with ``loss_fn(model, batch) -> scalar`` (mean over the batch).
     batches: list of ``(x, y)`` batches; losses are the size-weighted mean over them.
     meta:    run, seed, epoch: copied into every row.
+    identity: a content hash of the analysed weights (the checkpoint's); random probes are
+             seeded from it (:func:`probe_seed`), so that every checkpoint draws its own.
+    source:  where the point came from (a checkpoint path), named in every error about it.
+    unavailable: ``{loss: reason}`` for losses that cannot be evaluated here (e.g. the
+             teacher file of the KL is missing): analyses of other losses still run.
+    extras:  checkpoint fields some analyses read (``epoch_grad``, the epoch's mean gradient).
     """
 
     model: nn.Module
@@ -46,12 +47,16 @@ class Point:
     batches: list
     meta: dict = field(default_factory=dict)
     params: Sequence[str] | None = None
+    identity: str = ""
+    source: str = ""
+    unavailable: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
     #: gradients already computed at this point, shared by the analyses (the weights do not
     #: change between analyses: slices restore them bit for bit)
     grads: dict = field(default_factory=dict, repr=False)
-    #: Hessian operators already built at this point, so trace, eigen and density share one
+    #: curvature operators already built at this point, so trace, eigen and density share one
     #: first-order graph per loss (the operator rebuilds it itself if the weights changed)
-    hessians: dict = field(default_factory=dict, repr=False)
+    operators: dict = field(default_factory=dict, repr=False)
 
     def param_names(self) -> list[str]:
         """Names of the analysed parameters, in ``named_parameters`` order."""
@@ -59,23 +64,41 @@ class Point:
             return list(self.params)
         return [n for n, p in self.model.named_parameters() if p.requires_grad]
 
+    def loss(self, name: str):
+        """The loss function ``name``; an :class:`AnalysisError` saying why if it cannot be evaluated."""
+        if name in self.unavailable:
+            raise AnalysisError(f"{self.source or 'this point'}: loss {name!r} cannot be evaluated: "
+                                f"{self.unavailable[name]}")
+        if name not in self.losses:
+            raise AnalysisError(f"{self.source or 'this point'}: no loss {name!r} (losses: {sorted(self.losses)})")
+        return self.losses[name]
 
-def row(meta: dict, **values: Any) -> dict:
-    """One tidy row: ``meta`` (run, seed, epoch) plus the given columns, NaN-filled."""
-    out = {c: math.nan for c in COLUMNS}
-    out["run"] = meta.get("run", "model")
-    out["seed"] = meta.get("seed", math.nan)
-    out["epoch"] = meta.get("epoch", math.nan)
-    out["loss"] = ""
-    out["layer"] = "all"
-    out["n_matvecs"] = 0
-    out.update(values)
-    return out
+    def available(self, names) -> list[str]:
+        """The losses among ``names`` that can be evaluated here (the runner reports the others)."""
+        return [n for n in names if n in self.losses and n not in self.unavailable]
 
 
-def layer_of(param_name: str) -> str:
-    """The layer (module path) a parameter belongs to: ``conv1.weight`` -> ``conv1``."""
-    return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
+def probe_seed(point: Point, analysis: str, salt: int = 0) -> int:
+    """The seed of one analysis's random probes at this point: a hash of the point's identity
+    (its checkpoint's content), the analysis and the user's ``seed`` setting (``salt``).
+
+    CE and KL at one checkpoint share it (common random numbers: their difference is sharper);
+    different checkpoints get independent probes, so probe errors do not move a whole curve
+    together. A point without identity hashes its parameters and buffers.
+    """
+    ident = point.identity or weights_hash(point.model)
+    digest = hashlib.sha256(f"{ident}:{analysis}:{int(salt)}".encode()).hexdigest()
+    return int(digest[:15], 16)
+
+
+def weights_hash(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer (names, shapes, dtypes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def layer_slices(model: nn.Module, names: Sequence[str]) -> list[tuple[str, slice]]:
@@ -104,16 +127,19 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (na * nb))
 
 
-def make_hessian(point: Point, loss_name: str, params: Sequence[str] | None = None):
-    """The curvature engine's Hessian of one of the point's losses (one place to count HVPs),
-    built once per (loss, params) and shared by the analyses of this point."""
-    from landscape.curvature import Hessian
+def make_operator(point: Point, loss_name: str, params: Sequence[str] | None = None, curvature: str = "hessian"):
+    """The curvature engine's operator (``"hessian"`` or ``"ggn"``) of one of the point's losses,
+    built once per (curvature, loss, params) and shared by the analyses of this point."""
+    from landscape import curvature as engine
 
     names = list(params) if params is not None else point.param_names()
-    key = (loss_name, tuple(names))
-    if key not in point.hessians:
-        point.hessians[key] = Hessian(point.model, point.losses[loss_name], point.batches, params=names)
-    return point.hessians[key]
+    key = (curvature, loss_name, tuple(names))
+    if key not in point.operators:
+        cls = {"hessian": engine.Hessian, "ggn": getattr(engine, "GGN", None)}.get(curvature)
+        if cls is None:
+            raise AnalysisError(f"curvature = {curvature!r}: not available (choose 'hessian' or 'ggn')")
+        point.operators[key] = cls(point.model, point.loss(loss_name), point.batches, params=names)
+    return point.operators[key]
 
 
 def flat_gradient(point: Point, loss_name: str, params: Sequence[str] | None = None) -> torch.Tensor:
@@ -123,7 +149,7 @@ def flat_gradient(point: Point, loss_name: str, params: Sequence[str] | None = N
     names = list(params) if params is not None else point.param_names()
     key = (loss_name, tuple(names))
     if key not in point.grads:
-        g = gradient(point.model, point.losses[loss_name], point.batches, params=names)
+        g = gradient(point.model, point.loss(loss_name), point.batches, params=names)
         point.grads[key] = torch.as_tensor(g).detach().flatten()
     return point.grads[key]
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from itertools import combinations
 
-from landscape.analyzers._common import Point, cosine, flat_gradient, layer_slices, row
+from landscape.analyzers._common import Point, cosine, flat_gradient, layer_slices
+from landscape.analyzers.tidy import row
 
 NAME = "cosine"
 VERSION = 1
@@ -23,7 +24,7 @@ VERSION = 1
 
 def analyze(point: Point, cfg: dict) -> list[dict]:
     names = point.param_names()
-    losses = [l for l in cfg["losses"] if l in point.losses]
+    losses = point.available(cfg["losses"])
     grads = {l: flat_gradient(point, l, names) for l in losses}
     layers = layer_slices(point.model, names) if cfg[NAME]["per_layer"] else []
     rows = []

@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pandas as pd
 import torch
 
-from landscape.analyzers._common import Point, row
+from landscape.analyzers._common import AnalysisError, Point
+from landscape.analyzers.discovery import read_log
+from landscape.analyzers.tidy import row
 
 NAME = "crossings"
 VERSION = 1
@@ -55,17 +56,17 @@ def compare(prev, cur, meta: dict, prev_epoch: int, cfg: dict) -> list[dict]:
 
 
 def from_log(run_dir: Path, meta: dict, epochs=None) -> list[dict]:
-    """Per-layer per-epoch summary of the trainer's ``crossings.csv`` (no checkpoint needed)."""
+    """Per-layer per-epoch summary of the trainer's ``crossings.csv`` (no checkpoint needed).
+
+    A damaged log (unreadable, wrong columns, duplicated rows) is an :class:`AnalysisError`
+    naming the file, never fewer rows in silence."""
     path = Path(run_dir) / "crossings.csv"
-    if not path.exists():
+    log = read_log(path, ["epoch", "step", "layer", "crossing_fraction"])
+    if log is None or log.empty:
         return []
-    try:
-        log = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
-        return []
-    need = {"epoch", "layer", "crossing_fraction"}
-    if log.empty or not need <= set(log.columns):
-        return []
+    if log.duplicated(["epoch", "step", "layer"]).any():
+        raise AnalysisError(f"{path} holds the same (epoch, step, layer) twice: two trainers wrote this run "
+                            "folder at once; retrain the run (`landscape train` now refuses a second writer)")
     if epochs is not None:
         log = log[log["epoch"].isin(list(epochs))]
     rows = []

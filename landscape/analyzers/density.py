@@ -1,12 +1,16 @@
-"""Eigenvalue spectral density of each loss's Hessian by stochastic Lanczos quadrature (§2.4).
+"""Eigenvalue spectral density of each loss's curvature by stochastic Lanczos quadrature (§2.4).
 
-``n_runs`` random start vectors × ``n_steps`` Lanczos steps give Ritz values (nodes) and
-quadrature weights; their Gaussian-smoothed sum is the density on a grid spanning the
-nodes. Negative eigenvalues are kept (a quantized student is rarely at a true minimum).
+``n_runs`` random probe vectors × ``n_steps`` Lanczos steps give Ritz values (nodes) and
+quadrature weights; their Gaussian-smoothed sum is the density on a grid spanning the nodes.
+Negative eigenvalues are kept (a quantized student is rarely at a true minimum). With
+``curvature = ["hessian", "ggn"]`` the Gauss-Newton matrix's density is computed beside the
+Hessian's at the same checkpoint (positive semi-definite by construction: the Hessian's
+negative part is its own).
 
 Rows: ``metric="density"`` (column ``x`` the eigenvalue, ``value`` the density), and
-``metric="ritz"`` (``x`` a node, ``value`` its weight; all weights of a loss sum to 1), so
-that a figure or a finding can recompute any statistic of the spectrum from the table.
+``metric="ritz"`` (``x`` a node, ``value`` its weight, ``probe`` the SLQ probe vector it came
+from; a loss's weights sum to 1), so that a figure or a finding can recompute any statistic of
+the spectrum, and resample probe vectors for an interval. Column ``curvature``.
 """
 
 from __future__ import annotations
@@ -14,17 +18,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from landscape.analyzers._common import Point, make_hessian, row
+from landscape.analyzers._common import Point, make_operator, probe_seed
+from landscape.analyzers.tidy import row
 
 NAME = "density"
-VERSION = 2
-
-
-def _flat(parts) -> np.ndarray:
-    """Nodes or weights (one array per run, runs may differ in length) as one float64 array."""
-    if isinstance(parts, torch.Tensor):
-        return parts.detach().double().flatten().cpu().numpy()
-    return np.concatenate([np.asarray(torch.as_tensor(p).double().cpu()).reshape(-1) for p in parts])
+VERSION = 3
 
 
 def _grid(lo: float, hi: float, n: int) -> np.ndarray:
@@ -42,22 +40,30 @@ def _grid(lo: float, hi: float, n: int) -> np.ndarray:
     return np.unique(np.concatenate(parts + [np.zeros(1)]))
 
 
+def _array(t) -> np.ndarray:
+    return torch.as_tensor(t).detach().double().reshape(-1).cpu().numpy()
+
+
 def analyze(point: Point, cfg: dict) -> list[dict]:
     s = cfg[NAME]
+    seed = probe_seed(point, NAME, s["seed"])
     rows = []
-    for loss in [l for l in cfg["losses"] if l in point.losses]:
-        H = make_hessian(point, loss)
-        before = int(getattr(H, "n_matvecs", 0))
-        dens = H.density(n_runs=s["n_runs"], n_steps=s["n_steps"], seed=s["seed"])
-        n = int(getattr(dens, "n_matvecs", 0) or (int(getattr(H, "n_matvecs", 0)) - before))
-        nodes = _flat(dens.nodes)
-        weights = _flat(dens.weights)
-        weights = weights / weights.sum()
-        grid = _grid(float(nodes.min()), float(nodes.max()), int(s["grid_points"]))
-        values = np.asarray(dens.evaluate(grid), dtype=np.float64).reshape(-1)
-        for x, v in zip(grid, values):
-            rows.append(row(point.meta, loss=loss, metric="density", x=float(x), value=float(v),
-                            n_matvecs=n))
-        for x, w in zip(nodes, weights):
-            rows.append(row(point.meta, loss=loss, metric="ritz", x=float(x), value=float(w), n_matvecs=n))
+    for curvature in s["curvature"]:
+        for loss in point.available(cfg["losses"]):
+            op = make_operator(point, loss, None, curvature)
+            dens = op.density(n_runs=s["n_runs"], n_steps=s["n_steps"], seed=seed)
+            n = int(dens.n_matvecs)
+            common = dict(loss=loss, n_matvecs=n, probe_seed=seed, curvature=curvature)
+            nodes = [_array(t) for t in dens.nodes]
+            weights = [_array(w) for w in dens.weights]
+            total = sum(float(w.sum()) for w in weights)
+            every = np.concatenate(nodes)
+            grid = _grid(float(every.min()), float(every.max()), int(s["grid_points"]))
+            values = _array(dens.evaluate(grid))
+            for x, v in zip(grid, values):
+                rows.append(row(point.meta, metric="density", x=float(x), value=float(v), **common))
+            for probe, (nd, wt) in enumerate(zip(nodes, weights)):
+                for x, w in zip(nd, wt):
+                    rows.append(row(point.meta, metric="ritz", x=float(x), value=float(w) / total, probe=probe,
+                                    **common))
     return rows

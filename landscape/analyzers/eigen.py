@@ -1,68 +1,75 @@
-"""Top Hessian eigenpair of each loss and the 1-D loss slice along it (METHOD.md §2.3).
+"""Top Hessian eigenpair of each loss and 1-D loss slices along it (METHOD.md §2.3).
 
 For each loss L: the top (largest algebraic) eigenpair (λ, e) of its Hessian by power
-iteration (the paper's method; ``method="lanczos"`` on request), then the slice
+iteration (the paper's method; ``method="lanczos"`` on request), then slices along e,
+k ∈ [-k_max, k_max] (default 0.5, ``n_points`` values):
 
-    L(θ + k · e · ĝ),   k ∈ [-k_max, k_max]  (default 0.5, ``n_points`` values)
+* ``slice="requantized"`` — the paper's figure: L(θ + k·e·ĝ) with the student re-quantized at
+  every k, i.e. the deployed network (piecewise constant in θ: its Hessian is zero almost
+  everywhere);
+* ``slice="frozen"`` — the same step with the rounding offsets (weights and activations)
+  frozen at θ: the float network at the quantized weights, the very function whose Hessian
+  the identity STE reports, so that its curvature at k = 0 is ĝ²·λ. Only for students
+  quantized by :mod:`landscape.quant` (a user's own quantizer cannot be frozen from outside);
+* ``slice="requantized_unit"`` — re-quantized with the unit step k·e: the same step for every
+  loss, for the scale-free comparison (the ĝ step grows with the loss's scale).
 
-ĝ scales the unit eigenvector. The paper calls it "the mean gradient along e"; we read it
-as the magnitude of the mean gradient (over the analysis batches) projected on e,
-ĝ = |<∇L, e>| (``scale="grad_along_e"``). ``scale="grad_norm"`` uses ‖∇L‖ and
-``scale="unit"`` uses 1 (a plain slice along e). Each loss uses its own e and ĝ.
+ĝ scales the unit eigenvector. The paper calls it "the mean gradient along e"; we read it as
+the magnitude of the mean gradient (over the analysis batches) projected on e,
+ĝ = |<∇L, e>| (``scale="grad_along_e"``); ``"grad_norm"`` uses ‖∇L‖ and ``"unit"`` 1.
 
-Rows: ``metric="top_eigenvalue"`` (stderr = the residual ‖He − λe‖, with n_matvecs),
-``metric="slice_scale"`` (ĝ), ``metric="slice_loss"`` (one per k, column ``k``).
+Rows: ``metric="top_eigenvalue"`` (``residual`` = ‖He − λe‖, ``converged``, ``n_matvecs``,
+``probe_seed``), ``metric="slice_scale"`` (ĝ), ``metric="loss_value"`` (L(θ)),
+``metric="slice_loss"`` (one per k and slice kind; columns ``k`` and ``slice``).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from landscape.analyzers._common import Point, flat_gradient, make_hessian, row
+from landscape.analyzers._common import Point, flat_gradient, make_operator, probe_seed
+from landscape.analyzers.tidy import row
 
 NAME = "eigen"
-VERSION = 1
+VERSION = 2
 
 
-def _top_vector(vectors, n: int) -> torch.Tensor:
-    v = torch.as_tensor(vectors)
-    if v.ndim == 1:
-        return v
-    return v[:, 0] if v.shape[0] == n else v[0]
+def _freezable(model) -> bool:
+    from landscape.quant import act_quantizers, quantized_layers
+
+    return bool(quantized_layers(model) or act_quantizers(model))
 
 
 def analyze(point: Point, cfg: dict) -> list[dict]:
-    from landscape.curvature import loss_slice
+    from landscape.curvature import loss_slice, mean_loss
+    from landscape.quant import frozen_rounding
 
     s = cfg[NAME]
     names = point.param_names()
-    ks = np.linspace(-float(s["k_max"]), float(s["k_max"]), int(s["n_points"]))
+    ks = torch.linspace(-float(s["k_max"]), float(s["k_max"]), int(s["n_points"]), dtype=torch.float64)
+    seed = probe_seed(point, NAME, s["seed"])
+    kinds = [k for k in s["slices"] if k != "frozen" or _freezable(point.model)]
     rows = []
-    for loss in [l for l in cfg["losses"] if l in point.losses]:
-        H = make_hessian(point, loss, names)
-        n = int(H.shape[0])
-        pairs = H.eigenpairs(k=1, method=s["method"], tol=s["tol"], max_iter=s["max_iter"], seed=s["seed"])
-        lam = float(torch.as_tensor(pairs.values).flatten()[0])
-        res = getattr(pairs, "residuals", None)
-        res = float(torch.as_tensor(res).flatten()[0]) if res is not None else math.nan
-        e = _top_vector(pairs.vectors, n).detach()
+    for loss in point.available(cfg["losses"]):
+        fn = point.loss(loss)
+        H = make_operator(point, loss, names, s["curvature"])
+        pairs = H.eigenpairs(k=1, method=s["method"], tol=s["tol"], max_iter=s["max_iter"], seed=seed)
+        lam = float(pairs.values[0])
+        e = pairs.vectors[:, 0].detach()
         e = e / e.norm()
-        rows.append(row(point.meta, loss=loss, metric="top_eigenvalue", value=lam, stderr=res,
-                        n_matvecs=int(pairs.n_matvecs)))
+        rows.append(row(point.meta, loss=loss, metric="top_eigenvalue", value=lam,
+                        residual=float(pairs.residuals[0]), converged=bool(pairs.converged),
+                        n_matvecs=int(pairs.n_matvecs), probe_seed=seed, curvature=s["curvature"]))
         g = flat_gradient(point, loss, names).to(e)
-        if s["scale"] == "grad_along_e":
-            scale = float((g @ e).abs())
-        elif s["scale"] == "grad_norm":
-            scale = float(g.norm())
-        else:
-            scale = 1.0
+        scale = {"grad_along_e": lambda: float((g @ e).abs()), "grad_norm": lambda: float(g.norm()),
+                 "unit": lambda: 1.0}[s["scale"]]()
         rows.append(row(point.meta, loss=loss, metric="slice_scale", value=scale))
-        values = loss_slice(point.model, point.losses[loss], point.batches, e * scale,
-                            torch.as_tensor(ks, dtype=e.dtype), params=names)
-        values = torch.as_tensor(values).detach().double().flatten().cpu().numpy()
-        for k, v in zip(ks, values):
-            rows.append(row(point.meta, loss=loss, metric="slice_loss", value=float(v), k=float(k)))
+        rows.append(row(point.meta, loss=loss, metric="loss_value", value=mean_loss(point.model, fn, point.batches)))
+        for kind in kinds:
+            step = e if kind == "requantized_unit" else e * scale
+            context = (lambda: frozen_rounding(point.model, point.batches)) if kind == "frozen" else None
+            values = loss_slice(point.model, fn, point.batches, step, ks.to(e.dtype), params=names, context=context)
+            for k, v in zip(ks.tolist(), np.asarray(values, dtype=np.float64).reshape(-1)):
+                rows.append(row(point.meta, loss=loss, metric="slice_loss", value=float(v), k=float(k), slice=kind))
     return rows

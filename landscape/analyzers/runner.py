@@ -1,35 +1,42 @@
-"""Run the analyses over run folders: checkpoints in, tidy CSV tables out, with a cache.
+"""Run the analyses over run folders: checkpoints in, tidy CSV tables out.
 
-For each run folder and each epoch an analysis needs, the runner rebuilds the student (eval
-mode, quantizer state restored), the teacher and that epoch's stored analysis batches, and
-hands the analyzer a :class:`~landscape.analyzers._common.Point` with the losses
-``{"ce": cross_entropy(), "kl": kl_to_teacher(teacher, T, reduction)}`` (T and the reduction
-stored in the checkpoint).
+For each run folder the runner plans which (analysis, epoch) results it needs, takes what the
+cache (:mod:`.cache`) already holds, and computes the rest epoch by epoch: it rebuilds the
+point of a checkpoint once (:mod:`.loading`) and hands it to every analysis that needs it,
+keeping for the pairwise analyses (``interepoch``, ``crossings``) the state of the previous
+epoch only. While it computes an epoch it holds that entry's lock, so a second process
+analysing the same checkpoints into the same folder waits and then reads the cache.
 
-Cache: every result is stored under ``<out_dir>/.cache/<analysis>/<key>.csv``, the key being
-a hash of the checkpoint file contents (both files, for the pairwise analyses), the
-analyzer's version and the settings that change its numbers. A second call with the same
-checkpoints and settings loads no checkpoint and performs no Hessian-vector product;
-``force=True`` recomputes (and refreshes the cache).
+Nothing is lost in silence: a checkpoint that cannot be read, an analysis that fails on one
+checkpoint, a loss that cannot be evaluated (its teacher file is gone), a missing epoch or a
+table with no rows is a :class:`Problem` naming the file and the reason; the sweep goes on
+with the others, the problems are warned about and returned (``tables.problems``), and the
+command line exits with code 3 unless ``--keep-going``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
-import re
+import sys
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from landscape.analyzers import cosine, crossings, density, eigen, interepoch, trace
-from landscape.analyzers._common import COLUMNS, EXTRA_COLUMNS, AnalysisError, Point, select_epochs
+from landscape.analyzers._common import AnalysisError, select_epochs
+from landscape.analyzers.cache import Cache, cache_key
+from landscape.analyzers.discovery import checkpoints_of, expected_epochs, run_identity, training_rows
+from landscape.analyzers.loading import CheckpointLoader
 from landscape.analyzers.settings import cache_settings, check_analyses, resolve_settings
+from landscape.analyzers.tidy import to_table, write_csv
+
+__all__ = ["MODULES", "AnalysisWarning", "Problem", "AnalysisTables", "analyze_runs", "needed_losses"]
 
 MODULES = {m.NAME: m for m in (cosine, trace, eigen, density, interepoch, crossings)}
 
@@ -38,197 +45,35 @@ class AnalysisWarning(UserWarning):
     """A checkpoint or run was skipped; the analysis went on without it."""
 
 
-def _warn(msg: str) -> None:
-    warnings.warn(msg, AnalysisWarning, stacklevel=3)
+@dataclass(frozen=True)
+class Problem:
+    """Something that was not analysed, and why."""
+
+    where: str  # the checkpoint, log or run folder
+    what: str  # the analysis (or "load", "log", "epochs")
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}: {self.why}"
 
 
-# ----------------------------------------------------------------------------- tables
+class AnalysisTables(dict):
+    """``{analysis: DataFrame}`` plus ``problems``: everything that could not be analysed."""
+
+    problems: list[Problem]
+
+    def __init__(self, *args, problems=None, **kw):
+        super().__init__(*args, **kw)
+        self.problems = list(problems or [])
 
 
-def to_table(rows: Iterable[dict]) -> pd.DataFrame:
-    """Rows -> a tidy DataFrame with the documented columns first (extras only if used)."""
-    df = pd.DataFrame(list(rows))
-    if df.empty:
-        return pd.DataFrame(columns=COLUMNS)
-    for c in COLUMNS:
-        if c not in df:
-            df[c] = math.nan
-    df["loss"] = df["loss"].fillna("").astype(str)  # CSV turns "" into NaN; keep it a string
-    df["layer"] = df["layer"].fillna("all").astype(str)
-    extras = [c for c in EXTRA_COLUMNS if c in df and df[c].notna().any()]
-    others = [c for c in df.columns if c not in COLUMNS and c not in EXTRA_COLUMNS]
-    return df[COLUMNS + extras + others].reset_index(drop=True)
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------- cache
-
-
-class Cache:
-    """Results keyed by checkpoint content and settings, as small CSV files."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self._hash_index_path = self.root / "hashes.json"
-        try:
-            self._hashes = json.loads(self._hash_index_path.read_text())
-        except (OSError, ValueError):
-            self._hashes = {}
-        self._dirty = False
-
-    def file_hash(self, path: Path) -> str:
-        """sha256 of a file's bytes, memoised on (path, size, mtime)."""
-        path = Path(path).resolve()
-        st = path.stat()
-        stamp = [st.st_size, st.st_mtime_ns]
-        hit = self._hashes.get(str(path))
-        if hit and hit[:2] == stamp:
-            return hit[2]
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
-        self._hashes[str(path)] = stamp + [digest]
-        self._dirty = True
-        return digest
-
-    @staticmethod
-    def key(name: str, version: int, settings: dict, hashes: list[str]) -> str:
-        blob = json.dumps({"analysis": name, "version": version, "settings": settings,
-                           "checkpoints": hashes}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-    def _path(self, name: str, key: str) -> Path:
-        return self.root / name / f"{key}.csv"
-
-    def get(self, name: str, key: str) -> pd.DataFrame | None:
-        path = self._path(name, key)
-        if not path.exists():
-            return None
-        try:
-            return pd.read_csv(path, keep_default_na=True)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError):
-            return None
-
-    def put(self, name: str, key: str, rows: list[dict]) -> None:
-        _write_csv(to_table(rows), self._path(name, key))
-
-    def save_index(self) -> None:
-        if self._dirty:
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = self._hash_index_path.with_name(f"hashes.json.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(self._hashes))
-            os.replace(tmp, self._hash_index_path)
-            self._dirty = False
-
-
-# ----------------------------------------------------------------------------- runs
-
-
-_RUN_RE = re.compile(r"^(?P<run>.+)-seed(?P<seed>\d+)$")
-
-
-def run_identity(run_dir: Path) -> dict:
-    """``{"run", "seed"}`` of a run folder: from its config.json, else its name ``<run>-seed<S>``."""
-    run_dir = Path(run_dir)
-    run, seed = None, None
-    try:
-        cfg = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        cfg = {}
-    if isinstance(cfg, dict):
-        run = cfg.get("run") or cfg.get("name")
-        if isinstance(run, dict):
-            run = run.get("name")
-        seed = cfg.get("seed")
-    m = _RUN_RE.match(run_dir.name)
-    if run is None:
-        run = m.group("run") if m else run_dir.name
-    if seed is None and m:
-        seed = int(m.group("seed"))
-    return {"run": str(run), "seed": int(seed) if seed is not None else math.nan}
-
-
-def _list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    from landscape.checkpoints import list_checkpoints
-
-    try:
-        return [(int(e), Path(p)) for e, p in list_checkpoints(run_dir)]
-    except FileNotFoundError:
-        return []
-
-
-class _Loader:
-    """Builds points from checkpoints; the teacher is rebuilt once per (file, hash)."""
-
-    def __init__(self, device, cfg: dict):
-        self.device = device
-        self.cfg = cfg
-        self._teachers: dict = {}
-
-    def _teacher(self, ckpt):
-        from landscape.checkpoints import rebuild_teacher
-
-        ref = ckpt.get("teacher") or {}
-        key = (str(ref.get("path")), str(ref.get("sha256")))
-        if key not in self._teachers:
-            teacher = rebuild_teacher(ckpt, device=self.device)
-            teacher.eval()
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            self._teachers = {key: teacher}  # keep one: runs rarely share teachers mid-call
-        return self._teachers[key]
-
-    def load(self, path: Path, meta: dict) -> Point:
-        from landscape import losses
-        from landscape.checkpoints import analysis_batches, load_checkpoint, rebuild_student
-
-        from landscape.checkpoints import CheckpointError
-
-        ckpt = load_checkpoint(path)
-        try:
-            student = rebuild_student(ckpt, device=self.device)
-        except CheckpointError:
-            raise
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # e.g. a state_dict mismatch
-            first = str(exc).strip().splitlines()
-            raise AnalysisError(f"{path}: cannot rebuild its student ({type(exc).__name__}: "
-                                f"{' '.join(first[:2])[:300]}); was it written by another version of "
-                                "landscape's models? retrain the run") from None
-        student.eval()
-        batches = list(analysis_batches(ckpt))
-        if self.cfg["max_batches"]:
-            batches = batches[: self.cfg["max_batches"]]
-        if not batches:
-            raise AnalysisError(f"{path}: the checkpoint holds no analysis batches")
-        batches = [tuple(t.to(self.device) if hasattr(t, "to") else t for t in b) for b in batches]
-        loss_fns = {"ce": losses.cross_entropy()}
-        if "kl" in self.cfg["losses"] or self.cfg["interepoch"]["loss"] == "kl":
-            loss_fns["kl"] = losses.kl_to_teacher(
-                self._teacher(ckpt),
-                temperature=float(ckpt.get("temperature") or 1.0),
-                reduction=ckpt.get("kl_reduction") or "batchmean",
-            )
-        return Point(student, loss_fns, batches, meta=dict(meta))
-
-
-def _expected_epochs(run_dir: Path, avail: list[int]) -> set[int]:
-    """Epochs a run folder should hold: 1 (or its first) .. its last, and every metrics.csv epoch."""
-    first = min(avail[0], 1)
-    expected = set(range(first, avail[-1] + 1))
-    try:
-        logged = pd.read_csv(run_dir / "metrics.csv", usecols=["epoch"])["epoch"]
-        expected |= {int(e) for e in logged.dropna()}
-    except (OSError, ValueError, pd.errors.EmptyDataError, pd.errors.ParserError):
-        pass
-    return expected
+def needed_losses(name: str, cfg: dict) -> list[str]:
+    """The losses analysis ``name`` evaluates (the teacher is loaded only when one is ``kl``)."""
+    if name in ("cosine", "trace", "eigen", "density"):
+        return list(cfg["losses"])
+    if name == "interepoch" and cfg["interepoch"]["fixed_batches"]:
+        return [cfg["interepoch"]["loss"]]
+    return []
 
 
 def _default_device(device):
@@ -239,14 +84,6 @@ def _default_device(device):
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _checkpoint_error_types():
-    try:
-        from landscape.checkpoints import CheckpointError
-    except ImportError:  # pragma: no cover
-        return (AnalysisError,)
-    return (CheckpointError, AnalysisError)
-
-
 def _restamp(df: pd.DataFrame, meta: dict) -> pd.DataFrame:
     df = df.copy()
     for k in ("run", "seed", "epoch"):
@@ -254,25 +91,30 @@ def _restamp(df: pd.DataFrame, meta: dict) -> pd.DataFrame:
     return df
 
 
-def _training_rows(run_dir: Path, ident: dict) -> list[dict]:
-    """The run's ``metrics.csv`` in long form: run, seed, epoch, metric, value."""
-    path = run_dir / "metrics.csv"
-    try:
-        m = pd.read_csv(path)
-    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
-        return []
-    if "epoch" not in m:
-        return []
-    long = m.melt(id_vars=["epoch"], var_name="metric", value_name="value")
-    long["value"] = pd.to_numeric(long["value"], errors="coerce")
-    long = long.dropna(subset=["value"])
-    long.insert(0, "seed", ident["seed"])
-    long.insert(0, "run", ident["run"])
-    return long.to_dict("records")
+class _Progress:
+    """A tqdm bar on a terminal; elsewhere (a log, CI) one line per analysed checkpoint."""
+
+    def __init__(self, label: str, total: int, enabled: bool | None):
+        self.label, self.total, self.done = label, total, 0
+        tty = sys.stderr.isatty()
+        self.lines = (enabled is None and not tty) or (enabled is True and not tty)
+        self.bar = tqdm(total=total, desc=label, unit="ckpt", leave=False,
+                        disable=(enabled is False) or not tty or total == 0)
+
+    def step(self, epoch, names, seconds: float) -> None:
+        self.done += 1
+        self.bar.update(1)
+        if self.lines:
+            print(f"  analyze {self.label} epoch {epoch} ({self.done}/{self.total}): "
+                  f"{' '.join(names) or 'state only'} in {seconds:.1f} s", flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping | None = None,
-                 out_dir="figures/tables", device=None) -> dict[str, pd.DataFrame]:
+                 out_dir="figures/tables", device=None, *, threads: int | None = None,
+                 progress: bool | None = None) -> AnalysisTables:
     """Run the chosen analyses over every checkpoint of each run folder.
 
     Parameters
@@ -283,12 +125,21 @@ def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping
     settings:  a recipe's ``[analysis]`` table (see :mod:`landscape.analyzers.settings`).
     out_dir:   where ``<analysis>.csv`` tables (and the ``.cache`` folder) go.
     device:    ``"cpu"``, ``"cuda"``...; default CUDA when available.
+    threads:   torch threads for this process (``torch.set_num_threads``); the same number gives
+               the same tables on any machine. None leaves torch's setting alone.
+    progress:  None = a bar on a terminal and one line per checkpoint elsewhere; False = silent.
 
-    Returns ``{analysis: DataFrame}`` (tidy; also written as ``<out_dir>/<analysis>.csv``),
-    plus ``"training"``: the runs' ``metrics.csv`` in long form (``training.csv``).
+    Returns :class:`AnalysisTables`: ``{analysis: DataFrame}`` (tidy; also written as
+    ``<out_dir>/<analysis>.csv``) plus ``"training"`` (the runs' ``metrics.csv`` in long form,
+    ``training.csv``), with ``.problems`` listing what was skipped and why (each also warned
+    as an :class:`AnalysisWarning`).
     """
     names = check_analyses(analyses)
     cfg = resolve_settings(settings)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(int(threads))
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
     run_dirs = [Path(r) for r in run_dirs]
@@ -298,130 +149,194 @@ def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping
         if not r.is_dir():
             raise AnalysisError(f"run folder {str(r)!r} does not exist (train it first: landscape train RECIPE)")
     out_dir = Path(out_dir)
-    cache = Cache(out_dir / ".cache")
-    device = _default_device(device)
-    loader = _Loader(device, cfg)
-    ckpt_errors = _checkpoint_error_types()
-
-    tables: dict[str, list] = {n: [] for n in names}
-    training: list[dict] = []
-    problems: list[str] = []
-    analysed_any = False
+    job = _Job(names, cfg, Cache(out_dir / ".cache"), CheckpointLoader(_default_device(device), cfg["max_batches"]),
+               force, progress)
     idents = [run_identity(r) for r in run_dirs]
-    known_runs = {i["run"] for i in idents}
+    known = {i["run"] for i in idents}
     for n in names:
         for wanted in cfg[n]["runs"] or []:
-            if wanted not in known_runs:
-                _warn(f"[analysis.{n}] runs names {wanted!r}, which is not among the runs given "
-                      f"({', '.join(sorted(known_runs))})")
-
+            if wanted not in known:
+                warnings.warn(f"[analysis.{n}] runs names {wanted!r}, which is not among the runs given "
+                              f"({', '.join(sorted(known))})", AnalysisWarning, stacklevel=2)
     for run_dir, ident in zip(run_dirs, idents):
-        training += _training_rows(run_dir, ident)
-        mine = [n for n in names if cfg[n]["runs"] is None or ident["run"] in cfg[n]["runs"]]
+        job.run(run_dir, ident)
+    job.cache.save_index()
+    return job.finish(out_dir)
+
+
+class _Job:
+    """One call of :func:`analyze_runs`: the tables gathered so far and the problems met."""
+
+    def __init__(self, names, cfg, cache: Cache, loader: CheckpointLoader, force: bool, progress):
+        self.names, self.cfg, self.cache, self.loader = names, cfg, cache, loader
+        self.force, self.progress = force, progress
+        self.tables: dict[str, list[pd.DataFrame]] = {n: [] for n in names}
+        self.training: list[dict] = []
+        self.problems: list[Problem] = []
+
+    def problem(self, where, what: str, why: str) -> None:
+        p = Problem(str(where), what, why)
+        self.problems.append(p)
+        warnings.warn(str(p) + "; skipped", AnalysisWarning, stacklevel=4)
+
+    def add(self, name: str, rows) -> None:
+        df = to_table(rows)
+        if not df.empty:
+            self.tables[name].append(df)
+
+    # ------------------------------------------------------------------ one run folder
+    def run(self, run_dir: Path, ident: dict) -> None:
+        cfg = self.cfg
+        try:
+            self.training += training_rows(run_dir, ident)
+        except AnalysisError as exc:
+            self.problem(run_dir / "metrics.csv", "log", str(exc))
+        mine = [n for n in self.names if cfg[n]["runs"] is None or ident["run"] in cfg[n]["runs"]]
         if not mine:
-            continue
-        ckpts = _list_checkpoints(run_dir)
-        if not ckpts:
-            problems.append(f"{run_dir}: no checkpoints")
-            _warn(f"run folder {run_dir} holds no checkpoint (epoch_*.pt); skipped")
-            continue
-        paths = dict(ckpts)
+            return
+        paths = dict(checkpoints_of(run_dir))
+        if not paths:
+            self.problem(run_dir, "checkpoints", "the run folder holds no checkpoint (epoch_*.pt)")
+            return
         avail = sorted(paths)
-        gaps = sorted(_expected_epochs(run_dir, avail) - set(avail))
+        gaps = sorted(expected_epochs(run_dir, avail) - set(avail))
         if gaps:
-            _warn(f"run {ident['run']} ({run_dir}): no checkpoint for epoch(s) "
-                  f"{', '.join(map(str, gaps))}; analysing the epochs that are there")
+            self.problem(run_dir, "epochs", f"run {ident['run']}: no checkpoint for epoch(s) "
+                         f"{', '.join(map(str, gaps))}; analysing the epochs that are there")
         hashes = {}
         for e in avail:
             try:
-                hashes[e] = cache.file_hash(paths[e])
+                hashes[e] = self.cache.file_hash(paths[e])
             except OSError as exc:
-                _warn(f"run {ident['run']} epoch {e}: cannot read {paths[e]} ({exc}); skipped")
+                self.problem(paths[e], "read", f"cannot read it ({exc})")
         avail = [e for e in avail if e in hashes]
 
-        per_point: dict[int, list[str]] = {}
-        pairs: dict[int, list[tuple[str, int]]] = {}
-        need_state: dict[int, set[str]] = {}
+        plan: dict[int, list] = {}  # epoch -> [(name, key, prev or None)]
+        need_state: dict[int, set] = {}
         for n in mine:
             mod = MODULES[n]
             sel = select_epochs(cfg[n]["epochs"], avail, f"[analysis.{n}] epochs")
             csett = cache_settings(cfg, n)
+            pairwise = getattr(mod, "PAIRWISE", False)
             for e in sel:
-                meta = {**ident, "epoch": e}
-                if getattr(mod, "PAIRWISE", False):
+                prev = None
+                if pairwise:
                     earlier = [p for p in avail if p < e]
                     if not earlier:
                         continue
                     prev = earlier[-1]
-                    key = cache.key(n, mod.VERSION, csett, [hashes[prev], hashes[e]])
-                else:
-                    key = cache.key(n, mod.VERSION, csett, [hashes[e]])
-                hit = None if force else cache.get(n, key)
-                if hit is not None:
-                    tables[n].append(_restamp(hit, meta))
-                    analysed_any = True
-                    continue
-                if getattr(mod, "PAIRWISE", False):
-                    pairs.setdefault(e, []).append((n, prev, key))
-                    need_state.setdefault(prev, set()).add(n)
-                    need_state.setdefault(e, set()).add(n)
-                else:
-                    per_point.setdefault(e, []).append((n, key))
+                key = cache_key(n, mod.VERSION, csett, [hashes[prev], hashes[e]] if pairwise else [hashes[e]])
+                if not self._from_cache(n, key, {**ident, "epoch": e}):
+                    plan.setdefault(e, []).append((n, key, prev))
+                    if pairwise:
+                        need_state.setdefault(prev, set()).add(n)
+                        need_state.setdefault(e, set()).add(n)
             if n == "crossings":
-                log_rows = crossings.from_log(run_dir, ident, epochs=sel)
-                if log_rows:
-                    tables[n].append(to_table(log_rows))
-                    analysed_any = True
+                try:
+                    self.add(n, crossings.from_log(run_dir, ident, epochs=sel))
+                except AnalysisError as exc:
+                    self.problem(run_dir / "crossings.csv", "crossings", str(exc))
+        self._execute(run_dir, ident, paths, hashes, plan, need_state)
 
-        work = sorted(set(per_point) | set(pairs) | set(need_state))
+    def _from_cache(self, name: str, key: str, meta: dict) -> bool:
+        if self.force:
+            return False
+        hit = self.cache.get(name, key)
+        if hit is None:
+            return False
+        self.add(name, _restamp(hit, meta))
+        return True
+
+    def _execute(self, run_dir, ident, paths, hashes, plan, need_state) -> None:
+        work = sorted(set(plan) | set(need_state))
+        if not work:
+            return
+        label = f"{ident['run']}-seed{ident['seed']}"
+        bar = _Progress(label, len(work), self.progress)
         states: dict[tuple[str, int], object] = {}
         bad: set[int] = set()
-        bar = tqdm(work, desc=f"{ident['run']} seed {ident['seed']}", unit="ckpt", disable=None, leave=False)
-        for e in bar:
+        tag = f"{Path(run_dir).name}-{hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]}"
+        for e in work:
+            t0 = time.perf_counter()
             meta = {**ident, "epoch": e}
-            try:
-                point = loader.load(paths[e], meta)
-            except ckpt_errors as exc:
-                bad.add(e)
-                problems.append(str(exc) if str(paths[e]) in str(exc) else f"{paths[e]}: {exc}")
-                _warn(f"run {ident['run']} epoch {e}: {exc}; skipped")
-                continue
-            for n, key in per_point.get(e, []):
-                rows = MODULES[n].analyze(point, cfg)
-                cache.put(n, key, rows)
-                tables[n].append(to_table(rows))
-                analysed_any = True
-            for n in need_state.get(e, ()):
-                states[(n, e)] = MODULES[n].state(point, cfg)
-            for n, prev, key in pairs.get(e, []):
-                if prev in bad or (n, prev) not in states:
-                    _warn(f"run {ident['run']}: {n} of epoch {e} needs epoch {prev}, which could not be "
-                          "loaded; skipped")
+            with self.cache.lock(f"{tag}-e{e}"):
+                todo = [(n, k, p) for n, k, p in plan.get(e, []) if not self._from_cache(n, k, meta)]
+                if not todo and e not in need_state:
+                    bar.step(e, [], time.perf_counter() - t0)
                     continue
-                rows = MODULES[n].compare(states[(n, prev)], states[(n, e)], meta, prev, cfg)
-                cache.put(n, key, rows)
-                tables[n].append(to_table(rows))
-                analysed_any = True
+                need_kl = any("kl" in needed_losses(n, self.cfg) for n, _, _ in todo) or \
+                    any("kl" in needed_losses(n, self.cfg) for n in need_state.get(e, ()))
+                try:
+                    point = self.loader.load(paths[e], meta, hashes[e], need_kl=need_kl)
+                except Exception as exc:  # noqa: BLE001 - any failure to load names the file
+                    bad.add(e)
+                    self.problem(paths[e], "load", _reason(exc, paths[e]))
+                    bar.step(e, [], time.perf_counter() - t0)
+                    continue
+                for n, key, prev in todo:
+                    if prev is None:
+                        self._one(n, key, point, paths[e], lambda n=n, point=point: MODULES[n].analyze(point, self.cfg))
+                for n in need_state.get(e, ()):
+                    try:
+                        states[(n, e)] = MODULES[n].state(point, self.cfg)
+                    except Exception as exc:  # noqa: BLE001
+                        self.problem(paths[e], n, _reason(exc, paths[e]))
+                for n, key, prev in todo:
+                    if prev is None:
+                        continue
+                    if prev in bad or (n, prev) not in states or (n, e) not in states:
+                        self.problem(paths[e], n, f"needs epoch {prev}, which could not be analysed")
+                        continue
+                    self._one(n, key, point, paths[e],
+                              lambda n=n, prev=prev: MODULES[n].compare(states[(n, prev)], states[(n, e)], meta,
+                                                                        prev, self.cfg))
             for key in [k for k in states if k[1] < e]:  # a state is needed by the next epoch at most
                 del states[key]
             del point
+            bar.step(e, [n for n, _, _ in todo], time.perf_counter() - t0)
         bar.close()
-        cache.save_index()
 
-    if not analysed_any:
-        detail = "; ".join(problems[:5]) if problems else "no checkpoint matched the analyses' runs/epochs"
-        raise AnalysisError(f"nothing left to analyse: {detail}")
+    def _one(self, name, key, point, path, compute) -> None:
+        """Run one analysis on one checkpoint; cache it only if nothing it needed was missing."""
+        try:
+            rows = compute()
+        except Exception as exc:  # noqa: BLE001 - one checkpoint's failure never stops the sweep
+            self.problem(path, name, _reason(exc, path))
+            return
+        missing = [l for l in needed_losses(name, self.cfg) if l in point.unavailable]
+        for loss in missing:
+            self.problem(path, name, f"loss {loss!r} not analysed: {point.unavailable[loss]}")
+        if not missing:
+            self.cache.put(name, key, rows)
+        self.add(name, rows)
 
-    out: dict[str, pd.DataFrame] = {}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for n in names:
-        parts = [t for t in tables[n] if not t.empty]
-        df = to_table(pd.concat(parts, ignore_index=True).to_dict("records")) if parts else to_table([])
-        if not df.empty:
-            df = df.sort_values(["run", "seed", "epoch", "metric"], kind="stable").reset_index(drop=True)
-        _write_csv(df, out_dir / f"{n}.csv")
-        out[n] = df
-    train_df = pd.DataFrame(training, columns=["run", "seed", "epoch", "metric", "value"])
-    _write_csv(train_df, out_dir / "training.csv")
-    out["training"] = train_df
-    return out
+    # ------------------------------------------------------------------ gather
+    def finish(self, out_dir: Path) -> AnalysisTables:
+        if not any(self.tables.values()):
+            detail = "; ".join(map(str, self.problems[:5])) if self.problems else \
+                "no checkpoint matched the analyses' runs/epochs"
+            raise AnalysisError(f"nothing left to analyse: {detail}")
+        out = AnalysisTables(problems=self.problems)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for n in self.names:
+            parts = self.tables[n]
+            df = to_table(pd.concat(parts, ignore_index=True)) if parts else to_table([])
+            if df.empty:
+                self.problem(out_dir / f"{n}.csv", n, "no rows: no checkpoint of the given runs was analysed for it")
+            else:
+                df = df.sort_values(["run", "seed", "epoch", "metric"], kind="stable").reset_index(drop=True)
+            write_csv(df, out_dir / f"{n}.csv")
+            out[n] = df
+        out.problems = self.problems
+        train_df = pd.DataFrame(self.training, columns=["run", "seed", "epoch", "metric", "value"])
+        write_csv(train_df, out_dir / "training.csv")
+        out["training"] = train_df
+        return out
+
+
+def _reason(exc: BaseException, path) -> str:
+    """An exception as one line, without repeating the checkpoint path the problem names."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    msg = msg.replace(f"{path}: ", "").replace(str(path), "this checkpoint")
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+

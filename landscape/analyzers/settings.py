@@ -34,12 +34,13 @@ DEFAULTS: dict[str, Any] = {
     "losses": ["ce", "kl"],
     "cosine": {**_COMMON, "per_layer": True},
     "trace": {**_COMMON, "method": "hutchinson", "max_matvecs": 20, "rtol": 0.05, "seed": 0,
-              "per_layer": False},
+              "per_layer": False, "curvature": "hessian"},
     "eigen": {**_COMMON, "epochs": 4, "method": "power", "tol": 1e-3, "max_iter": 20, "seed": 0,
-              "n_points": 21, "k_max": 0.5, "scale": "grad_along_e"},
+              "n_points": 21, "k_max": 0.5, "scale": "grad_along_e",
+              "slices": ["requantized", "frozen", "requantized_unit"], "curvature": "hessian"},
     "density": {**_COMMON, "epochs": "last", "n_runs": 2, "n_steps": 20, "grid_points": 400,
-                "seed": 0},
-    "interepoch": {**_COMMON, "loss": "kl", "per_layer": True},
+                "seed": 0, "curvature": ["hessian"]},
+    "interepoch": {**_COMMON, "loss": "kl", "per_layer": True, "fixed_batches": True},
     "crossings": {**_COMMON},
 }
 
@@ -47,6 +48,12 @@ DEFAULTS: dict[str, Any] = {
 PLACEMENT_KEYS = ("runs", "epochs")
 
 SLICE_SCALES = ("grad_along_e", "grad_norm", "unit")
+#: The 1-D slices the eigen analysis can draw along e: the paper's (re-quantized at every k,
+#: step k·e·ĝ), the same step with rounding offsets frozen at θ (the function whose Hessian the
+#: STE reports), and a re-quantized slice with a unit step k·e (the same step for every loss,
+#: for the scale-free comparison).
+SLICE_KINDS = ("requantized", "frozen", "requantized_unit")
+CURVATURES = ("hessian", "ggn")
 
 
 def _check_keys(section: Mapping, allowed, where: str) -> None:
@@ -117,6 +124,17 @@ def _validate(cfg: dict, where: str) -> None:
                             + closest(eg["scale"], SLICE_SCALES))
     if not float(eg["k_max"]) > 0:
         raise AnalysisError(f"[analysis.eigen] k_max = {eg['k_max']!r}: expected > 0")
+    if not isinstance(eg["slices"], (list, tuple)) or any(k not in SLICE_KINDS for k in eg["slices"]):
+        raise AnalysisError(f"[analysis.eigen] slices = {eg['slices']!r}: expected a list from {SLICE_KINDS}")
+    for name in ("trace", "eigen"):
+        if cfg[name]["curvature"] not in CURVATURES:
+            raise AnalysisError(f"[analysis.{name}] curvature = {cfg[name]['curvature']!r}: expected one of "
+                                f"{CURVATURES}" + closest(cfg[name]["curvature"], CURVATURES))
+    dc = cfg["density"]["curvature"]
+    if isinstance(dc, str):
+        cfg["density"]["curvature"] = dc = [dc]
+    if not isinstance(dc, (list, tuple)) or not dc or any(c not in CURVATURES for c in dc):
+        raise AnalysisError(f"[analysis.density] curvature = {dc!r}: expected a list from {CURVATURES}")
 
 
 def cache_settings(cfg: dict, name: str) -> dict:

@@ -2,40 +2,51 @@
 
     tr(H) ≈ (1/m) Σ_i z_iᵀ H z_i,   z_i Rademacher
 
-The estimate's standard error and the number of Hessian-vector products travel with the
-value (columns ``stderr`` and ``n_matvecs``). Smaller trace = flatter minimum. With
-``per_layer``, also the trace of each layer's diagonal block (its own parameters only).
+The estimate's standard error, its number of Hessian-vector products and whether it met its
+``rtol`` travel with the value. Probes are seeded per checkpoint (column ``probe_seed``): CE
+and KL at one checkpoint share them, different checkpoints do not. Smaller trace = flatter
+minimum. With ``per_layer``, also the trace of each layer's diagonal block. ``curvature =
+"ggn"`` estimates the trace of the Gauss-Newton matrix instead.
 
-Rows: ``loss="ce"``/``"kl"``, ``metric="trace"``, ``layer="all"`` or a layer name.
+Also one ``loss_value`` row per loss: L(θ) on the same batches, for the relative sharpness
+tr(H)/L that a constant factor on the loss cannot change.
+
+Rows: ``metric="trace"`` (``layer="all"`` or a layer name), ``metric="loss_value"``.
 """
 
 from __future__ import annotations
 
-from landscape.analyzers._common import Point, layer_of, make_hessian, row
+from landscape.analyzers._common import Point, make_operator, probe_seed
+from landscape.analyzers.tidy import row
+from landscape.curvature.params import layer_of
 
 NAME = "trace"
-VERSION = 1
+VERSION = 2
 
 
-def _estimate(point: Point, loss: str, params, cfg: dict):
+def _estimate(point: Point, loss: str, params, cfg: dict, seed: int) -> dict:
     s = cfg[NAME]
-    H = make_hessian(point, loss, params)
-    est = H.trace(method=s["method"], max_matvecs=s["max_matvecs"], rtol=s["rtol"], seed=s["seed"])
-    return float(est.value), float(est.stderr), int(est.n_matvecs)
+    H = make_operator(point, loss, params, s["curvature"])
+    est = H.trace(method=s["method"], max_matvecs=s["max_matvecs"], rtol=s["rtol"], seed=seed)
+    return {"value": float(est.value), "stderr": float(est.stderr), "n_matvecs": int(est.n_matvecs),
+            "converged": bool(est.converged), "probe_seed": seed, "curvature": s["curvature"]}
 
 
 def analyze(point: Point, cfg: dict) -> list[dict]:
+    from landscape.curvature import mean_loss
+
     names = point.param_names()
+    seed = probe_seed(point, NAME, cfg[NAME]["seed"])
     rows = []
-    for loss in [l for l in cfg["losses"] if l in point.losses]:
-        value, stderr, n = _estimate(point, loss, names, cfg)
-        rows.append(row(point.meta, loss=loss, metric="trace", value=value, stderr=stderr, n_matvecs=n))
+    for loss in point.available(cfg["losses"]):
+        fn = point.loss(loss)
+        rows.append(row(point.meta, loss=loss, metric="trace", **_estimate(point, loss, names, cfg, seed)))
+        rows.append(row(point.meta, loss=loss, metric="loss_value", value=mean_loss(point.model, fn, point.batches)))
         if cfg[NAME]["per_layer"]:
             layers: dict[str, list[str]] = {}
             for name in names:
                 layers.setdefault(layer_of(name), []).append(name)
             for layer, params in layers.items():
-                value, stderr, n = _estimate(point, loss, params, cfg)
-                rows.append(row(point.meta, loss=loss, layer=layer, metric="trace", value=value,
-                                stderr=stderr, n_matvecs=n))
+                rows.append(row(point.meta, loss=loss, layer=layer, metric="trace",
+                                **_estimate(point, loss, params, cfg, seed)))
     return rows

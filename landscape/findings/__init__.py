@@ -1,0 +1,52 @@
+"""Findings: does our evidence support each claim of the paper?
+
+    from landscape.findings import claims
+    claims("figures/tables")   # -> [{id, claim, number, verdict, scale_free_verdict, rule, ...}]
+
+Each claim is one function in :mod:`.claims` with its rule written next to it; levels are
+``supported``, ``suggestive``, ``not supported`` and ``no data`` (:mod:`.verdicts`); intervals
+come from a hierarchical bootstrap over seeds and epochs, Hutchinson standard errors, SLQ
+probe vectors and paired t-intervals over seeds (:mod:`.stats`). Nothing here recomputes an
+analysis or imports a plotting library.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from landscape.findings.claims import CLAIMS, Claim, check_all
+from landscape.findings.verdicts import LEVELS, NO_DATA, NOT_SUPPORTED, SUGGESTIVE, SUPPORTED
+from landscape.tables import read_table, resolve_roles
+
+__all__ = ["claims", "load_tables", "claims_table", "Claim", "CLAIMS", "LEVELS", "SUPPORTED", "SUGGESTIVE",
+           "NOT_SUPPORTED", "NO_DATA", "TABLE_NAMES"]
+
+TABLE_NAMES = ("cosine", "trace", "eigen", "density", "interepoch", "crossings", "training")
+
+
+def load_tables(tables_dir: str | Path) -> dict:
+    """``{name: DataFrame or None}`` for every table the claims read."""
+    return {n: read_table(tables_dir, n) for n in TABLE_NAMES}
+
+
+def claims(tables_dir: str | Path, roles: Mapping | None = None) -> list[dict]:
+    """The paper's claims against the tables in ``tables_dir``.
+
+    Returns one dict per claim: ``id``, ``claim``, ``number`` (the effect with its 95 % interval),
+    ``verdict`` (the paper's raw comparison), ``scale_free_verdict`` (claims 2–4; None for the
+    others), ``rule``, ``scale_free_rule`` and ``notes`` (e.g. the two verdicts disagree).
+    """
+    return [c.as_dict() for c in check_all(load_tables(tables_dir), resolve_roles(roles))]
+
+
+def claims_table(rows: list[dict]) -> str:
+    """The claims as a Markdown table with both verdict columns."""
+    lines = ["| # | The paper's claim | Our number (95 % interval) | Verdict (raw, as the paper) | Scale-free verdict |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        sf = r.get("scale_free_verdict")
+        number = r["number"] + "".join(f" — **{n}**" for n in r.get("notes") or [] if "disagree" in n)
+        lines.append(f"| {r['id']} | {r['claim']} | {number} | **{r['verdict']}** | "
+                     f"{'**' + sf + '**' if sf else '—'} |")
+    return "\n".join(lines)
