@@ -1,51 +1,99 @@
-"""The ``landscape`` command line: train, analyze, plot, figures.
+"""The ``landscape`` command line: train, analyze, plot, figures, report.
 
-    landscape train RECIPE [--runs NAME ...] [--epochs N] [--out DIR] [--seed S]
-    landscape analyze RUN_DIR... [--analyses NAME ...] [--force]
+    landscape train RECIPE [--runs NAME ...] [--epochs N] [--out DIR] [--seed S] [--threads T]
+    landscape analyze RUN_DIR... [--analyses NAME ...] [--settings FILE] [--force] [--keep-going]
     landscape plot [--tables DIR] [--out DIR]
-    landscape figures RECIPE [--data-root DIR] [--device cuda]
+    landscape figures [RECIPE] [--seeds S ...] [--jobs N] [--checkpoints DIR] [--publish README]
+    landscape report RUN_OR_RECIPE_DIR...
 
 Each sub-command is a thin shell over one library function, so everything the CLI does can
 be done from Python too. A bad input (a missing file, a recipe typo, a corrupt checkpoint)
-ends with one line naming the problem; ``--debug`` shows the full traceback instead.
+ends with one line naming the problem; ``--debug`` (anywhere on the line) shows the full
+traceback instead.
+
+Exit codes: 0 done; 2 bad input (nothing or only part was done, the line says what);
+3 the analysis is incomplete (a checkpoint or an analysis was skipped, or a table came out
+empty; the summary lists each; ``--keep-going`` makes this 0); 4 another process holds the
+run folder; 130 interrupted (completed epochs are saved; a rerun resumes).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 from typing import Sequence
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_BUSY, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+COMMANDS = ("train", "analyze", "plot", "figures", "report")
+
+
+class _Incomplete(Exception):
+    """Some checkpoints or analyses were skipped (exit code 3)."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("landscape")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def _problems(tables, keep_going: bool) -> None:
+    problems = getattr(tables, "problems", [])
+    if not problems:
+        return
+    print(f"{len(problems)} thing(s) could not be analysed:", file=sys.stderr)
+    for p in problems:
+        print(f"  - {p}", file=sys.stderr)
+    if not keep_going:
+        raise _Incomplete(f"{len(problems)} checkpoint(s)/analyses skipped (listed above); fix them or rerun "
+                          "with --keep-going to accept partial tables")
+
+
+# ----------------------------------------------------------------------------- commands
 
 
 def _train(args: argparse.Namespace) -> None:
     from landscape.zsq.runs import train_recipe
 
-    run_dirs = train_recipe(
-        args.recipe,
-        runs=args.runs,
-        epochs=args.epochs,
-        out=args.out,
-        seed=args.seed,
-        data_root=args.data_root,
-        device=args.device,
-    )
+    kwargs = {"threads": args.threads} if args.threads is not None else {}
+    run_dirs = train_recipe(args.recipe, runs=args.runs, epochs=args.epochs, out=args.out, seed=args.seed,
+                            data_root=args.data_root, device=args.device, **kwargs)
     for run_dir in run_dirs:
         print(run_dir)
+
+
+def _load_settings(path: str | None) -> dict | None:
+    """An ``[analysis]`` table from a TOML file: a recipe (its ``[analysis]``) or a settings file."""
+    if path is None:
+        return None
+    import tomllib
+
+    from landscape.analyzers import AnalysisError
+
+    p = Path(path)
+    if not p.is_file():
+        raise AnalysisError(f"settings file {p} does not exist; give a TOML file with an [analysis] table "
+                            "(a recipe works)")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise AnalysisError(f"settings file {p} is not valid TOML: {exc}") from None
+    return raw.get("analysis", raw)
 
 
 def _analyze(args: argparse.Namespace) -> None:
     from landscape.analyzers import analyze_runs
 
-    tables = analyze_runs(
-        args.run_dirs,
-        analyses=args.analyses,
-        force=args.force,
-        out_dir=args.out,
-        device=args.device,
-    )
+    tables = analyze_runs(args.run_dirs, analyses=args.analyses, force=args.force, settings=_load_settings(args.settings),
+                          out_dir=args.out, device=args.device, threads=args.threads)
     for name, table in tables.items():
         print(f"{name}: {len(table)} rows -> {Path(args.out) / (name + '.csv')}")
+    _problems(tables, args.keep_going)
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -58,75 +106,140 @@ def _plot(args: argparse.Namespace) -> None:
 def _figures(args: argparse.Namespace) -> None:
     from landscape.pipeline import run_figures
 
-    run_figures(
-        recipe=args.recipe,
-        data_root=args.data_root,
-        device=args.device,
-        force=args.force,
-        out=args.out,
-    )
+    tables = run_figures(recipe=args.recipe, data_root=args.data_root, device=args.device, force=args.force,
+                         out=args.out, seeds=args.seeds, jobs=args.jobs, checkpoints=args.checkpoints,
+                         publish=args.publish)
+    _problems(tables, args.keep_going)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from landscape.zsq.report import report
+
+    print(report(args.dirs))
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option says its default (unless its help already does); descriptions keep their breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``landscape`` console script."""
-    parser = argparse.ArgumentParser(
-        prog="landscape",
-        description="Loss-landscape analysis for quantized neural networks.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="landscape", formatter_class=_Help,
+                                     description="Loss-landscape analysis for quantized neural networks.",
+                                     epilog="Exit codes:" + __doc__.split("Exit codes:", 1)[1])
+    parser.add_argument("--version", action="version", version=f"landscape {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (anywhere on the line)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train the runs of a recipe, writing a checkpoint every epoch")
+    def command(name: str, help: str):
+        p = sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+        p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        return p
+
+    p = command("train", "train the runs of a recipe, writing a checkpoint every epoch (resumes when rerun)")
     p.add_argument("recipe", help="a recipe TOML, e.g. analyses/default.toml")
-    p.add_argument("--runs", nargs="+", metavar="NAME", help="runs to train (default: all in the recipe)")
-    p.add_argument("--epochs", type=int, help="override the number of epochs")
+    p.add_argument("--runs", nargs="+", metavar="NAME", help="runs to train (default: every run of the recipe)")
+    p.add_argument("--epochs", type=int, help="override every run's number of epochs (default: the recipe's)")
     p.add_argument("--out", default=None, help="checkpoint root (default: checkpoints/)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the recipe's seed)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the recipe's threads); the numbers depend on it")
     p.add_argument("--data-root", default=None, help="folder holding the data (CIFAR, Fashion-MNIST)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("analyze", help="run the loss-landscape analyses over run folders")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p = command("analyze", "run the loss-landscape analyses over run folders into tidy CSV tables")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders, e.g. checkpoints/default/kd-seed0")
     p.add_argument("--analyses", nargs="+", metavar="NAME",
-                   help="cosine trace eigen density interepoch crossings (default: all)")
-    p.add_argument("--force", action="store_true", help="recompute cached results")
+                   help="any of cosine trace eigen density interepoch crossings (default: all)")
+    p.add_argument("--settings", metavar="FILE", default=None,
+                   help="a TOML file with an [analysis] table, e.g. a recipe (default: built-in settings)")
+    p.add_argument("--force", action="store_true", help="recompute results the cache already holds")
+    p.add_argument("--keep-going", action="store_true",
+                   help="exit 0 even when checkpoints or analyses were skipped (they are still listed)")
     p.add_argument("--out", default="figures/tables", help="where the tidy CSV tables go")
-    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=1, help="torch threads; the numbers depend on it")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_analyze)
 
-    p = sub.add_parser("plot", help="redraw every figure from the tables (no recomputation)")
-    p.add_argument("--tables", default="figures/tables")
-    p.add_argument("--out", default="figures")
+    p = command("plot", "redraw every figure from the tables (no recomputation)")
+    p.add_argument("--tables", default="figures/tables", help="folder of the tidy CSV tables")
+    p.add_argument("--out", default="figures", help="where the figures go")
     p.set_defaults(func=_plot)
 
-    p = sub.add_parser("figures", help="train or reuse, analyze and draw: the whole job")
-    p.add_argument("recipe", nargs="?", default="analyses/default.toml")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--device", default=None)
+    p = command("figures", "train or reuse, analyze, draw and judge the paper's claims: the whole job")
+    p.add_argument("recipe", nargs="?", default="analyses/default.toml", help="a recipe TOML")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to train (default: the recipe's seeds)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes (default: the usable cores); changes the time, never the numbers")
+    p.add_argument("--checkpoints", default=None, metavar="DIR", help="checkpoint root (default: checkpoints/)")
+    p.add_argument("--out", default="figures", help="where figures, tables and README.md go")
+    p.add_argument("--publish", metavar="README", default=None,
+                   help="also copy the results blocks into this Markdown file (and docs/results.md)")
+    p.add_argument("--keep-going", action="store_true", help="exit 0 even when something could not be analysed")
     p.add_argument("--force", action="store_true", help="recompute cached analyses")
-    p.add_argument("--out", default="figures")
+    p.add_argument("--data-root", default=None, help="folder holding the data (CIFAR, Fashion-MNIST)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_figures)
+
+    p = command("report", "best and final test accuracy of run folders (mean ± std over seeds, and per seed)")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders or a recipe folder (checkpoints/<recipe>)")
+    p.set_defaults(func=_report)
     return parser
+
+
+def _split_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """``--debug`` may stand anywhere on the line: take it out before parsing."""
+    return [a for a in argv if a != "--debug"], "--debug" in argv
+
+
+def _unknown_command(argv: list[str]) -> str | None:
+    """The first positional word if it is not a command, with the closest command suggested."""
+    words = [a for a in argv if not a.startswith("-")]
+    if not words or words[0] in COMMANDS:
+        return None
+    match = difflib.get_close_matches(words[0], COMMANDS, n=1, cutoff=0.5)
+    hint = f"; did you mean '{match[0]}'?" if match else ""
+    return f"unknown command '{words[0]}'{hint} (commands: {', '.join(COMMANDS)}; see landscape --help)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    if not any(a in ("-h", "--help", "--version") for a in argv):
+        bad = _unknown_command(argv)
+        if bad:
+            print(f"landscape: {bad}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    args = build_parser().parse_args(argv)
+    args.debug = debug
     try:
         args.func(args)
     except KeyboardInterrupt:
         print("landscape: interrupted; completed epochs are saved and a rerun resumes.", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
-        if args.debug:
+        return EXIT_INTERRUPTED
+    except _Incomplete as exc:
+        print(f"landscape: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError, OSError) as exc:
+        if debug:
             raise
-        name = type(exc).__name__
+        code = EXIT_BUSY if type(exc).__name__ == "RunFolderBusy" else EXIT_BAD_INPUT
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"landscape: {name}: {message}\n(rerun with --debug for the traceback)", file=sys.stderr)
-        return 2
-    return 0
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename:
+            message = f"{exc.strerror or exc} on {exc.filename}: check that the folder is writable and the disk not full"
+        print(f"landscape: {type(exc).__name__}: {message}\n(rerun with --debug for the traceback)", file=sys.stderr)
+        return code
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -4,14 +4,18 @@
     plot_all("figures/tables", "figures")      # -> [Path("figures/fig1_cosine.png"), ...]
 
 Every figure is written as PNG and PDF with the CSV of exactly the rows it shows beside it
-(same stem). Colours follow the paper -- CE red, KL blue -- from the Okabe-Ito palette, which
-colour-blind readers can tell apart; every series also differs in line style and marker, so
-that the figures survive a greyscale printer. Nothing here computes a Hessian: redrawing all
-figures takes seconds.
+(same stem). The tables are long-form (one observation per row), so seaborn does the
+aggregation over seeds: ``lineplot`` with ``hue``/``style`` draws the mean over seeds and a
+95 % bootstrap band of it (:data:`landscape.findings.readme.BANDS` says, per figure, what each
+band or error bar is). Colours follow the paper — CE red, KL blue — from the Okabe-Ito palette,
+which colour-blind readers can tell apart; every series also differs in line style and marker,
+so that the figures survive a greyscale printer. Estimates that missed their stopping rule
+(``converged`` false) are drawn as hollow markers. Nothing here computes a Hessian: redrawing
+all figures takes seconds.
 
-Which run plays which role (KD = real-data distillation, ZQ = zero-shot GDFQ, KL-only, AIT,
-PTQ) comes from ``roles`` (the recipe's ``[figures]`` table); when a role's run is absent
-from a table, the figure shows the runs that are there.
+Which run plays which role (KD, ZQ, KL-only, AIT, PTQ) comes from ``roles`` (the recipe's
+``[figures]`` table); when a role's run is absent from a table, the figure shows the runs that
+are there.
 """
 
 from __future__ import annotations
@@ -28,33 +32,34 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from landscape.tables import TableError, read_table, resolve_roles  # noqa: E402
+from landscape.tables import ROLE_NAMES, TableError, read_table, resolve_roles  # noqa: E402
+
+__all__ = ["FIGURES", "FigureError", "plot_all"]
 
 # Okabe-Ito: safe for the common colour-vision deficiencies.
-CE_STYLE = dict(color="#D55E00", linestyle="-", marker="o")     # vermillion (the paper's red)
-KL_STYLE = dict(color="#0072B2", linestyle="--", marker="s")    # blue
-LOSS_STYLES = {"ce": CE_STYLE, "kl": KL_STYLE}
+LOSS_COLORS = {"ce": "#D55E00", "kl": "#0072B2"}  # vermillion (the paper's red), blue
+LOSS_DASHES = {"ce": "", "kl": (4, 2)}
+LOSS_MARKERS = {"ce": "o", "kl": "s"}
 LOSS_LABELS = {"ce": "CE", "kl": "KL"}
 
-RUN_STYLES = {
-    "kd": dict(color="#000000", linestyle="-", marker="o"),
-    "zq": dict(color="#E69F00", linestyle="--", marker="^"),
-    "kl_only": dict(color="#56B4E9", linestyle="-.", marker="s"),
-    "ait": dict(color="#009E73", linestyle="-", marker="D"),
-    "ptq": dict(color="#7F7F7F", linestyle=":", marker=None),
+ROLE_STYLES = {
+    "kd": ("#000000", "", "o"),
+    "zq": ("#E69F00", (4, 2), "^"),
+    "kl_only": ("#56B4E9", (6, 2, 1, 2), "s"),
+    "ait": ("#009E73", "", "D"),
+    "ptq": ("#7F7F7F", (1, 2), "X"),
 }
-_FALLBACK_STYLES = [
-    dict(color="#CC79A7", linestyle=(0, (5, 1)), marker="v"),
-    dict(color="#F0E442", linestyle=(0, (1, 1)), marker="P"),
-    dict(color="#999999", linestyle=(0, (3, 1, 1, 1)), marker="X"),
-]
+_FALLBACK = [("#CC79A7", (5, 1), "v"), ("#F0E442", (1, 1), "P"), ("#999999", (3, 1, 1, 1), "X")]
 ROLE_LABELS = {"kd": "KD (real data)", "zq": "ZQ (GDFQ, synthetic)", "kl_only": "KL-only ZQ",
                "ait": "AIT (KL + GI)", "ptq": "PTQ (no training)"}
 
 FIGURES = ("fig1_cosine", "fig2_trace", "fig3_slices", "fig4_density", "fig5_interepoch",
            "fig6_crossings", "fig7_accuracy")
+#: seaborn's band: a 95 % bootstrap interval of the mean over seeds, seeded (same picture every time).
+SEED_BAND = dict(errorbar=("ci", 95), n_boot=1000, seed=0)
 
 
 class FigureError(TableError):
@@ -64,29 +69,50 @@ class FigureError(TableError):
 # ----------------------------------------------------------------------------- helpers
 
 
-def _role_of(run: str, roles: dict) -> str | None:
-    for role in ("kd", "zq", "kl_only", "ait", "ptq"):
-        if roles.get(role) == run:
-            return role
-    return None
+class _Runs:
+    """Labels and styles of runs, by role."""
 
-
-class _Styler:
     def __init__(self, roles: dict):
         self.roles = roles
-        self._extra: dict[str, dict] = {}
+        self._extra: dict[str, tuple] = {}
 
-    def style(self, run: str) -> dict:
-        role = _role_of(run, self.roles)
-        if role:
-            return dict(RUN_STYLES[role])
-        if run not in self._extra:
-            self._extra[run] = dict(_FALLBACK_STYLES[len(self._extra) % len(_FALLBACK_STYLES)])
-        return dict(self._extra[run])
+    def role(self, run: str) -> str | None:
+        return next((r for r in ROLE_NAMES if self.roles.get(r) == run), None)
 
     def label(self, run: str) -> str:
-        role = _role_of(run, self.roles)
-        return f"{ROLE_LABELS[role]} [{run}]" if role else run
+        role = self.role(run)
+        return f"{ROLE_LABELS[role]} [{run}]" if role else str(run)
+
+    def style(self, run: str) -> tuple:
+        role = self.role(run)
+        if role:
+            return ROLE_STYLES[role]
+        if run not in self._extra:
+            self._extra[run] = _FALLBACK[len(self._extra) % len(_FALLBACK)]
+        return self._extra[run]
+
+    def seaborn(self, runs: list[str]) -> dict:
+        """``hue``/``style`` keyword arguments for a lineplot over the ``label`` column."""
+        labels = [self.label(r) for r in runs]
+        styles = [self.style(r) for r in runs]
+        return dict(hue="label", style="label", hue_order=labels, style_order=labels,
+                    palette=dict(zip(labels, [s[0] for s in styles])),
+                    dashes=dict(zip(labels, [s[1] for s in styles])),
+                    markers=dict(zip(labels, [s[2] for s in styles])))
+
+
+def _with_loss_label(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(Loss=df["loss"].map(lambda l: LOSS_LABELS.get(l, l)))
+
+
+def _loss_kwargs(losses) -> dict:
+    """``hue``/``style`` keyword arguments over the ``Loss`` column (see :func:`_with_loss_label`)."""
+    order = sorted(set(losses), key=lambda l: (l != "ce", l))
+    labels = [LOSS_LABELS.get(l, l) for l in order]
+    return dict(hue="Loss", style="Loss", hue_order=labels, style_order=labels,
+                palette={LOSS_LABELS.get(l, l): LOSS_COLORS.get(l, "#CC79A7") for l in order},
+                dashes={LOSS_LABELS.get(l, l): LOSS_DASHES.get(l, (1, 1)) for l in order},
+                markers={LOSS_LABELS.get(l, l): LOSS_MARKERS.get(l, "v") for l in order})
 
 
 def _pick_runs(df: pd.DataFrame, wanted: list[str]) -> list[str]:
@@ -96,10 +122,18 @@ def _pick_runs(df: pd.DataFrame, wanted: list[str]) -> list[str]:
     return chosen or present
 
 
-def _mean_over_seeds(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    g = df.groupby(by, sort=True)["value"]
-    out = g.agg(["mean", "std", "count"]).reset_index()
-    return out
+def _not_converged(df: pd.DataFrame) -> pd.Series:
+    if "converged" not in df:
+        return pd.Series(False, index=df.index)
+    c = df["converged"]
+    return c.notna() & ~c.astype(str).str.lower().isin(["true", "1", "1.0"])
+
+
+def _hollow(ax, df: pd.DataFrame, x: str, y: str, color) -> None:
+    """Hollow markers on the points whose estimate missed its stopping rule."""
+    bad = df[_not_converged(df)]
+    if len(bad):
+        ax.scatter(bad[x], bad[y], s=42, facecolors="white", edgecolors=color, linewidths=1.4, zorder=5)
 
 
 def _save(fig, out_dir: Path, stem: str, data: pd.DataFrame) -> Path:
@@ -112,121 +146,124 @@ def _save(fig, out_dir: Path, stem: str, data: pd.DataFrame) -> Path:
     return png
 
 
-def _line(ax, x, y, style: dict, label: str, n_points: int | None = None, **kw):
-    st = dict(style)
-    if n_points is not None and n_points > 30:
-        st["markevery"] = max(1, n_points // 12)
-    return ax.plot(x, y, label=label, linewidth=1.8, markersize=5, **st, **kw)
-
-
-def _epoch_axis(ax):
+def _epoch_axis(ax) -> None:
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(True, alpha=0.3)
 
 
+def _legend(ax, title: str | None = None) -> None:
+    if ax.get_legend() is not None:
+        ax.legend(fontsize=8, title=title, title_fontsize=7)
+
+
 # ----------------------------------------------------------------------------- figures
 
 
-def _cosine_panel(df: pd.DataFrame, runs: list, styler: _Styler):
-    """A cosine over epochs per run: the whole-model value (mean over seeds) as a line, the
-    middle half of the layers (25-75 %) as a band, and the zero line."""
+def _cosine_over_epochs(df: pd.DataFrame, runs: list[str], styler: _Runs, ylabel: str, title: str):
+    d = df[(df["layer"] == "all") & df["run"].isin(runs)].copy()
+    if d.empty:
+        return None
+    d["label"] = d["run"].map(styler.label)
     fig, ax = plt.subplots(figsize=(6, 3.8))
     ax.axhline(0, color="0.4", linewidth=0.8, zorder=0)
-    for run in runs:
-        d = df[df["run"] == run]
-        whole = _mean_over_seeds(d[d["layer"] == "all"], ["epoch"])
-        layers = d[d["layer"] != "all"]
-        st = styler.style(run)
-        if not layers.empty:
-            q = layers.groupby("epoch")["value"].quantile([0.25, 0.75]).unstack()
-            ax.fill_between(q.index, q[0.25], q[0.75], color=st["color"], alpha=0.15, linewidth=0)
-        _line(ax, whole["epoch"], whole["mean"], st, styler.label(run), len(whole))
-    return fig, ax
+    sns.lineplot(data=d, x="epoch", y="value", ax=ax, linewidth=1.8, **styler.seaborn(runs), **SEED_BAND)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    _epoch_axis(ax)
+    _legend(ax, "whole model; band: 95 % over seeds")
+    return fig, d
 
 
-def fig_cosine(tables: dict, roles: dict, styler: _Styler):
-    """Fig. 1: cos(∇CE, ∇KL) over epochs, KD vs ZQ; band = middle half of the layers."""
+def fig_cosine(tables: dict, roles: dict, styler: _Runs):
+    """Fig. 1: cos(∇CE, ∇KL) over epochs, KD vs ZQ."""
     df = tables.get("cosine")
     if df is None:
         return None
-    df = df[(df["metric"] == "cosine")]
+    df = df[df["metric"] == "cosine"]
     runs = _pick_runs(df, [roles["kd"], roles["zq"]])
-    df = df[df["run"].isin(runs)]
-    if df.empty:
-        return None
-    fig, ax = _cosine_panel(df, runs, styler)
-    ax.set_ylabel("cos(∇CE, ∇KL)")
-    ax.set_title("CE and KL gradients: aligned (>0) or fighting (≤0)?")
-    _epoch_axis(ax)
-    ax.legend(fontsize=8, title="line: whole model; band: layers' 25–75 %", title_fontsize=7)
-    return fig, df
+    return _cosine_over_epochs(df, runs, styler, "cos(∇CE, ∇KL)", "CE and KL gradients: aligned (>0) or fighting (≤0)?")
 
 
-def fig_trace(tables: dict, roles: dict, styler: _Styler):
-    """Fig. 2: Hessian trace over epochs, CE vs KL, one panel per regime; ±2 stderr bars."""
+def fig_trace(tables: dict, roles: dict, styler: _Runs):
+    """Fig. 2: Hessian trace over epochs, CE vs KL, one panel per regime."""
     df = tables.get("trace")
     if df is None:
         return None
     df = df[(df["metric"] == "trace") & (df["layer"] == "all")]
+    if "curvature" in df:
+        df = df[df["curvature"].fillna("hessian") == "hessian"]
     runs = _pick_runs(df, [roles["kd"], roles["zq"]])
     df = df[df["run"].isin(runs)]
     if df.empty:
         return None
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.6), sharey=True, squeeze=False)
-    positive = bool((df["value"] > 0).all())
     for ax, run in zip(axes[0], runs):
         d = df[df["run"] == run]
-        for loss in sorted(d["loss"].unique(), key=lambda l: (l != "ce", l)):
-            dl = d[d["loss"] == loss].groupby("epoch").agg(value=("value", "mean"), stderr=("stderr", "mean"))
-            st = LOSS_STYLES.get(loss, _FALLBACK_STYLES[0])
-            ax.errorbar(dl.index, dl["value"], yerr=2 * dl["stderr"].fillna(0), capsize=3,
-                        label=LOSS_LABELS.get(loss, loss), linewidth=1.8, markersize=5, **st)
+        sns.lineplot(data=_with_loss_label(d), x="epoch", y="value", ax=ax, linewidth=1.8, **_loss_kwargs(d["loss"]),
+                     **SEED_BAND)
+        for loss, dl in d.groupby("loss"):
+            color = LOSS_COLORS.get(loss, "#CC79A7")
+            g = dl.groupby("epoch").agg(value=("value", "mean"), se=("stderr", lambda s: math.sqrt(np.nanmean(s ** 2))),
+                                        n=("value", "size"))
+            ax.errorbar(g.index, g["value"], yerr=2 * g["se"].fillna(0) / np.sqrt(g["n"]), fmt="none",
+                        ecolor=color, capsize=3, linewidth=1)
+            _hollow(ax, dl, "epoch", "value", color)
         ax.set_title(styler.label(run), fontsize=10)
         _epoch_axis(ax)
-        if positive:
+        if (d["value"] > 0).all():
             ax.set_yscale("log")
-    axes[0][0].set_ylabel("Hessian trace (Hutchinson, ±2 s.e.)")
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle("Curvature of each loss: smaller trace = flatter", fontsize=11)
+        ax.set_ylabel("Hessian trace (Hutchinson)")
+        _legend(ax)
+    fig.suptitle("Curvature of each loss: smaller trace = flatter (bars: ±2 probe s.e.; band: 95 % over seeds)",
+                 fontsize=10)
     fig.tight_layout()
     return fig, df
 
 
-def fig_slices(tables: dict, roles: dict, styler: _Styler):
-    """Fig. 3: L(θ + k·e·ĝ) − L(θ) along each loss's top eigenvector, a grid of epochs."""
+def fig_slices(tables: dict, roles: dict, styler: _Runs):
+    """Fig. 3: L(θ + k·e·ĝ) − L(θ) along each loss's top eigenvector: re-quantized (solid) and
+    with rounding offsets frozen at θ (dotted), a grid of epochs; mean over seeds."""
     df = tables.get("eigen")
     if df is None:
         return None
     sl = df[df["metric"] == "slice_loss"].copy()
+    if "slice" not in sl:
+        sl["slice"] = "requantized"
+    sl = sl[sl["slice"].fillna("requantized").isin(["requantized", "frozen"])]
     runs = _pick_runs(sl, [roles["zq"], roles["kd"]])
     sl = sl[sl["run"].isin(runs)]
     if sl.empty:
         return None
     epochs = sorted(sl["epoch"].unique())[:6]
     sl = sl[sl["epoch"].isin(epochs)]
+    # each curve relative to its own value at k = 0 (per seed), then the mean over seeds
+    keys = ["run", "seed", "epoch", "loss", "slice"]
+    sl["seed"] = sl["seed"].fillna(-1)
+    base = sl.groupby(keys).apply(lambda g: float(np.interp(0.0, g["k"], g["value"])), include_groups=False)
+    sl = sl.join(base.rename("base"), on=keys)
+    sl["delta"] = sl["value"] - sl["base"]
     lam = df[(df["metric"] == "top_eigenvalue") & df["run"].isin(runs) & df["epoch"].isin(epochs)]
-    fig, axes = plt.subplots(len(runs), len(epochs), figsize=(2.6 * len(epochs) + 0.6, 2.4 * len(runs) + 0.5),
-                             sharex=True, sharey=False, squeeze=False)
-    shown = []
+    fig, axes = plt.subplots(len(runs), len(epochs), figsize=(2.6 * len(epochs) + 0.6, 2.4 * len(runs) + 0.6),
+                             sharex=True, squeeze=False)
     for i, run in enumerate(runs):
         for j, epoch in enumerate(epochs):
             ax = axes[i][j]
             d = sl[(sl["run"] == run) & (sl["epoch"] == epoch)]
             ax.axvline(0, color="0.6", linewidth=0.6, zorder=0)
+            for (loss, kind), g in d.groupby(["loss", "slice"]):
+                m = g.groupby("k")["delta"].mean()
+                ax.plot(m.index, m.values, color=LOSS_COLORS.get(loss, "#CC79A7"),
+                        linestyle="-" if kind == "requantized" else ":", linewidth=1.8 if kind == "requantized" else 1.4,
+                        marker=LOSS_MARKERS.get(loss) if kind == "requantized" else None, markersize=3,
+                        markevery=max(1, len(m) // 7), label=f"{LOSS_LABELS.get(loss, loss)}, {kind}")
             notes = []
-            for loss in sorted(d["loss"].unique(), key=lambda l: (l != "ce", l)):
-                dl = d[d["loss"] == loss].groupby("k", as_index=False)["value"].mean().sort_values("k")
-                base = np.interp(0.0, dl["k"], dl["value"])
-                dl["delta"] = dl["value"] - base
-                shown.append(dl.assign(run=run, epoch=epoch, loss=loss))
-                _line(ax, dl["k"], dl["delta"], LOSS_STYLES.get(loss, _FALLBACK_STYLES[0]),
-                      LOSS_LABELS.get(loss, loss), len(dl))
-                lv = lam[(lam["run"] == run) & (lam["epoch"] == epoch) & (lam["loss"] == loss)]["value"]
-                if len(lv):
-                    notes.append(f"λ{LOSS_LABELS.get(loss, loss)}={lv.mean():.3g}")
+            for loss, lv in lam[(lam["run"] == run) & (lam["epoch"] == epoch)].groupby("loss"):
+                flag = "" if not _not_converged(lv).any() else " (unconv.)"
+                notes.append(f"λ{LOSS_LABELS.get(loss, loss)}={lv['value'].mean():.3g}{flag}")
             if notes:
-                ax.text(0.03, 0.97, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="top")
+                ax.text(0.5, 0.97, "  ".join(notes), transform=ax.transAxes, fontsize=7, va="top", ha="center",
+                        bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
             if i == 0:
                 ax.set_title(f"epoch {int(epoch)}", fontsize=9)
             if i == len(runs) - 1:
@@ -234,44 +271,13 @@ def fig_slices(tables: dict, roles: dict, styler: _Styler):
             if j == 0:
                 ax.set_ylabel(f"{styler.label(run)}\nL(θ+k·e·ĝ) − L(θ)", fontsize=8)
             ax.grid(True, alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="upper right")
-    fig.suptitle("1-D loss surface along each loss's top Hessian eigenvector (flatter = better)", fontsize=10)
-    fig.tight_layout()
-    data = pd.concat(shown, ignore_index=True) if shown else sl
-    return fig, data
-
-
-def fig_density(tables: dict, roles: dict, styler: _Styler):
-    """Fig. 4: SLQ eigenvalue density, CE vs KL; symmetric-log eigenvalue axis, log density."""
-    df = tables.get("density")
-    if df is None:
-        return None
-    d = df[df["metric"] == "density"]
-    runs = _pick_runs(d, [roles["kd"], roles["zq"]])
-    d = d[d["run"].isin(runs)]
-    if d.empty:
-        return None
-    last = d.groupby("run")["epoch"].transform("max")
-    d = d[d["epoch"] == last]
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.4 * len(runs), 3.6), squeeze=False)
-    span = float(np.nanmax(np.abs(d["x"]))) if len(d) else 1.0
-    for ax, run in zip(axes[0], runs):
-        dr = d[d["run"] == run]
-        for loss in sorted(dr["loss"].unique(), key=lambda l: (l != "ce", l)):
-            dl = dr[dr["loss"] == loss].groupby("x", as_index=False)["value"].mean().sort_values("x")
-            y = dl["value"].clip(lower=max(dl["value"].max(), 1e-300) * 1e-8)
-            _line(ax, dl["x"], y, LOSS_STYLES.get(loss, _FALLBACK_STYLES[0]), LOSS_LABELS.get(loss, loss),
-                  len(dl))
-        _symlog_x(ax, span, float(dr["x"].min()), float(dr["x"].max()))
-        ax.set_yscale("log")
-        ax.set_xlabel("eigenvalue")
-        ax.set_title(f"{styler.label(run)}, epoch {int(dr['epoch'].max())}", fontsize=10)
-        ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("density (SLQ, Gaussian-smoothed)")
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle("Hessian eigenvalue density: a long tail of large eigenvalues = sharp", fontsize=10)
-    fig.tight_layout()
-    return fig, d
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle("1-D loss along each loss's top Hessian eigenvector: solid re-quantized (deployed), "
+                 "dotted rounding offsets frozen (the STE's Hessian)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig, sl
 
 
 def _symlog_x(ax, span: float, lo: float, hi: float) -> None:
@@ -280,33 +286,90 @@ def _symlog_x(ax, span: float, lo: float, hi: float) -> None:
     ax.set_xscale("symlog", linthresh=linthresh)
     top = math.floor(math.log10(max(span, 1e-12)))
     decades = [10.0 ** k for k in range(math.ceil(math.log10(linthresh)), top + 1)]
-    ticks = [0.0] + [d for d in decades if d <= hi] + [-d for d in decades if -d >= lo]
-    ax.set_xticks(sorted(ticks))
-    ax.set_xticklabels(["0" if t == 0 else f"{t:.0e}".replace("e+0", "e").replace("e-0", "e-") for t in sorted(ticks)],
+    ticks = sorted([0.0] + [d for d in decades if d <= hi] + [-d for d in decades if -d >= lo])
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(["0" if t == 0 else f"{t:.0e}".replace("e+0", "e").replace("e-0", "e-") for t in ticks],
                        fontsize=7)
     ax.set_xlim(lo - 0.02 * span, hi + 0.02 * span)
 
 
-def fig_interepoch(tables: dict, roles: dict, styler: _Styler):
-    """Fig. 5: cosine of the mean KL gradient with the previous epoch's, KL-only vs AIT."""
+def _density_panel(ax, dens: pd.DataFrame, ritz: pd.DataFrame, series: list, span: float) -> None:
+    """Smoothed densities (mean over seeds) and their Ritz values as stems along the bottom."""
+    lo, hi = float(dens["x"].min()), float(dens["x"].max())
+    ymax = 0.0
+    for key, color, dashes, label in series:
+        d = dens[key(dens)]
+        m = d.groupby("x")["value"].mean()
+        ax.plot(m.index, m.values, color=color, dashes=dashes or (None, None), linewidth=1.6, label=label)
+        ymax = max(ymax, float(m.max()) if len(m) else 0.0)
+    ax.set_yscale("log")
+    floor = ymax * 1e-6 if ymax > 0 else 1e-12
+    ax.set_ylim(floor, ymax * 3 if ymax > 0 else 1)
+    for i, (key, color, _, _) in enumerate(series):
+        r = ritz[key(ritz)]
+        if len(r):  # stems: one per Ritz value, height ∝ its quadrature weight (log scale)
+            h = floor * (ymax / floor) ** (0.08 + 0.1 * i + 0.25 * (r["value"] / r["value"].max()))
+            ax.vlines(r["x"], floor, h, color=color, linewidth=0.6, alpha=0.7)
+    _symlog_x(ax, span, lo, hi)
+    ax.set_xlabel("eigenvalue")
+    ax.grid(True, alpha=0.3)
+
+
+def fig_density(tables: dict, roles: dict, styler: _Runs):
+    """Fig. 4: SLQ density of CE vs KL per run (Hessian), and Hessian vs GGN on ZQ."""
+    df = tables.get("density")
+    if df is None:
+        return None
+    if "curvature" not in df:
+        df = df.assign(curvature="hessian")
+    df = df.assign(curvature=df["curvature"].fillna("hessian"))
+    runs = _pick_runs(df[df["metric"] == "density"], [roles["kd"], roles["zq"]])
+    df = df[df["run"].isin(runs)]
+    last = df.groupby("run")["epoch"].transform("max")
+    df = df[df["epoch"] == last]
+    dens, ritz = df[df["metric"] == "density"], df[df["metric"] == "ritz"]
+    if dens.empty:
+        return None
+    ggn_run = roles["zq"] if ((dens["curvature"] == "ggn") & (dens["run"] == roles["zq"])).any() else None
+    panels = [(run, "hessian") for run in runs] + ([(ggn_run, "ggn")] if ggn_run else [])
+    span = float(np.nanmax(np.abs(dens["x"])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    for ax, (run, mode) in zip(axes[0], panels):
+        dr, rr = dens[dens["run"] == run], ritz[ritz["run"] == run]
+        if mode == "hessian":
+            series = [((lambda t, l=loss: (t["loss"] == l) & (t["curvature"] == "hessian")), LOSS_COLORS.get(loss, "#CC79A7"),
+                       LOSS_DASHES.get(loss), LOSS_LABELS.get(loss, loss)) for loss in sorted(dr["loss"].unique(), key=lambda l: (l != "ce", l))]
+            title = f"{styler.label(run)}, epoch {int(dr['epoch'].max())}"
+        else:
+            series = []
+            for loss in sorted(dr["loss"].unique(), key=lambda l: (l != "ce", l)):
+                for curv, dashes in (("hessian", ""), ("ggn", (2, 1.5))):
+                    series.append(((lambda t, l=loss, c=curv: (t["loss"] == l) & (t["curvature"] == c)),
+                                   LOSS_COLORS.get(loss, "#CC79A7"), dashes,
+                                   f"{LOSS_LABELS.get(loss, loss)} {'Hessian' if curv == 'hessian' else 'GGN'}"))
+            title = f"{styler.label(run)}: Hessian vs Gauss-Newton"
+        _density_panel(ax, dr, rr, series, span)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("density (SLQ, smoothed; stems: Ritz values)")
+    fig.suptitle("Curvature spectrum: a long tail of large eigenvalues = sharp", fontsize=10)
+    fig.tight_layout()
+    return fig, df
+
+
+def fig_interepoch(tables: dict, roles: dict, styler: _Runs):
+    """Fig. 5: cosine of an epoch's mean training gradient with the previous epoch's."""
     df = tables.get("interepoch")
     if df is None:
         return None
     df = df[df["metric"] == "interepoch_cosine"]
-    runs = _pick_runs(df, [roles["kl_only"], roles["ait"], roles["kd"]])
-    df = df[df["run"].isin(runs)]
-    if df.empty:
-        return None
-    fig, ax = _cosine_panel(df, runs, styler)
-    ax.set_ylabel("cos(ḡ_KL(t), ḡ_KL(t−1))")
-    ax.set_title("Does the KL gradient keep its direction? (high = no minimum reached)", fontsize=10)
-    _epoch_axis(ax)
-    ax.legend(fontsize=8, title="line: whole model; band: layers' 25–75 %", title_fontsize=7)
-    return fig, df
+    runs = _pick_runs(df, [roles["kl_only"], roles["ait"], roles["kd"]]) if not df.empty else []
+    return _cosine_over_epochs(df, runs, styler, "cos(ḡ(t), ḡ(t−1)), epoch-mean gradients",
+                               "Does the training gradient keep its direction? (high = no minimum reached)")
 
 
-def fig_crossings(tables: dict, roles: dict, styler: _Styler):
-    """Fig. 6: fraction of weights crossing a rounding threshold, layer × epoch, KL-only vs AIT."""
+def fig_crossings(tables: dict, roles: dict, styler: _Runs):
+    """Fig. 6: fraction of weights crossing a rounding threshold per step, layer × epoch heat map."""
     df = tables.get("crossings")
     if df is None:
         return None
@@ -319,67 +382,52 @@ def fig_crossings(tables: dict, roles: dict, styler: _Styler):
     grids = {}
     for run in runs:
         d = df[df["run"] == run]
-        layer_order = list(dict.fromkeys(d["layer"]))
-        grids[run] = d.pivot_table(index="layer", columns="epoch", values="value", aggfunc="mean").reindex(layer_order)
+        order = list(dict.fromkeys(d["layer"]))
+        grids[run] = d.pivot_table(index="layer", columns="epoch", values="value", aggfunc="mean").reindex(order)
     vals = pd.concat([g.stack() for g in grids.values()])
     pos = vals[vals > 0]
     vmin = float(pos.min()) if len(pos) else 1e-6
-    vmax = float(pos.max()) if len(pos) else 1.0
-    vmax = max(vmax, vmin * 10)
+    vmax = max(float(pos.max()) if len(pos) else 1.0, vmin * 10)
     n_layers = max(len(g) for g in grids.values())
     fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs) + 1.0, 0.28 * n_layers + 1.8), squeeze=False,
                              layout="constrained")
     cmap = plt.get_cmap("cividis").with_extremes(bad="#FFFFFF")
-    im = None
-    for ax, run in zip(axes[0], runs):
-        g = grids[run]
-        arr = np.ma.masked_where(~(g.to_numpy(dtype=float) > 0), g.to_numpy(dtype=float))
-        im = ax.imshow(arr, aspect="auto", cmap=cmap, norm=LogNorm(vmin=vmin, vmax=vmax), interpolation="nearest")
-        ax.set_yticks(range(len(g.index)))
-        ax.set_yticklabels(g.index, fontsize=7)
-        cols = list(g.columns)
-        step = max(1, len(cols) // 10)
-        ax.set_xticks(range(0, len(cols), step))
-        ax.set_xticklabels([int(c) for c in cols[::step]], fontsize=7)
-        ax.set_xlabel("epoch")
+    for i, (ax, run) in enumerate(zip(axes[0], runs)):
+        g = grids[run].where(grids[run] > 0)
+        sns.heatmap(g, ax=ax, cmap=cmap, norm=LogNorm(vmin=vmin, vmax=vmax), cbar=i == len(runs) - 1,
+                    cbar_kws={"label": "weights changing integer code\n(mean per-step fraction; white = none)"},
+                    xticklabels=max(1, g.shape[1] // 10), yticklabels=True)
         ax.set_title(styler.label(run), fontsize=10)
-    cb = fig.colorbar(im, ax=axes[0].tolist(), shrink=0.9)
-    what = "mean per-step fraction" if metric == "step_crossing_fraction" else "fraction since previous epoch"
-    cb.set_label(f"weights changing integer code\n({what}; white = none)", fontsize=8)
-    fig.suptitle("Rounding-threshold crossings per layer", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("")
+        ax.tick_params(labelsize=7)
+    fig.suptitle("Rounding-threshold crossings per layer (mean over seeds)", fontsize=10)
     return fig, df
 
 
-def fig_accuracy(tables: dict, roles: dict, styler: _Styler):
-    """Fig. 7: student test accuracy over epochs; PTQ as a horizontal reference."""
+def fig_accuracy(tables: dict, roles: dict, styler: _Runs):
+    """Fig. 7: student test accuracy over epochs (mean over seeds, 95 % band); PTQ as a line."""
     df = tables.get("training")
     if df is None:
         return None
-    acc_metric = next((m for m in ("test_acc", "test_accuracy", "acc") if (df["metric"] == m).any()), None)
-    if acc_metric is None:
-        return None
-    df = df[df["metric"] == acc_metric]
-    runs = _pick_runs(df, list(roles["accuracy"]))
-    df = df[df["run"].isin(runs)]
+    df = df[df["metric"] == "test_acc"]
+    runs = _pick_runs(df, list(roles["accuracy"])) if not df.empty else []
+    df = df[df["run"].isin(runs)].copy()
     if df.empty:
         return None
+    df["label"] = df["run"].map(styler.label)
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    scale = 100.0 if df["value"].max() <= 1.0 else 1.0
-    for run in runs:
-        d = _mean_over_seeds(df[df["run"] == run], ["epoch"])
-        st = styler.style(run)
-        label = styler.label(run)
-        if len(d) == 1 or run == roles.get("ptq"):
-            ax.axhline(d["mean"].iloc[-1] * scale, label=label, color=st["color"], linestyle=st["linestyle"] or ":",
-                       linewidth=1.5)
-            continue
-        _line(ax, d["epoch"], d["mean"] * scale, st, label, len(d))
-        if (d["count"] > 1).any():
-            sd = d["std"].fillna(0) * scale
-            ax.fill_between(d["epoch"], d["mean"] * scale - sd, d["mean"] * scale + sd, color=st["color"],
-                            alpha=0.15, linewidth=0)
+    single = [r for r in runs if r == roles.get("ptq") or df[df["run"] == r]["epoch"].nunique() == 1]
+    curves = [r for r in runs if r not in single]
+    if curves:
+        sns.lineplot(data=df[df["run"].isin(curves)], x="epoch", y="value", ax=ax, linewidth=1.8,
+                     **styler.seaborn(curves), **SEED_BAND)
+    for run in single:
+        color, dashes, _ = styler.style(run)
+        ax.axhline(df[df["run"] == run]["value"].mean(), color=color, linestyle=":", linewidth=1.5,
+                   label=styler.label(run))
     ax.set_ylabel("student test accuracy (%)")
-    ax.set_title("Quantized student accuracy", fontsize=10)
+    ax.set_title("Quantized student accuracy (mean over seeds, band: 95 %)", fontsize=10)
     _epoch_axis(ax)
     ax.legend(fontsize=8)
     return fig, df
@@ -409,7 +457,7 @@ def plot_all(tables_dir="figures/tables", out_dir="figures", roles: Mapping | No
     if not tables:
         raise FigureError(f"no tables in {str(tables_dir)!r} (expected {', '.join(t + '.csv' for t in _TABLES)}): "
                           "run `landscape analyze RUN_DIR...` first")
-    styler = _Styler(roles)
+    styler = _Runs(roles)
     paths = []
     with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "legend.frameon": False,
                          "pdf.fonttype": 42, "svg.fonttype": "none"}):

@@ -65,7 +65,7 @@ def read_table(tables_dir: Path | str, name: str) -> pd.DataFrame | None:
         raise TableError(f"table {path} is not a readable CSV ({type(exc).__name__}); "
                          "rerun `landscape analyze` (or `make figures`) to rewrite it") from None
     if "loss" in df:
-        df["loss"] = df["loss"].fillna("").astype(str)
+        df["loss"] = df["loss"].astype("string").fillna("").astype(str)
     if "layer" in df:
-        df["layer"] = df["layer"].fillna("all").astype(str)
+        df["layer"] = df["layer"].astype("string").fillna("all").astype(str)
     return None if df.empty else df

@@ -94,12 +94,12 @@ def _restamp(df: pd.DataFrame, meta: dict) -> pd.DataFrame:
 class _Progress:
     """A tqdm bar on a terminal; elsewhere (a log, CI) one line per analysed checkpoint."""
 
-    def __init__(self, label: str, total: int, enabled: bool | None):
+    def __init__(self, label: str, total: int, mode):
         self.label, self.total, self.done = label, total, 0
         tty = sys.stderr.isatty()
-        self.lines = (enabled is None and not tty) or (enabled is True and not tty)
+        self.lines = mode == "lines" or (mode in (None, True) and not tty)
         self.bar = tqdm(total=total, desc=label, unit="ckpt", leave=False,
-                        disable=(enabled is False) or not tty or total == 0)
+                        disable=mode in (False, "lines") or not tty or total == 0)
 
     def step(self, epoch, names, seconds: float) -> None:
         self.done += 1
@@ -114,7 +114,7 @@ class _Progress:
 
 def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping | None = None,
                  out_dir="figures/tables", device=None, *, threads: int | None = None,
-                 progress: bool | None = None) -> AnalysisTables:
+                 progress: bool | str | None = None) -> AnalysisTables:
     """Run the chosen analyses over every checkpoint of each run folder.
 
     Parameters
@@ -127,7 +127,8 @@ def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping
     device:    ``"cpu"``, ``"cuda"``...; default CUDA when available.
     threads:   torch threads for this process (``torch.set_num_threads``); the same number gives
                the same tables on any machine. None leaves torch's setting alone.
-    progress:  None = a bar on a terminal and one line per checkpoint elsewhere; False = silent.
+    progress:  None = a bar on a terminal and one line per checkpoint elsewhere (a log, CI);
+               ``"lines"`` = always lines; False = silent.
 
     Returns :class:`AnalysisTables`: ``{analysis: DataFrame}`` (tidy; also written as
     ``<out_dir>/<analysis>.csv``) plus ``"training"`` (the runs' ``metrics.csv`` in long form,

@@ -52,8 +52,8 @@ def to_table(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
     for c in COLUMNS:
         if c not in df:
             df[c] = math.nan
-    df["loss"] = df["loss"].fillna("").astype(str)  # CSV turns "" into NaN; keep it a string
-    df["layer"] = df["layer"].fillna("all").astype(str)
+    df["loss"] = df["loss"].astype("string").fillna("").astype(str)  # CSV turns "" into NaN; keep a string
+    df["layer"] = df["layer"].astype("string").fillna("all").astype(str)
     extras = [c for c in EXTRA_COLUMNS if c in df and df[c].notna().any()]
     others = [c for c in df.columns if c not in COLUMNS and c not in EXTRA_COLUMNS]
     return df[COLUMNS + extras + others].reset_index(drop=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from landscape.findings.claims import CLAIMS, Claim, check_all
+from landscape.findings.rules import CLAIMS, Claim, check_all
 from landscape.findings.verdicts import LEVELS, NO_DATA, NOT_SUPPORTED, SUGGESTIVE, SUPPORTED
 from landscape.tables import read_table, resolve_roles
 

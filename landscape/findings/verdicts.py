@@ -4,7 +4,9 @@
   interval;
 * ``suggestive``: the point estimate is on the paper's side, the interval is not (or there is
   no interval: one seed where seeds are the unit, too few values to resample);
-* ``not supported``: the point estimate is not on the paper's side (a tie counts against);
+* ``not supported``: the point estimate is not on the paper's side (a tie, within ``TIE`` of the
+  threshold, counts against: two losses that differ only by a constant must not be told apart
+  by rounding);
 * ``no data``: a run, a table or a value the rule needs is missing. A missing baseline never
   yields a better verdict than ``no data``.
 
@@ -20,6 +22,8 @@ from landscape.findings.stats import Interval
 __all__ = ["SUPPORTED", "SUGGESTIVE", "NOT_SUPPORTED", "NO_DATA", "LEVELS", "judge", "weakest"]
 
 SUPPORTED, SUGGESTIVE, NOT_SUPPORTED, NO_DATA = "supported", "suggestive", "not supported", "no data"
+#: Effects closer than this to their threshold are ties.
+TIE = 1e-9
 #: From weakest to strongest.
 LEVELS = (NO_DATA, NOT_SUPPORTED, SUGGESTIVE, SUPPORTED)
 
@@ -31,9 +35,10 @@ def judge(effect: Interval | None, threshold: float = 0.0, paper_side: str = "ab
     if effect is None or not math.isfinite(effect.estimate):
         return NO_DATA
     sign = 1.0 if paper_side == "above" else -1.0
-    if not sign * (effect.estimate - threshold) > 0:
+    tie = TIE * max(1.0, abs(threshold))
+    if not sign * (effect.estimate - threshold) > tie:
         return NOT_SUPPORTED
-    if effect.has_interval and sign * ((effect.low if sign > 0 else effect.high) - threshold) > 0:
+    if effect.has_interval and sign * ((effect.low if sign > 0 else effect.high) - threshold) > tie:
         return SUPPORTED
     return SUGGESTIVE
 

@@ -239,9 +239,7 @@ def _slice_rows(tables: Tables, run: str, kind: str) -> pd.DataFrame:
 
 
 def _slice_effects(r: pd.DataFrame, relative: bool) -> tuple[Interval | None, Interval | None, pd.DataFrame]:
-    ce = r[r["loss"] == "ce"].set_index(["seed", "epoch"])
-    kl = r[r["loss"] == "kl"].set_index(["seed", "epoch"])
-    j = ce.join(kl, lsuffix="_ce", rsuffix="_kl", how="inner").reset_index()
+    j = r[r["loss"] == "ce"].merge(r[r["loss"] == "kl"], on=["seed", "epoch"], suffixes=("_ce", "_kl"))
     if relative:
         j = j[(j["base_ce"] > 0) & (j["base_kl"] > 0)]
         j = j.assign(rise_ce=j["rise_ce"] / j["base_ce"], rise_kl=j["rise_kl"] / j["base_kl"])

@@ -1,0 +1,125 @@
+"""The results file: the numbers a reader of README.md sees, written by the pipeline only.
+
+``make figures`` writes ``figures/results.md`` with marked blocks::
+
+    <!-- results:provenance --> ... <!-- /results:provenance -->   recipe, seeds, threads, torch
+    <!-- results:findings -->   ... <!-- /results:findings -->     the claims with both verdicts
+    <!-- results:accuracy -->   ... <!-- /results:accuracy -->     best and final accuracy per run
+    <!-- results:timings -->    ... <!-- /results:timings -->      wall and CPU seconds per stage
+
+``landscape figures --publish README.md`` copies every block into the same markers of that
+file (and the committed copy ``docs/results.md``), so no documented number is typed by hand;
+a test checks that README.md's blocks equal ``docs/results.md``'s.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import pandas as pd
+
+from landscape.findings import claims, claims_table
+from landscape.tables import read_table, resolve_roles
+
+__all__ = ["BLOCKS", "accuracy_table", "write_results", "read_blocks", "replace_blocks", "publish_results"]
+
+BLOCKS = ("provenance", "findings", "accuracy", "timings")
+_BLOCK_RE = re.compile(r"<!-- results:(?P<name>[a-z]+) -->\n(?P<body>.*?)<!-- /results:(?P=name) -->", re.S)
+
+
+def accuracy_table(tables_dir: str | Path, roles: Mapping | None = None) -> str:
+    """Best and final test accuracy (%) per run: mean ± std over seeds, and per seed (best / final)."""
+    roles = resolve_roles(roles)
+    df = read_table(tables_dir, "training")
+    if df is None:
+        return "(no training table)"
+    seeds = df["seed"].fillna(-1)
+    rows = []
+    for (run, seed), g in df.groupby(["run", seeds], sort=False):
+        g = g.sort_values("epoch")
+        acc = g[g["metric"] == "test_acc"]["value"]
+        best = g[g["metric"] == "best_acc"]["value"]
+        teacher = g[g["metric"] == "teacher_acc"]["value"]
+        if acc.empty:
+            continue
+        rows.append({"run": run, "seed": seed, "final": float(acc.iloc[-1]),
+                     "best": float(best.iloc[-1]) if len(best) else float(acc.max()),
+                     "teacher": float(teacher.iloc[-1]) if len(teacher) else math.nan})
+    t = pd.DataFrame(rows)
+    if t.empty:
+        return "(no accuracy rows)"
+    order = ["teacher"] + list(roles["accuracy"]) + sorted(set(t["run"]) - set(roles["accuracy"]))
+    teacher = t.drop_duplicates("seed")[["seed", "teacher"]].rename(columns={"teacher": "best"})
+    teacher = teacher.assign(final=teacher["best"], run="teacher")
+    t = pd.concat([teacher, t], ignore_index=True)
+
+    def ms(x: pd.Series) -> str:
+        return f"{x.mean():.2f} ± {x.std(ddof=1):.2f}" if len(x) > 1 else f"{x.mean():.2f}"
+
+    lines = ["| run | best test accuracy (%) | final test accuracy (%) | per seed: best / final |", "|---|---|---|---|"]
+    for run in order:
+        g = t[t["run"] == run].sort_values("seed")
+        if g.empty:
+            continue
+        per = " · ".join(f"{b:.1f} / {f:.1f}" for b, f in zip(g["best"], g["final"])) if run != "teacher" else ""
+        lines.append(f"| {run} | {ms(g['best'])} | {ms(g['final'])} | {per} |")
+    return "\n".join(lines)
+
+
+def _timings(wall: Mapping[str, float], cpu: Mapping[str, float]) -> str:
+    lines = ["| stage | wall (s) | CPU, all processes (s) |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.0f} | {cpu.get(k, math.nan):.0f} |" for k, v in wall.items()]
+    return "\n".join(lines)
+
+
+def write_results(tables_dir: str | Path, path: str | Path, roles: Mapping | None = None,
+                  provenance: Mapping | None = None, wall: Mapping | None = None,
+                  cpu: Mapping | None = None) -> Path:
+    """Write the results file (blocks :data:`BLOCKS`) from the tables and the run's timings."""
+    roles = resolve_roles(roles)
+    body = {
+        "provenance": "; ".join(f"{k} {v}" for k, v in (provenance or {}).items()),
+        "findings": claims_table(claims(tables_dir, roles)),
+        "accuracy": accuracy_table(tables_dir, roles),
+        "timings": _timings(wall or {}, cpu or {}),
+    }
+    text = ["# Results of `make figures`", "",
+            "Written by the pipeline; `landscape figures --publish README.md` copies these blocks into the README.", ""]
+    for name in BLOCKS:
+        text += [f"## {name}", "", f"<!-- results:{name} -->", body[name], f"<!-- /results:{name} -->", ""]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(text), encoding="utf-8")
+    return path
+
+
+def read_blocks(text: str) -> dict[str, str]:
+    """``{name: body}`` of every marked block in a text."""
+    return {m.group("name"): m.group("body") for m in _BLOCK_RE.finditer(text)}
+
+
+def replace_blocks(text: str, blocks: Mapping[str, str]) -> str:
+    """``text`` with the body of every marked block that ``blocks`` has replaced."""
+    def sub(m):
+        name = m.group("name")
+        body = blocks.get(name, m.group("body"))
+        return f"<!-- results:{name} -->\n{body}<!-- /results:{name} -->"
+
+    return _BLOCK_RE.sub(sub, text)
+
+
+def publish_results(results: str | Path, readme: str | Path, copy_to: str | Path | None = "docs/results.md") -> None:
+    """Copy the results file's blocks into ``readme``'s markers (and the file to ``copy_to``)."""
+    blocks = read_blocks(Path(results).read_text(encoding="utf-8"))
+    readme = Path(readme)
+    old = readme.read_text(encoding="utf-8")
+    new = replace_blocks(old, blocks)
+    if new != old:
+        readme.write_text(new, encoding="utf-8")
+    if copy_to:
+        Path(copy_to).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(results, copy_to)
