@@ -81,6 +81,14 @@ def _by_seed(df: pd.DataFrame, column: str = "value") -> dict:
     return out
 
 
+def _median(x: np.ndarray) -> np.ndarray:
+    return np.median(x, axis=-1)
+
+
+def _median_difference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.median(x, axis=-1) - np.median(y, axis=-1)
+
+
 def _seed_note(interval: Interval) -> str:
     return "" if interval.n > 1 else " (1 seed: the interval is over epochs of that run only)"
 
@@ -138,8 +146,8 @@ def claim_1(tables: Tables, roles: Mapping) -> Claim:
     if zq.empty or kd.empty:
         missing = "ZQ" if zq.empty else "KD"
         return Claim(1, TEXT_1, f"no cosine rows for the {missing} run", NO_DATA, RULE_1)
-    a = bootstrap(_by_seed(zq), np.median)
-    b = bootstrap([_by_seed(zq), _by_seed(kd)], lambda x, y: float(np.median(x) - np.median(y)))
+    a = bootstrap(_by_seed(zq), _median)
+    b = bootstrap([_by_seed(zq), _by_seed(kd)], _median_difference)
     verdict = weakest(judge(a, 0.1, "below"), judge(b, 0.0, "below"))
     number = (f"median cos: ZQ [{roles['zq']}] {a.text(fmt)}; ZQ − KD [{roles['kd']}] {b.text(fmt)}"
               f"{_seed_note(a)}")
@@ -174,7 +182,7 @@ def _log_ratio_effect(pairs: pd.DataFrame, scale_a=None, scale_b=None) -> Interv
     se = np.sqrt(np.nan_to_num(pairs["stderr_a"].to_numpy(float) / pairs["value_a"].to_numpy(float)) ** 2
                  + np.nan_to_num(pairs["stderr_b"].to_numpy(float) / pairs["value_b"].to_numpy(float)) ** 2)
     df = pairs.assign(r=r, se=se)
-    return bootstrap(_by_seed(df, "r"), np.mean, noise=_by_seed(df, "se"))
+    return bootstrap(_by_seed(df, "r"), noise=_by_seed(df, "se"))
 
 
 def claim_2(tables: Tables, roles: Mapping) -> Claim:
@@ -247,7 +255,7 @@ def _slice_effects(r: pd.DataFrame, relative: bool) -> tuple[Interval | None, In
     if j.empty:
         return None, None, j
     j = j.assign(r=np.log(j["rise_ce"] / j["rise_kl"]))
-    a = bootstrap(_by_seed(j, "r"), np.mean)
+    a = bootstrap(_by_seed(j, "r"))
     late = {}
     for seed, g in j.groupby("seed"):
         g = g.sort_values("epoch")
@@ -314,22 +322,47 @@ def _ritz(tables: Tables, run: str) -> pd.DataFrame:
 
 
 def _spectra(rz: pd.DataFrame, loss: str) -> dict:
-    """``{seed: [ (nodes, weights) per SLQ probe ]}`` for one loss."""
-    out: dict = {}
+    """``{seed: array (probes, 2, L)}``: each SLQ probe's nodes (row 0) and weights (row 1), padded
+    to a common length L with nodes −inf and weights 0 (so they count nowhere)."""
+    probes: dict = {}
     for (seed, _probe), g in rz[rz["loss"] == loss].groupby(["seed", "probe"]):
-        out.setdefault(seed, []).append((g["x"].to_numpy(float), g["value"].to_numpy(float)))
+        probes.setdefault(seed, []).append((g["x"].to_numpy(float), g["value"].to_numpy(float)))
+    width = max((len(nd) for ps in probes.values() for nd, _ in ps), default=0)
+    out = {}
+    for seed, ps in probes.items():
+        arr = np.zeros((len(ps), 2, width))
+        arr[:, 0, :] = -np.inf
+        for i, (nd, wt) in enumerate(ps):
+            arr[i, 0, : len(nd)], arr[i, 1, : len(wt)] = nd, wt
+        out[seed] = arr
     return out
 
 
-def _mass_above(probes, threshold: float) -> float:
-    w = sum(float(wt[nd > threshold].sum()) for nd, wt in probes)
-    total = sum(float(wt.sum()) for _, wt in probes)
-    return w / total if total > 0 else math.nan
+def _top(s: np.ndarray) -> np.ndarray:
+    """Largest Ritz value of each resample; ``s`` has shape (R, probes, 2, L)."""
+    return s[:, :, 0, :].max(axis=(1, 2))
 
 
-def _spectral_effect(ce: dict, kl: dict, stat: Callable[[list, list], float]) -> Interval:
-    """Bootstrap over seeds and, within a seed, over SLQ probe vectors."""
-    return bootstrap([ce, kl], lambda a, b: stat(list(a), list(b)))
+def _mass_above(s: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Spectral mass above ``threshold`` (one per resample) over the drawn probes."""
+    nodes, weights = s[:, :, 0, :], s[:, :, 1, :]
+    above = (nodes > threshold[:, None, None]) * weights
+    return above.sum(axis=(1, 2)) / weights.sum(axis=(1, 2))
+
+
+def _log_top_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ta, tb = _top(a), _top(b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((ta > 0) & (tb > 0), np.log(ta / tb), np.nan)
+
+
+def _mass_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    thr = 0.1 * _top(a)
+    return _mass_above(a, thr) - _mass_above(b, thr)
+
+
+def _own_mass_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return _mass_above(a, 0.1 * _top(a)) - _mass_above(b, 0.1 * _top(b))
 
 
 def claim_4(tables: Tables, roles: Mapping) -> Claim:
@@ -338,25 +371,10 @@ def claim_4(tables: Tables, roles: Mapping) -> Claim:
     if rz.empty or not {"ce", "kl"} <= set(rz["loss"]):
         return Claim(4, TEXT_4, f"no CE and KL Ritz values for the ZQ run [{zq}]", NO_DATA, RULE_4, NO_DATA, RULE_4_SF)
     ce, kl = _spectra(rz, "ce"), _spectra(rz, "kl")
-
-    def top(probes):
-        return max(float(nd.max()) for nd, _ in probes)
-
-    def log_top(a, b):
-        ta, tb = top(a), top(b)
-        return math.log(ta / tb) if ta > 0 and tb > 0 else math.nan
-
-    def mass_diff(a, b):
-        thr = 0.1 * top(a)
-        return _mass_above(a, thr) - _mass_above(b, thr)
-
-    def own_mass_diff(a, b):
-        return _mass_above(a, 0.1 * top(a)) - _mass_above(b, 0.1 * top(b))
-
-    a = _spectral_effect(ce, kl, log_top)
-    b = _spectral_effect(ce, kl, mass_diff)
+    a = bootstrap([ce, kl], _log_top_ratio)
+    b = bootstrap([ce, kl], _mass_difference)
     verdict = weakest(judge(a, 0.0, "above"), judge(b, 0.0, "above"))
-    sf = _spectral_effect(ce, kl, own_mass_diff)
+    sf = bootstrap([ce, kl], _own_mass_difference)
     sf_verdict = judge(sf, 0.0, "above")
     epoch = int(rz["epoch"].max())
     number = (f"ZQ [{zq}] epoch {epoch}: top Ritz CE/KL {a.map(math.exp).text(_ratio)}; mass above 10 % of CE's top, "
@@ -390,8 +408,8 @@ def claim_5(tables: Tables, roles: Mapping) -> Claim:
     if klo.empty or kd.empty:
         missing = "KL-only" if klo.empty else "KD"
         return Claim(5, TEXT_5, f"no epoch-mean inter-epoch cosine for the {missing} run", NO_DATA, RULE_5)
-    a = bootstrap(_by_seed(klo), np.median)
-    b = bootstrap([_by_seed(klo), _by_seed(kd)], lambda x, y: float(np.median(x) - np.median(y)))
+    a = bootstrap(_by_seed(klo), _median)
+    b = bootstrap([_by_seed(klo), _by_seed(kd)], _median_difference)
     verdict = weakest(judge(a, 0.5, "above"), judge(b, 0.0, "above"))
     number = f"median: KL-only [{roles['kl_only']}] {a.text(fmt)}; KL-only − KD [{roles['kd']}] {b.text(fmt)}"
     ait = _rows(tables, "interepoch", "interepoch_cosine", roles["ait"])
@@ -420,7 +438,7 @@ def claim_6(tables: Tables, roles: Mapping) -> Claim:
     if cz.empty:
         return Claim(6, TEXT_6, f"no per-step crossing rows for the KL-only run [{roles['kl_only']}]", NO_DATA, RULE_6)
     per_epoch = cz.groupby([cz["seed"].fillna(-1), "epoch"])["value"].mean().reset_index()
-    a = bootstrap(_by_seed(per_epoch), np.mean)
+    a = bootstrap(_by_seed(per_epoch))
     per_layer = cz.groupby("layer")["value"].mean()
     moving = int((per_layer > 1e-5).sum())
     b_ok = moving <= len(per_layer) / 2

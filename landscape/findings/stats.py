@@ -64,11 +64,10 @@ Groups = Mapping[object, Sequence[float]]
 
 
 def _as_array(values: Sequence) -> np.ndarray:
-    """Numbers -> a float array; anything else (e.g. one SLQ probe's nodes and weights) -> an
-    object array, resampled by index like numbers."""
+    """Numbers (or equal-shaped arrays: one row per value) -> a float array; anything else -> an
+    object array. Either is resampled by its first index."""
     try:
-        return np.asarray(values, dtype=float).reshape(-1) if len(values) == 0 or np.ndim(values[0]) == 0 \
-            else _objects(values)
+        return np.asarray(values, dtype=float)
     except (TypeError, ValueError):
         return _objects(values)
 
@@ -80,65 +79,56 @@ def _objects(values: Sequence) -> np.ndarray:
     return out
 
 
-def bootstrap(groups: Groups | Sequence[Groups], statistic: Callable[..., float] = np.mean,
-              noise: Groups | Sequence[Groups | None] | None = None, combine: Callable | None = None,
-              n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> Interval:
-    """Two-level bootstrap interval of ``combine(statistic per seed)``.
+def bootstrap(groups: Groups | Sequence[Groups], statistic: Callable[..., np.ndarray] = None,
+              noise: Groups | Sequence[Groups | None] | None = None, n_boot: int = N_BOOT, seed: int = 0,
+              level: float = LEVEL) -> Interval:
+    """Two-level bootstrap interval of the mean over seeds of ``statistic`` per seed.
 
     ``groups``: ``{seed: values}`` for one series, or a list of such dicts for several series
-    measured on the same seeds (e.g. the ZQ and KD runs); then ``statistic`` takes one array
-    per series and returns one number per seed, and the seeds are resampled jointly (a seed
-    is drawn for all series at once), the values inside each series independently.
-    ``noise``: standard errors aligned with ``groups`` (parametric perturbation).
-    Values need not be numbers: anything is resampled by index (the statistic then gets an
-    object array).
-    ``combine``: how the per-seed numbers become the effect (default: their mean).
+    measured on the same seeds (e.g. the ZQ and KD runs); the seeds are resampled jointly (a
+    seed is drawn for all series at once), the values inside each series independently.
+    ``statistic(*arrays)`` is vectorised: it gets one array of shape ``(R, n_i, ...)`` per
+    series (R resamples of that seed's n_i values, each value a number or an equal-shaped
+    array) and returns ``R`` numbers; default: the mean.
+    ``noise``: standard errors aligned with ``groups``, added as ``stderr · N(0, 1)``.
     """
     series = list(groups) if isinstance(groups, (list, tuple)) else [groups]
     noises = list(noise) if isinstance(noise, (list, tuple)) else [noise] * len(series)
-    if isinstance(groups, (list, tuple)) and noise is not None and not isinstance(noise, (list, tuple)):
-        raise ValueError("noise must be a list aligned with the list of series")
-    combine = combine or (lambda xs: float(np.mean(xs)))
+    statistic = statistic or (lambda x: np.mean(x, axis=-1))
     seeds = sorted(set.intersection(*[{k for k in g if len(g[k]) > 0} for g in series]), key=str)
-    if not seeds:
-        return Interval(math.nan, math.nan, math.nan, "bootstrap", 0)
-    prepared = []
-    for g, nz in zip(series, noises):
-        vals = [_as_array(g[k]) for k in seeds]
-        errs = [np.nan_to_num(np.asarray(nz[k], dtype=float)) if nz is not None and k in nz
-                else None for k in seeds]
-        prepared.append((vals, errs))
-
-    def per_seed(idx_seeds, rng):
-        out = []
-        for s in idx_seeds:
-            arrays = []
-            for vals, errs in prepared:
-                v, e = vals[s], errs[s]
-                if rng is None:
-                    arrays.append(v)
-                else:
-                    pick = rng.integers(0, len(v), len(v))
-                    drawn = v[pick]
-                    if e is not None:
-                        drawn = drawn + e[pick] * rng.standard_normal(len(v))
-                    arrays.append(drawn)
-            out.append(statistic(*arrays))
-        return combine(out)
-
-    estimate = per_seed(range(len(seeds)), None)
-    rng = np.random.default_rng(seed)
     n_s = len(seeds)
-    reps = np.empty(n_boot)
-    for b in range(n_boot):
-        top = rng.integers(0, n_s, n_s) if n_s > 1 else np.zeros(1, dtype=int)
-        reps[b] = per_seed(top, rng)
+    if not n_s:
+        return Interval(math.nan, math.nan, math.nan, "bootstrap", 0)
+    vals = [[_as_array(g[k]) for k in seeds] for g in series]
+    errs = [[None if nz is None or k not in nz else np.nan_to_num(np.asarray(nz[k], dtype=float)) for k in seeds]
+            for nz in noises]
+
+    def seed_stats(i: int, rows: int, rng) -> np.ndarray:
+        """``rows`` values of the statistic on seed i: resampled (rng) or as observed (None)."""
+        arrays = []
+        for v, e in zip(vals, errs):
+            x, err = v[i], e[i]
+            if rng is None:
+                arrays.append(x[None, :])
+                continue
+            pick = rng.integers(0, len(x), (rows, len(x)))
+            drawn = x[pick]
+            if err is not None:
+                drawn = drawn + err[pick] * rng.standard_normal(pick.shape)
+            arrays.append(drawn)
+        return np.asarray(statistic(*arrays), dtype=float).reshape(-1)
+
+    estimate = float(np.mean([seed_stats(i, 1, None)[0] for i in range(n_s)]))
+    rng = np.random.default_rng(seed)
+    top = rng.integers(0, n_s, (n_boot, n_s)) if n_s > 1 else np.zeros((n_boot, 1), dtype=int)
+    per = np.stack([seed_stats(i, n_boot * top.shape[1], rng).reshape(n_boot, top.shape[1]) for i in range(n_s)])
+    reps = np.take_along_axis(per, top[None, :, :], axis=0)[0].mean(axis=1)  # slot j of replicate b: seed top[b, j]
     reps = reps[np.isfinite(reps)]
     if len(reps) < n_boot // 2:
-        return Interval(float(estimate), math.nan, math.nan, "bootstrap", n_s)
+        return Interval(estimate, math.nan, math.nan, "bootstrap", n_s)
     a = (1 - level) / 2
     lo, hi = np.quantile(reps, [a, 1 - a])
-    return Interval(float(estimate), float(lo), float(hi), "bootstrap", n_s)
+    return Interval(estimate, float(lo), float(hi), "bootstrap", n_s)
 
 
 def paired_t_interval(differences: Sequence[float], level: float = LEVEL) -> Interval:
