@@ -91,7 +91,7 @@ def test_each_call_site_has_its_own_range():
     assert abs(block.relu.quant[0].hi.item() - block.relu.quant[1].hi.item()) > 1e-3
     # the counter restarts with every forward and cycles for a block called on its own
     y = student(x)
-    block(xb)
+    assert torch.equal(block(xb), block(xb))  # calls 1-2 then 3-4: sites 0, 1 each time
     block.relu.quant.calls = 1  # even a counter left mid-way (an error inside a forward) is reset
     assert torch.equal(student(x), y)
     # the model deep-copies with its counters' hooks pointing at the copy's own quantizers
