@@ -1,5 +1,6 @@
-"""Fake quantization: the dequantization contract, the STE's first and second derivatives,
-which modules get quantized, activation ranges (EMA during calibration, frozen after)."""
+"""Fake quantization: the weight grids (integral zero point as the official code, float as an
+option) and their dequantization contract, the STE's first and second derivatives, which
+modules get quantized, activation ranges (EMA during calibration, frozen after)."""
 
 import copy
 
@@ -16,20 +17,26 @@ from landscape.quant import (ActQuant, QuantConv2d, QuantizationError, QuantLine
 from landscape.quant.functional import dequantize, quantize, weight_codes, weight_qparams
 
 
+@pytest.mark.parametrize("zero_point", ["integral", "float"])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8, 16])
-def test_dequantization_check(bits):
+def test_dequantization_check(bits, zero_point):
     torch.manual_seed(bits)
-    student = quantize_model(SmallCNN(1, 10, 4), bits, bits)
+    student = quantize_model(SmallCNN(1, 10, 4), bits, bits, weight_zero_point=zero_point)
     rows = check_dequantization(student)
     assert [r["layer"] for r in rows] == [n for n, _ in quantized_layers(student)]
     for r in rows:
+        assert r["zero_point"] == zero_point
         assert -(2 ** (bits - 1)) <= r["code_min"] <= r["code_max"] <= 2 ** (bits - 1) - 1
         assert r["max_error_over_scale"] <= 0.5 + (1e-4 if bits < 16 else 0.05)
+        if zero_point == "float":
+            assert r["n_clipped"] == 0
+    if zero_point == "integral" and bits <= 4:  # the anchored grid does clip some extremes
+        assert sum(r["n_clipped"] for r in rows) > 0
     for name, q in integer_codes(student).items():
         assert q.dtype == torch.long
-    # per channel, the extremes map to the ends of the code range
+    # per channel, the extremes map to the ends of the code range (both grids, barring an exact tie)
     w = student.fc.weight
-    q = weight_codes(w, bits)
+    q = weight_codes(w, bits, zero_point)
     assert (q.min(1).values == -(2 ** (bits - 1))).all() and (q.max(1).values == 2 ** (bits - 1) - 1).all()
 
 

@@ -5,12 +5,14 @@
     quantized_layers(student) -> [(name, QuantConv2d | QuantLinear)]
     integer_codes(student)    -> {name: LongTensor}
     check_dequantization(student) -> per-layer report; raises QuantizationError on failure
+    with frozen_rounding(student, batches): ...   # rounding offsets held fixed at θ
 """
 
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
+import warnings
+from collections import Counter, OrderedDict
 from contextlib import contextmanager
 
 import torch
@@ -18,40 +20,95 @@ from torch import nn
 
 from landscape.config import check_bits
 from landscape.quant import functional
-from landscape.quant.functional import (dequantize, fake_quant_weight, qrange, quantize,
+from landscape.quant.coverage import ACTIVATION_MODULES, activation_sites
+from landscape.quant.errors import FrozenRoundingError, QuantizationError, QuantizationWarning
+from landscape.quant.frozen import frozen_rounding
+from landscape.quant.functional import (check_zero_point, dequantize, fake_quant_weight, qrange, quantize,
                                         weight_codes, weight_qparams)
-from landscape.quant.modules import ActQuant, QuantConv2d, QuantLinear, _to_quant
+from landscape.quant.modules import (ActQuant, ActQuantPerCall, CallCounters, QuantConv2d, QuantLinear,
+                                     _to_quant)
 
 __all__ = ["quantize_model", "quantized_layers", "integer_codes", "act_quantizers",
-           "calibrating", "calibrate", "check_dequantization", "QuantizationError",
-           "QuantConv2d", "QuantLinear", "ActQuant", "functional", "weight_codes",
+           "calibrating", "calibrate", "check_dequantization", "frozen_rounding",
+           "QuantizationError", "QuantizationWarning", "FrozenRoundingError",
+           "QuantConv2d", "QuantLinear", "ActQuant", "ActQuantPerCall", "functional", "weight_codes",
            "weight_qparams", "fake_quant_weight", "quantize", "dequantize", "qrange"]
 
 
-class QuantizationError(AssertionError):
-    """A quantized layer whose codes or dequantized weights break the quantizer's contract."""
+def _act_quant(a_bits: int, act_momentum: float, sites: list[str], like: torch.Tensor | None) -> nn.Module:
+    """One ActQuant, or one per call site; ranges in the model's dtype and on its device."""
+    quant = (ActQuantPerCall([ActQuant(a_bits, act_momentum) for _ in sites], sites) if len(sites) > 1
+             else ActQuant(a_bits, act_momentum))
+    if like is not None and like.is_floating_point():
+        quant.to(device=like.device, dtype=like.dtype)
+    return quant
 
 
-def quantize_model(model: nn.Module, w_bits: int, a_bits: int, act_momentum: float = 0.9) -> nn.Module:
+def _call_sites(student: nn.Module) -> dict[int, list[str]]:
+    """id(activation module) -> its call sites; the warnings for what cannot be quantized.
+
+    An activation module held under two names gets one quantizer per holder (no site list).
+    """
+    sites = activation_sites(student)
+    if isinstance(sites, str):
+        warnings.warn(f"quantize_model: torch.fx cannot trace {type(student).__name__} ({sites}), so activation "
+                      f"call sites were not checked: each nn.ReLU module gets one quantizer shared by all its "
+                      f"calls, and functional activations (F.relu) are not quantized", QuantizationWarning,
+                      stacklevel=3)
+        return {}
+    if sites.functional:
+        warnings.warn(f"quantize_model: {len(sites.functional)} functional activation(s) are not quantized "
+                      f"(only nn.ReLU / nn.ReLU6 modules get an activation quantizer): "
+                      + "; ".join(sites.functional) + ". Use an nn.ReLU module there to quantize it.",
+                      QuantizationWarning, stacklevel=3)
+    holders = Counter(id(c) for parent in student.modules() for c in parent._modules.values() if c is not None)
+    return {id(m): sites.modules.get(n, [])[:1 if holders[id(m)] > 1 else None]
+            for n, m in student.named_modules()}
+
+
+def quantize_model(model: nn.Module, w_bits: int, a_bits: int, act_momentum: float = 0.9, *,
+                   weight_zero_point: str = "integral") -> nn.Module:
     """A fake-quantized deep copy of ``model``, in eval mode.
 
-    Every nn.Conv2d and nn.Linear (first and last included) gets ``w_bits`` per-channel
-    weights; every nn.ReLU is followed by a per-tensor ``a_bits`` ActQuant (uncalibrated:
-    run :func:`calibrate` or the trainer's warm-up before using it).
+    * Every nn.Conv2d and nn.Linear (first and last included) gets ``w_bits`` per-output-channel
+      weights on the grid ``weight_zero_point``: ``"integral"`` (default; the official GDFQ/AIT
+      grid, anchored at 0) or ``"float"`` (anchored at min); see :mod:`.functional`.
+    * Every nn.ReLU and nn.ReLU6 module (as in the official code) is replaced by
+      ``Sequential(relu=<it>, quant=ActQuant(a_bits))``: a per-tensor quantizer whose range is
+      an EMA (``act_momentum``) of batch min/max. **Uncalibrated, it passes values through**:
+      run :func:`calibrate` (post-training) or the trainer's warm-up before using the student.
+
+    Call sites are found by torch.fx symbolic tracing (no example input needed; the model is
+    not run): a ReLU module that the forward pass calls k > 1 times (torchvision's BasicBlock
+    calls ``self.relu`` twice) gets an :class:`ActQuantPerCall` with one quantizer per call
+    site, so each site has its own range (state-dict keys ``<relu>.quant.0.lo``, ...); a module
+    called once keeps ``<relu>.quant.lo`` (our models' checkpoints rely on that). Functional
+    activations (``F.relu``, ``torch.relu``, ``x.relu()``, ``F.relu6``) cannot be wrapped in
+    place: one :class:`QuantizationWarning` names each of them with its module and source line
+    (use an nn.ReLU module to quantize it). If the model cannot be traced (data-dependent
+    control flow), one warning says so and every ReLU module gets one quantizer, as if called once.
     """
     check_bits(w_bits, "w_bits")
     check_bits(a_bits, "a_bits")
-    student = copy.deepcopy(model)
-    for module in list(student.modules()):
-        if type(module) is nn.Conv2d:
-            _to_quant(module, QuantConv2d, w_bits)
-        elif type(module) is nn.Linear:
-            _to_quant(module, QuantLinear, w_bits)
-        for child_name, child in list(module.named_children()):
-            if type(child) is nn.ReLU:
-                setattr(module, child_name, nn.Sequential(OrderedDict(
-                    relu=child, quant=ActQuant(a_bits, act_momentum))))
-    return student.eval()
+    check_zero_point(weight_zero_point)
+    student = copy.deepcopy(model).eval()
+    module_sites = _call_sites(student)
+    per_call, like = [], next(iter(student.parameters()), None)
+    for parent_name, parent in list(student.named_modules()):
+        if type(parent) is nn.Conv2d:
+            _to_quant(parent, QuantConv2d, w_bits, weight_zero_point)
+        elif type(parent) is nn.Linear:
+            _to_quant(parent, QuantLinear, w_bits, weight_zero_point)
+        for child_name, child in list(parent._modules.items()):  # every name, aliases included
+            if type(child) in ACTIVATION_MODULES:
+                quant = _act_quant(a_bits, act_momentum, module_sites.get(id(child), []), like)
+                setattr(parent, child_name, nn.Sequential(OrderedDict(relu=child, quant=quant)))
+                if isinstance(quant, ActQuantPerCall):
+                    per_call.append((f"{parent_name}.{child_name}.quant".lstrip("."), quant))
+    if per_call:
+        student.register_forward_pre_hook(CallCounters(per_call, check=False))
+        student.register_forward_hook(CallCounters(per_call, check=True))
+    return student
 
 
 def quantized_layers(student: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -64,8 +121,9 @@ def act_quantizers(student: nn.Module) -> list[tuple[str, ActQuant]]:
 
 @torch.no_grad()
 def integer_codes(student: nn.Module) -> dict[str, torch.Tensor]:
-    """The integer weight codes q of every quantized layer (LongTensor, weight-shaped)."""
-    return {n: weight_codes(m.weight, m.w_bits) for n, m in quantized_layers(student)}
+    """The integer weight codes q of every quantized layer (LongTensor, weight-shaped), each on
+    its own layer's grid (``m.zero_point``)."""
+    return {n: weight_codes(m.weight, m.w_bits, m.zero_point) for n, m in quantized_layers(student)}
 
 
 @contextmanager
@@ -96,16 +154,22 @@ def calibrate(student: nn.Module, batches) -> nn.Module:
 
 @torch.no_grad()
 def check_dequantization(student: nn.Module, atol: float = 1e-6) -> list[dict]:
-    """Verify every quantized layer: codes within [-2^(b-1), 2^(b-1)-1], the forward weight
-    equals scale*(q - zero_point), and |w - dequant(w)| <= scale/2.
+    """Verify every quantized layer on its own grid (``m.zero_point``): codes are integers in
+    [−2^(b−1), 2^(b−1) − 1], the forward weight equals s·(q − z), and |w − ŵ| ≤ s/2.
 
-    Returns one row per layer (layer, bits, n, code_min, code_max, max_error_over_half_scale)
-    and raises QuantizationError naming the first layer that fails.
+    The bound s/2 holds on both grids. On the integral grid the largest (or smallest) weights
+    of a channel may lie outside the grid by up to s·|δ| ≤ s/2, δ = min/s − round(min/s), and
+    are clipped to the end code: their error is that distance, so still ≤ s/2 (see
+    :mod:`.functional`); ``n_clipped`` counts the weights beyond the grid's end points. Floating-point rounding of w/s + z adds a
+    slack of a few ulps of the code magnitude (16 bits in float32: ~1e-2·s).
+
+    Returns one row per layer (layer, bits, zero_point, n, n_clipped, code_min, code_max,
+    max_error_over_scale) and raises QuantizationError naming the first layer that fails.
     """
     rows = []
     for name, m in quantized_layers(student):
         w, bits = m.weight.detach(), m.w_bits
-        scale, zp = weight_qparams(w, bits)
+        scale, zp = weight_qparams(w, bits, m.zero_point)
         q = quantize(w, scale, zp, bits)
         lo, hi = qrange(bits)
         if q.min() < lo or q.max() > hi or not torch.equal(q, q.round()):
@@ -116,10 +180,11 @@ def check_dequantization(student: nn.Module, atol: float = 1e-6) -> list[dict]:
             raise QuantizationError(f"{name}: forward weight differs from scale*(q - zero_point) "
                                     f"by {(used - w_hat).abs().max():.3g}")
         ratio = ((w - w_hat).abs() / scale).max().item()
-        # float rounding of w/s + z grows with the code range (16 bits in float32: ~1e-2)
         slack = 4 * torch.finfo(w.dtype).eps * (w.abs() / scale + zp.abs()).max().item()
         if ratio > 0.5 + max(slack, 1e-6):
             raise QuantizationError(f"{name}: dequantization error {ratio:.4f} x scale > scale/2")
-        rows.append({"layer": name, "bits": bits, "n": w.numel(), "code_min": int(q.min()),
-                     "code_max": int(q.max()), "max_error_over_scale": ratio})
+        t, tol = w / scale + zp, max(slack, 1e-6)  # beyond the grid's end points: clipped
+        rows.append({"layer": name, "bits": bits, "zero_point": m.zero_point, "n": w.numel(),
+                     "n_clipped": int(((t < lo - tol) | (t > hi + tol)).sum()),
+                     "code_min": int(q.min()), "code_max": int(q.max()), "max_error_over_scale": ratio})
     return rows

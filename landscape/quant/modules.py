@@ -1,14 +1,24 @@
-"""Fake-quantized modules: QuantConv2d, QuantLinear (weights) and ActQuant (activations).
+"""Fake-quantized modules: QuantConv2d, QuantLinear (weights), ActQuant and ActQuantPerCall
+(activations).
 
 QuantConv2d / QuantLinear subclass nn.Conv2d / nn.Linear and keep their state-dict keys,
 so a teacher's weights load into a student unchanged. The latent full-precision weight is
-the parameter; the forward pass uses its dequantized value through the identity STE.
+the parameter; the forward pass uses its dequantized value through the identity STE. The
+attribute ``zero_point`` (``"integral"``, the official grid, or ``"float"``) picks the weight
+grid (see :mod:`.functional`); it is not in the state dict.
 
 ActQuant follows a ReLU. Its range is an EMA (momentum 0.9) of batch min/max while
 ``calibrating`` is True (the warm-up) and frozen otherwise; the range lives in buffers, so
 it is saved with the student's state dict. Before any calibration it passes x through.
 Its behaviour does not depend on ``train()``/``eval()``: the student always runs with its
 BatchNorm in eval mode (full-precision running statistics).
+
+ActQuantPerCall holds one ActQuant per call site of a ReLU module that the model calls more
+than once (e.g. torchvision's BasicBlock calls ``self.relu`` twice): the i-th call of a
+forward pass uses quantizer i, so each site has its own range.
+
+Every module here has a ``_frozen`` slot that :func:`landscape.quant.frozen_rounding` fills:
+while it is set, the rounding offsets recorded at θ replace the quantizer.
 """
 
 from __future__ import annotations
@@ -18,35 +28,40 @@ from torch import nn
 from torch.nn import functional as F
 
 from landscape.quant import functional as Q
+from landscape.quant.errors import QuantizationError
 
 
-class QuantConv2d(nn.Conv2d):
+class _QuantWeight:
+    """Mixin: the weight the forward pass uses, w + c, c the (detached) rounding offset."""
+
     w_bits: int
+    zero_point: str = "integral"
+    _frozen: torch.Tensor | None = None  # c_w held fixed by frozen_rounding
+
+    def weight_offset(self) -> torch.Tensor:
+        """c = ŵ − w at the current weight (detached)."""
+        return Q.weight_offset(self.weight, self.w_bits, self.zero_point)
 
     def quantized_weight(self) -> torch.Tensor:
-        return Q.fake_quant_weight(self.weight, self.w_bits)
+        return self.weight + (self.weight_offset() if self._frozen is None else self._frozen)
 
+    def extra_repr(self):
+        return super().extra_repr() + f", w_bits={self.w_bits}, zero_point={self.zero_point!r}"
+
+
+class QuantConv2d(_QuantWeight, nn.Conv2d):
     def forward(self, x):
         return self._conv_forward(x, self.quantized_weight(), self.bias)
 
-    def extra_repr(self):
-        return super().extra_repr() + f", w_bits={self.w_bits}"
 
-
-class QuantLinear(nn.Linear):
-    w_bits: int
-
-    def quantized_weight(self) -> torch.Tensor:
-        return Q.fake_quant_weight(self.weight, self.w_bits)
-
+class QuantLinear(_QuantWeight, nn.Linear):
     def forward(self, x):
         return F.linear(x, self.quantized_weight(), self.bias)
 
-    def extra_repr(self):
-        return super().extra_repr() + f", w_bits={self.w_bits}"
-
 
 class ActQuant(nn.Module):
+    _frozen = None  # a replay of recorded offsets, set by frozen_rounding
+
     def __init__(self, bits: int, momentum: float = 0.9):
         super().__init__()
         self.bits = int(bits)
@@ -66,18 +81,68 @@ class ActQuant(nn.Module):
         self.hi.copy_(hi)
         self.initialized.fill_(True)
 
+    def offset(self, x: torch.Tensor) -> torch.Tensor | None:
+        """c = x̂ − x under the current range (detached); None before calibration (pass-through)."""
+        if not bool(self.initialized):
+            return None
+        return Q.act_offset(x, self.lo, self.hi, self.bits)
+
     def forward(self, x):
+        if self._frozen is not None:
+            return self._frozen(self, x)
         if self.calibrating:
             self._update(x)
-        if not bool(self.initialized):
-            return x
-        return Q.fake_quant_act(x, self.lo, self.hi, self.bits)
+        c = self.offset(x)
+        return x if c is None else x + c
 
     def extra_repr(self):
         return f"bits={self.bits}, momentum={self.momentum}"
 
 
-def _to_quant(module: nn.Module, cls, bits: int) -> nn.Module:
+class ActQuantPerCall(nn.ModuleList):
+    """One ActQuant per call site of a shared activation module; call i of a pass uses site i.
+
+    ``sites`` names the call sites (from torch.fx) in call order. The counter restarts at every
+    forward of the model (a pre-hook that :func:`~landscape.quant.quantize_model` registers)
+    and otherwise cycles, so calling the block that holds the sites directly also works.
+    """
+
+    def __init__(self, quantizers: list[ActQuant], sites: list[str]):
+        super().__init__(quantizers)
+        self.sites = list(sites)
+        self.calls = 0
+
+    def forward(self, x):
+        q = self[self.calls % len(self)]
+        self.calls += 1
+        return q(x)
+
+    def extra_repr(self):
+        return f"sites={len(self)}"
+
+
+class CallCounters:
+    """The model's hooks for its ActQuantPerCall modules (picklable and deep-copyable with it):
+    as a forward pre-hook (``check=False``) it restarts every counter; as a forward hook
+    (``check=True``) it checks that each was called once per call site."""
+
+    def __init__(self, per_call: list[tuple[str, ActQuantPerCall]], check: bool):
+        self.per_call = per_call
+        self.check = check
+
+    def __call__(self, module, *args):
+        for name, m in self.per_call:
+            if not self.check:
+                m.calls = 0
+            elif m.calls not in (0, len(m)):
+                raise QuantizationError(
+                    f"{name}: called {m.calls} times in one forward pass, but torch.fx found {len(m)} call "
+                    f"sites ({'; '.join(m.sites)}) when quantize_model gave it one activation quantizer per "
+                    f"site; the model's control flow has changed since: quantize the model again")
+
+
+def _to_quant(module: nn.Module, cls, bits: int, zero_point: str = "integral") -> nn.Module:
     module.__class__ = cls  # same parameters and buffers; only forward changes
     module.w_bits = int(bits)
+    module.zero_point = Q.check_zero_point(zero_point)
     return module
