@@ -5,15 +5,20 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RECIPE ?= analyses/default.toml
 DATA_ROOT ?=
-export OMP_NUM_THREADS ?= 2
+SEEDS  ?=
+JOBS   ?=
+# The default recipe on its own seeds publishes its results into README.md (docs/results.md).
+PUBLISH ?= $(if $(SEEDS),,$(if $(filter analyses/default.toml,$(RECIPE)),README.md,))
 
 .PHONY: setup test figures bench plot clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	@start=$$(date +%s); \
+	$(PYTHON) -m venv $(VENV) && \
+	$(PY) -m pip install -q --upgrade pip && \
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 && \
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]' && \
+	echo $$(( $$(date +%s) - start )) > $(VENV)/.setup-seconds
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -22,10 +27,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 figures: $(STAMP)
-	$(PY) -m landscape.cli figures $(RECIPE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),)
+	$(PY) -m landscape figures $(RECIPE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),) \
+		$(if $(SEEDS),--seeds $(SEEDS),) $(if $(JOBS),--jobs $(JOBS),) $(if $(PUBLISH),--publish $(PUBLISH),)
 
 plot: $(STAMP)
-	$(PY) -m landscape.cli plot
+	$(PY) -m landscape plot
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -107,6 +107,26 @@ def _provenance(recipe: Mapping, seeds, threads: int, jobs: int) -> dict:
             "processes": jobs, "torch": torch.__version__, "python": platform.python_version()}
 
 
+def _checkpoint_files(root: str) -> set:
+    """(path, size, mtime) of every checkpoint and teacher file under the checkpoint root."""
+    out = set()
+    for p in Path(root).glob("**/*.pt"):
+        st = p.stat()
+        out.add((str(p), st.st_size, st.st_mtime_ns))
+    return out
+
+
+def _fresh_venv_seconds(start: float) -> float | None:
+    """The set-up time ``make setup`` recorded, if the venv was made just before this run."""
+    stamp = Path(".venv/.setup-seconds")
+    try:
+        if time.time() - stamp.stat().st_mtime > (time.perf_counter() - start) + 120:
+            return None
+        return float(stamp.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def run_figures(recipe="analyses/default.toml", data_root=None, device=None, force: bool = False,
                 out="figures", *, seeds: Sequence[int] | None = None, jobs: int | None = None,
                 checkpoints: str | Path | None = None, publish: str | Path | None = None):
@@ -140,6 +160,7 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
     print(f"recipe {recipe['name']}: seeds {seeds}, {len(recipe['runs'])} runs, {jobs} process(es) × "
           f"{threads} torch thread(s)", flush=True)
 
+    before = _checkpoint_files(root)
     with clock.stage("train"):
         run_jobs(teacher_job, [(recipe, s, root, data_root, device) for s in seeds], jobs, threads, "teacher")
         pairs = [(run, s) for s in seeds for run in recipe["runs"]]
@@ -148,11 +169,15 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
     with clock.stage("analyze"):
         heavy = {roles["kd"], roles["zq"]}
         order = sorted(run_dirs, key=lambda d: d.name.rsplit("-seed", 1)[0] not in heavy)  # long jobs first
+        computed = 0
         if jobs > 1:
-            run_jobs(analyze_job, [(str(d), settings, str(tables_dir), device, force) for d in order], jobs,
-                     threads, "analysis")
+            done = run_jobs(analyze_job, [(str(d), settings, str(tables_dir), device, force) for d in order], jobs,
+                            threads, "analysis")
+            computed = sum(n for _, n in done)
         tables = analyze_runs(run_dirs, analyses=None, force=force and jobs <= 1, settings=settings,
                               out_dir=tables_dir, device=device, threads=threads)
+        computed += tables.computed
+    warm = computed == 0 and _checkpoint_files(root) == before
     with clock.stage("plot"):
         paths = plot_all(tables_dir, out, roles=roles)
     timings = dict(clock.wall)
@@ -164,17 +189,18 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
                               settings=resolve_settings(settings), provenance=provenance)
         clock.wall["total"] = time.perf_counter() - start
         clock.cpu["total"] = _Clock._cpu() - cpu_start
+        wall, cpu = dict(clock.wall), dict(clock.cpu)
+        venv = _fresh_venv_seconds(start)
+        if venv is not None and not warm:
+            wall = {"venv (make setup)": venv, **wall, "total": wall["total"] + venv}
         results = write_results(tables_dir, out / "results.md", roles=roles, provenance=provenance,
-                                wall=clock.wall, cpu=clock.cpu)
+                                wall=wall, cpu=cpu, warm=warm)
         if publish:
             publish_results(results, publish)
 
-    print(f"\n{len(paths)} figures, {readme} and {results} written to {out}/")
-    if tables.problems:
-        print(f"{len(tables.problems)} thing(s) could not be analysed:")
-        for p in tables.problems:
-            print(f"  - {p}")
+    print(f"\n{len(paths)} figures, {readme} and {results} written to {out}/"
+          f"{' (warm: nothing to train or compute)' if warm else ''}")
     print("time of each stage (wall clock; CPU time of every process, all threads, beside it):")
-    for name, secs in clock.wall.items():
-        print(f"  {name:<9} {secs:7.1f} s   (cpu {clock.cpu.get(name, float('nan')):7.1f} s)")
+    for name in [k for k in clock.wall if k != "total"] + ["total"]:
+        print(f"  {name:<9} {clock.wall[name]:7.1f} s   (cpu {clock.cpu.get(name, float('nan')):7.1f} s)")
     return tables

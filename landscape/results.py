@@ -5,11 +5,14 @@
     <!-- results:provenance --> ... <!-- /results:provenance -->   recipe, seeds, threads, torch
     <!-- results:findings -->   ... <!-- /results:findings -->     the claims with both verdicts
     <!-- results:accuracy -->   ... <!-- /results:accuracy -->     best and final accuracy per run
-    <!-- results:timings -->    ... <!-- /results:timings -->      wall and CPU seconds per stage
+    <!-- results:timings-cold --> ... wall and CPU seconds per stage of a run that trained and
+                                     analysed (the venv's set-up time included when known)
+    <!-- results:timings-warm --> ... the same for a run that found everything done and cached
 
 ``landscape figures --publish README.md`` copies every block into the same markers of that
-file (and the committed copy ``docs/results.md``), so no documented number is typed by hand;
-a test checks that README.md's blocks equal ``docs/results.md``'s.
+file and into the committed ``docs/results.md`` (which keeps the block of the other kind of
+run), so no documented number is typed by hand; a test checks that README.md's blocks equal
+``docs/results.md``'s.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from landscape.tables import read_table, resolve_roles
 
 __all__ = ["BLOCKS", "accuracy_table", "write_results", "read_blocks", "replace_blocks", "publish_results"]
 
-BLOCKS = ("provenance", "findings", "accuracy", "timings")
-_BLOCK_RE = re.compile(r"<!-- results:(?P<name>[a-z]+) -->\n(?P<body>.*?)<!-- /results:(?P=name) -->", re.S)
+BLOCKS = ("provenance", "findings", "accuracy", "timings-cold", "timings-warm")
+_BLOCK_RE = re.compile(r"<!-- results:(?P<name>[a-z-]+) -->\n(?P<body>.*?)<!-- /results:(?P=name) -->", re.S)
 
 
 def accuracy_table(tables_dir: str | Path, roles: Mapping | None = None) -> str:
@@ -71,26 +74,28 @@ def accuracy_table(tables_dir: str | Path, roles: Mapping | None = None) -> str:
 
 
 def _timings(wall: Mapping[str, float], cpu: Mapping[str, float]) -> str:
-    lines = ["| stage | wall (s) | CPU, all processes (s) |", "|---|---|---|"]
+    lines = ["| stage | wall (s) | CPU time, all processes (s) |", "|---|---|---|"]
     lines += [f"| {k} | {v:.0f} | {cpu.get(k, math.nan):.0f} |" for k, v in wall.items()]
     return "\n".join(lines)
 
 
 def write_results(tables_dir: str | Path, path: str | Path, roles: Mapping | None = None,
                   provenance: Mapping | None = None, wall: Mapping | None = None,
-                  cpu: Mapping | None = None) -> Path:
-    """Write the results file (blocks :data:`BLOCKS`) from the tables and the run's timings."""
+                  cpu: Mapping | None = None, warm: bool = False) -> Path:
+    """Write the results file from the tables and this run's timings (block ``timings-warm`` if
+    the run found everything trained and cached, else ``timings-cold``)."""
     roles = resolve_roles(roles)
     body = {
         "provenance": "; ".join(f"{k} {v}" for k, v in (provenance or {}).items()),
         "findings": claims_table(claims(tables_dir, roles)),
         "accuracy": accuracy_table(tables_dir, roles),
-        "timings": _timings(wall or {}, cpu or {}),
+        "timings-warm" if warm else "timings-cold": _timings(wall or {}, cpu or {}),
     }
     text = ["# Results of `make figures`", "",
             "Written by the pipeline; `landscape figures --publish README.md` copies these blocks into the README.", ""]
     for name in BLOCKS:
-        text += [f"## {name}", "", f"<!-- results:{name} -->", body[name], f"<!-- /results:{name} -->", ""]
+        if name in body:
+            text += [f"## {name}", "", f"<!-- results:{name} -->", body[name], f"<!-- /results:{name} -->", ""]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(text), encoding="utf-8")
@@ -113,13 +118,24 @@ def replace_blocks(text: str, blocks: Mapping[str, str]) -> str:
 
 
 def publish_results(results: str | Path, readme: str | Path, copy_to: str | Path | None = "docs/results.md") -> None:
-    """Copy the results file's blocks into ``readme``'s markers (and the file to ``copy_to``)."""
+    """Copy the results file's blocks into ``readme``'s markers, and into ``copy_to`` (created
+    from the results file when absent; a block it holds that this run did not write is kept)."""
     blocks = read_blocks(Path(results).read_text(encoding="utf-8"))
     readme = Path(readme)
-    old = readme.read_text(encoding="utf-8")
-    new = replace_blocks(old, blocks)
-    if new != old:
-        readme.write_text(new, encoding="utf-8")
-    if copy_to:
-        Path(copy_to).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(results, copy_to)
+    missing = [b for b in blocks if f"<!-- results:{b} -->" not in readme.read_text(encoding="utf-8")]
+    if missing:
+        raise ValueError(f"{readme} has no marker for the results block(s) {missing}; add "
+                         f"'<!-- results:NAME -->' / '<!-- /results:NAME -->' lines where they belong")
+    for target in [readme] + ([Path(copy_to)] if copy_to else []):
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(results, target)
+            continue
+        old = target.read_text(encoding="utf-8")
+        new = replace_blocks(old, blocks)
+        if target != readme:
+            for name in blocks:
+                if f"<!-- results:{name} -->" not in new:
+                    new += f"\n## {name}\n\n<!-- results:{name} -->\n{blocks[name]}<!-- /results:{name} -->\n"
+        if new != old:
+            target.write_text(new, encoding="utf-8")

@@ -99,9 +99,10 @@ def train_job(recipe: dict, run: str, seed: int, out: str, data_root, device) ->
     return str(run_dir)
 
 
-def analyze_job(run_dir: str, settings: dict, tables_dir: str, device, force: bool) -> str:
+def analyze_job(run_dir: str, settings: dict, tables_dir: str, device, force: bool) -> tuple[str, int]:
     """Analyse one run folder into the shared cache of ``tables_dir``; the tables it writes are
-    rewritten afterwards by one gathering call over all run folders, which reads the cache."""
+    rewritten afterwards by one gathering call over all run folders, which reads the cache.
+    Returns the folder's name and how many results were computed (not read from the cache)."""
     import warnings
 
     from landscape.analyzers import AnalysisWarning, analyze_runs, run_identity
@@ -110,12 +111,12 @@ def analyze_job(run_dir: str, settings: dict, tables_dir: str, device, force: bo
     run = run_identity(run_dir)["run"]
     mine = [n for n in ANALYSES if settings.get(n, {}).get("runs") is None or run in settings[n]["runs"]]
     if not mine:
-        return f"{Path(run_dir).name}: nothing to analyse"
+        return f"{Path(run_dir).name}: nothing to analyse", 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AnalysisWarning)  # the gathering call reports problems once
         try:
-            analyze_runs([run_dir], analyses=mine, force=force, settings=settings, out_dir=tables_dir,
-                         device=device, progress="lines")
+            tables = analyze_runs([run_dir], analyses=mine, force=force, settings=settings, out_dir=tables_dir,
+                                  device=device, progress="lines")
         except Exception as exc:  # noqa: BLE001 - reported again, with context, by the gathering call
-            return f"{Path(run_dir).name}: {type(exc).__name__}: {exc}"
-    return Path(run_dir).name
+            return f"{Path(run_dir).name}: {type(exc).__name__}: {exc}", 0
+    return Path(run_dir).name, tables.computed

@@ -25,6 +25,8 @@ Rows: ``metric="top_eigenvalue"`` (``residual`` = ‖He − λe‖, ``converged`
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -35,6 +37,17 @@ NAME = "eigen"
 VERSION = 2
 
 
+@contextlib.contextmanager
+def _frozen(model, batches):
+    """Rounding offsets frozen at θ, entered in eval mode (the mode the slice is evaluated in);
+    the model's own mode is restored afterwards."""
+    from landscape.curvature.batches import model_mode
+    from landscape.quant import frozen_rounding
+
+    with model_mode(model, True), frozen_rounding(model, batches):
+        yield
+
+
 def _freezable(model) -> bool:
     from landscape.quant import act_quantizers, quantized_layers
 
@@ -43,7 +56,6 @@ def _freezable(model) -> bool:
 
 def analyze(point: Point, cfg: dict) -> list[dict]:
     from landscape.curvature import loss_slice, mean_loss
-    from landscape.quant import frozen_rounding
 
     s = cfg[NAME]
     names = point.param_names()
@@ -68,7 +80,7 @@ def analyze(point: Point, cfg: dict) -> list[dict]:
         rows.append(row(point.meta, loss=loss, metric="loss_value", value=mean_loss(point.model, fn, point.batches)))
         for kind in kinds:
             step = e if kind == "requantized_unit" else e * scale
-            context = (lambda: frozen_rounding(point.model, point.batches)) if kind == "frozen" else None
+            context = (lambda: _frozen(point.model, point.batches)) if kind == "frozen" else None
             values = loss_slice(point.model, fn, point.batches, step, ks.to(e.dtype), params=names, context=context)
             for k, v in zip(ks.tolist(), np.asarray(values, dtype=np.float64).reshape(-1)):
                 rows.append(row(point.meta, loss=loss, metric="slice_loss", value=float(v), k=float(k), slice=kind))

@@ -58,13 +58,16 @@ class Problem:
 
 
 class AnalysisTables(dict):
-    """``{analysis: DataFrame}`` plus ``problems``: everything that could not be analysed."""
+    """``{analysis: DataFrame}`` plus ``problems`` (everything that could not be analysed) and
+    ``computed`` (how many results were computed rather than read from the cache)."""
 
     problems: list[Problem]
+    computed: int
 
-    def __init__(self, *args, problems=None, **kw):
+    def __init__(self, *args, problems=None, computed: int = 0, **kw):
         super().__init__(*args, **kw)
         self.problems = list(problems or [])
+        self.computed = computed
 
 
 def needed_losses(name: str, cfg: dict) -> list[str]:
@@ -174,6 +177,7 @@ class _Job:
         self.tables: dict[str, list[pd.DataFrame]] = {n: [] for n in names}
         self.training: list[dict] = []
         self.problems: list[Problem] = []
+        self.computed = 0
 
     def problem(self, where, what: str, why: str) -> None:
         p = Problem(str(where), what, why)
@@ -309,6 +313,7 @@ class _Job:
             self.problem(path, name, f"loss {loss!r} not analysed: {point.unavailable[loss]}")
         if not missing:
             self.cache.put(name, key, rows)
+        self.computed += 1
         self.add(name, rows)
 
     # ------------------------------------------------------------------ gather
@@ -317,7 +322,7 @@ class _Job:
             detail = "; ".join(map(str, self.problems[:5])) if self.problems else \
                 "no checkpoint matched the analyses' runs/epochs"
             raise AnalysisError(f"nothing left to analyse: {detail}")
-        out = AnalysisTables(problems=self.problems)
+        out = AnalysisTables(problems=self.problems, computed=self.computed)
         out_dir.mkdir(parents=True, exist_ok=True)
         for n in self.names:
             parts = self.tables[n]
