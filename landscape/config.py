@@ -27,7 +27,7 @@ import copy
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from landscape.schema import (Bool, Choice, Float, Int, IntList, RecipeError, Str, check_keys,
                               check_section, defaults_of)

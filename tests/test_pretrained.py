@@ -4,7 +4,6 @@ layout, mapped onto our ResNet-20 (same outputs), and hashed into the run like a
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -123,13 +122,10 @@ def test_weights_that_do_not_fit_name_the_key_and_both_shapes(tmp_path):
         load_state_dict_file(tmp_path / "nope.pt", model_spec("resnet20", 3, 10, 16))
 
 
-TINY = Path(__file__).resolve().parents[1] / "analyses" / "digits_tiny.toml"
-
-
 def test_a_teacher_from_a_file_is_cached_and_hashed_into_the_run(tmp_path):
     from landscape.checkpoints import list_checkpoints, load_checkpoint, load_teacher_file, sha256_file
     from landscape.data import load_dataset
-    from landscape.zsq.runs import train_recipe
+    from tiny_runs import TINY, train_tiny
 
     recipe = load_recipe(TINY)
     data = load_dataset("digits")
@@ -138,7 +134,7 @@ def test_a_teacher_from_a_file_is_cached_and_hashed_into_the_run(tmp_path):
     weights = tmp_path / "mine.pt"
     torch.save(teacher.state_dict(), weights)
     recipe["teacher"]["weights"] = str(weights)
-    run_dir = train_recipe(recipe, runs=["ptq"], out=tmp_path / "ck", device="cpu", progress=False)[0]
+    run_dir = train_tiny(recipe, tmp_path / "ck", ["ptq"])[0]
     ckpt = load_checkpoint(list_checkpoints(run_dir)[-1][1])
     t_path = (run_dir / ckpt["teacher"]["path"]).resolve()
     assert ckpt["teacher"]["sha256"] == sha256_file(t_path)
@@ -153,5 +149,5 @@ def test_a_teacher_from_a_file_is_cached_and_hashed_into_the_run(tmp_path):
     shutil.move(weights, moved)
     recipe["teacher"]["weights"] = str(moved)
     stamp = os.stat(run_dir / "epoch_0000.pt").st_mtime_ns
-    train_recipe(recipe, runs=["ptq"], out=tmp_path / "ck", device="cpu", progress=False)
+    train_tiny(recipe, tmp_path / "ck", ["ptq"])
     assert os.stat(run_dir / "epoch_0000.pt").st_mtime_ns == stamp

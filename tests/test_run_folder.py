@@ -16,24 +16,18 @@ import torch
 
 from landscape.checkpoints import (CheckpointMismatch, list_checkpoints, load_checkpoint,
                                    save_atomic, seal)
-from landscape.config import RecipeError, load_recipe
+from landscape.config import RecipeError
 from landscape.errors import LockError, StorageError
 from landscape.locking import exclusive_lock
 from landscape.zsq import tables
-from landscape.zsq.runs import train_recipe
 
-TINY = Path(__file__).resolve().parents[1] / "analyses" / "digits_tiny.toml"
-
-
-@pytest.fixture(scope="module")
-def recipe():
-    return load_recipe(TINY)
+from tiny_runs import recipe, train_tiny  # noqa: F401 - the shared fixture
 
 
 @pytest.fixture(scope="module")
 def trained(recipe, tmp_path_factory):
     out = tmp_path_factory.mktemp("ck")
-    train_recipe(recipe, runs=["kd", "kl"], out=out, device="cpu", progress=False)
+    train_tiny(recipe, out, ["kd", "kl"])
     return out
 
 
@@ -43,8 +37,7 @@ def _copy(trained, tmp_path) -> Path:
 
 
 def _train(recipe, out, **kwargs):
-    return train_recipe(recipe, runs=kwargs.pop("runs", ["kl"]), out=out, device="cpu",
-                        progress=False, **kwargs)
+    return train_tiny(recipe, out, kwargs.pop("runs", ["kl"]), **kwargs)
 
 
 def _never(*args):

@@ -4,7 +4,6 @@ skipping complete runs, NaN stops, and config clashes."""
 import copy
 import json
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,25 +12,20 @@ import torch
 from landscape.checkpoints import (analysis_batches, config_hash, content_hash, list_checkpoints,
                                    load_checkpoint, rebuild_generator, rebuild_student,
                                    rebuild_teacher)
-from landscape.config import RecipeError, load_recipe
+from landscape.config import RecipeError
 from landscape.models import evaluate
 from landscape.quant import check_dequantization, integer_codes
 from landscape.zsq import tables
 from landscape.zsq.runs import train_recipe
 from landscape.zsq.trainer import TrainingError
 
-TINY = Path(__file__).resolve().parents[1] / "analyses" / "digits_tiny.toml"
-
-
-@pytest.fixture(scope="module")
-def recipe():
-    return load_recipe(TINY)
+from tiny_runs import recipe, train_tiny  # noqa: F401 - the shared fixture
 
 
 @pytest.fixture(scope="module")
 def trained(recipe, tmp_path_factory):
     out = tmp_path_factory.mktemp("ck")
-    dirs = train_recipe(recipe, out=out, device="cpu", progress=False)
+    dirs = train_tiny(recipe, out)
     return out, {d.name.split("-seed")[0]: d for d in dirs}
 
 

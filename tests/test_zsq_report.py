@@ -36,8 +36,11 @@ def test_best_and_final_over_seeds(tmp_path):
     assert "| ait | 90.50 ± 2.12 | 89.50 ± 0.71 | 2 |" in text
     assert "| ait | 0 | 92.00 (2) | 90.00 (3) |" in text
     assert "| kl | 0 | 71.00 (2) | 71.00 (2) |" in text
-    # one run folder alone
-    assert "| ait | 0 | 92.00 (2) | 90.00 (3) |" in report(tmp_path / "ait-seed0")
+    # run folders given one by one (as `landscape report DIR...` passes them)
+    one = report(tmp_path / "ait-seed0")
+    assert "| ait | 0 | 92.00 (2) | 90.00 (3) |" in one and "| ait | 92.00 | 90.00 | 1 |" in one
+    two = report([tmp_path / "ait-seed0", str(tmp_path / "ait-seed1"), tmp_path / "ait-seed0"])
+    assert "| ait | 90.50 ± 2.12 | 89.50 ± 0.71 | 2 |" in two and "kl" not in two
 
 
 def test_nothing_to_report_and_junk_logs_name_the_path(tmp_path):

@@ -1,7 +1,7 @@
 """Test accuracy of a recipe's runs over seeds, best and final, as the paper reports it.
 
     print(report("checkpoints/default"))          # a recipe folder: every <run>-seed<S>/
-    print(report("checkpoints/default/ait-seed0"))  # or one run folder
+    print(report(["ck/default/ait-seed0", "ck/default/ait-seed1"]))  # or run folders
     python -m landscape.zsq.report checkpoints/default
 
 The official AIT code reports the **best** test accuracy over all epochs (warm-up
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -27,21 +28,28 @@ class ReportError(LandscapeError, FileNotFoundError):
     """Nothing to report under the path given."""
 
 
-def _run_folders(path: Path) -> list[Path]:
-    if (path / "metrics.csv").is_file():
-        return [path]
-    found = sorted(p.parent for p in path.glob("*-seed*/metrics.csv"))
-    if not found:
-        raise ReportError(f"no metrics.csv in {path} nor in any {path}/<run>-seed<S>/; point at a "
-                          "run folder or a recipe folder (checkpoints/<recipe>) after "
-                          "`landscape train`")
+Paths = str | Path | Sequence[str | Path]  # one folder or several
+
+
+def _run_folders(paths) -> list[Path]:
+    """The run folders named, or found one level under the recipe folders named (in order)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    found: list[Path] = []
+    for path in map(Path, paths):
+        here = [path] if (path / "metrics.csv").is_file() else \
+            sorted(p.parent for p in path.glob("*-seed*/metrics.csv"))
+        if not here:
+            raise ReportError(f"no metrics.csv in {path} nor in any {path}/<run>-seed<S>/; point at "
+                              "run folders or a recipe folder (checkpoints/<recipe>) after "
+                              "`landscape train`")
+        found += [p for p in here if p not in found]
     return found
 
 
-def accuracies(path: str | Path) -> pd.DataFrame:
+def accuracies(paths: Paths) -> pd.DataFrame:
     """One row per run folder: run, seed, epochs, final_acc, best_acc, best_epoch, teacher_acc."""
     rows = []
-    for run_dir in _run_folders(Path(path)):
+    for run_dir in _run_folders(paths):
         run, _, seed = run_dir.name.rpartition("-seed")
         table = read_metrics(run_dir / "metrics.csv")
         if table.empty:
@@ -54,7 +62,7 @@ def accuracies(path: str | Path) -> pd.DataFrame:
                      "best_epoch": int(table["epoch"].iloc[best]),
                      "teacher_acc": float(table["teacher_acc"].iloc[-1])})
     if not rows:
-        raise ReportError(f"the metrics.csv files under {path} are empty; train the runs first")
+        raise ReportError(f"the metrics.csv files under {paths} are empty; train the runs first")
     return pd.DataFrame(rows)
 
 
@@ -62,9 +70,9 @@ def _ordered(index) -> list:
     return [r for r in RUN_ORDER if r in index] + sorted(r for r in index if r not in RUN_ORDER)
 
 
-def accuracy_table(path: str | Path) -> pd.DataFrame:
+def accuracy_table(paths: Paths) -> pd.DataFrame:
     """Per run (the teacher included): best_mean, best_std, final_mean, final_std, n (seeds)."""
-    df = accuracies(path)
+    df = accuracies(paths)
     teacher = df.drop_duplicates("seed")[["seed", "teacher_acc"]]
     teacher = teacher.assign(run="teacher", best_acc=teacher.teacher_acc, final_acc=teacher.teacher_acc)
     df = pd.concat([df, teacher], ignore_index=True)
@@ -79,9 +87,10 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.2f}" + ("" if pd.isna(std) else f" ± {std:.2f}")
 
 
-def markdown(path: str | Path) -> str:
+def markdown(paths: Paths) -> str:
     """The summary table (mean ± std over seeds) and the per-seed table, as markdown."""
-    table, per_seed = accuracy_table(path), accuracies(path)
+    per_seed = accuracies(paths)
+    table = accuracy_table(paths)
     lines = ["| run | best test acc. (%) | final test acc. (%) | seeds |", "|---|---|---|---|"]
     for run, r in table.iterrows():
         lines.append(f"| {run} | {_pm(r.best_mean, r.best_std)} | {_pm(r.final_mean, r.final_std)} "
@@ -94,14 +103,15 @@ def markdown(path: str | Path) -> str:
     return "\n".join(lines)
 
 
-def report(path: str | Path) -> str:
-    """``landscape report RUN_DIR_OR_RECIPE_DIR``: the markdown of :func:`markdown`.
+def report(paths: Paths) -> str:
+    """``landscape report DIR...``: the markdown of :func:`markdown` for run folders and/or
+    recipe folders (one path or a list).
 
     Raises :class:`ReportError` when there is nothing to report and
     :class:`~landscape.zsq.tables.LogError` for a metrics.csv that is junk (both name the path).
     """
-    return markdown(path)
+    return markdown(paths)
 
 
 if __name__ == "__main__":
-    print(report(sys.argv[1] if len(sys.argv) > 1 else "checkpoints/default"))
+    print(report(sys.argv[1:] or "checkpoints/default"))
