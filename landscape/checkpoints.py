@@ -381,11 +381,11 @@ def load_teacher_file(path: str | Path) -> dict:
 
 def rebuild_student(ckpt: dict, device: str | torch.device = "cpu") -> nn.Module:
     """The quantized student of a checkpoint: weights and activation ranges restored, eval mode."""
-    from landscape.quant_shim import quantize_model
+    from landscape.quant import quantize_model
 
     q = ckpt["quant"]
     student = quantize_model(build_model(ckpt["model_spec"]), q["w_bits"], q["a_bits"],
-                             q["act_momentum"], q["weight_zero_point"])
+                             q["act_momentum"], weight_zero_point=q["weight_zero_point"])
     try:
         student.load_state_dict(ckpt["student_state"])
     except RuntimeError as exc:  # the saved weights do not fit the model this code builds

@@ -4,21 +4,21 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.quant_shim import quantize_model, weight_codes
+from landscape.quant import quantize_model
+from landscape.quant.functional import weight_codes
 from landscape.zsq.gi import InundatedSGD, param_groups, search_kappa
 
 
 def _layer(seed=0):
     torch.manual_seed(seed)
-    student = quantize_model(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4)), 4, 4,
-                             0.9, "integral")
+    student = quantize_model(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4)), 4, 4)
     for p in student.parameters():
         p.grad = 1e-4 * torch.randn_like(p)  # a late-training gradient: tiny steps
     return student
 
 
 def _codes(m, w=None):
-    return weight_codes(m.weight if w is None else w, m.w_bits, getattr(m, "zero_point", None))
+    return weight_codes(m.weight if w is None else w, m.w_bits, m.zero_point)
 
 
 def test_plain_sgd_crosses_almost_nothing_and_gi_reaches_the_target():
@@ -70,8 +70,9 @@ def test_official_step_by_hand_for_three_steps():
     """θ, the momentum buffer and κ of three official GI steps against a hand computation:
     the buffer keeps raw gradients (weight decay included), κ scales only the step taken."""
     torch.manual_seed(3)
-    student = quantize_model(nn.Sequential(nn.Linear(12, 6)), 3, 4, 0.9, "integral").double()
+    student = quantize_model(nn.Sequential(nn.Linear(12, 6)), 3, 4).double()
     layer = student[0]
+    assert layer.zero_point == "integral"  # the official grid
     lr, mu, wd, rho = 0.05, 0.9, 1e-3, 0.05
     opt = InundatedSGD(param_groups(student), lr=lr, momentum=mu, nesterov=True, weight_decay=wd,
                        rho=rho, kappa_max=1e6)
@@ -82,7 +83,7 @@ def test_official_step_by_hand_for_three_steps():
         g = g_raw + wd * theta
         buf = g.clone() if buf is None else mu * buf + g
         d = g + mu * buf
-        zp = getattr(layer, "zero_point", None)
+        zp = layer.zero_point
         kappa = _official_kappa(theta, d, lr, weight_codes(theta, 3, zp), 3, zp, rho, 1e6)
         theta = theta - lr * kappa * d
         kappas.append(kappa)

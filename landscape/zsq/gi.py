@@ -31,7 +31,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from landscape.quant_shim import weight_codes
+from landscape.quant.functional import weight_codes
 
 FORMS = ("official", "buffer")
 
@@ -104,7 +104,7 @@ class InundatedSGD(torch.optim.Optimizer):
             raise ValueError(f"form={form!r}: expected one of {', '.join(FORMS)}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         rho=rho, kappa_max=kappa_max, bisect_steps=bisect_steps,
-                        w_bits=None, layer=None, zero_point=None)
+                        w_bits=None, layer=None, zero_point="integral")
         super().__init__(params, defaults)
         self.form = form
         self.last_records: list[dict] = []
@@ -188,7 +188,7 @@ class InundatedSGD(torch.optim.Optimizer):
 
 def param_groups(student: torch.nn.Module, gi_layers=None) -> list[dict]:
     """One group per quantized weight (``layer``, ``w_bits``, ``zero_point``: the layer's
-    weight grid, None for a quantizer without one) and one group for everything else.
+    weight grid, "integral" or "float") and one group for everything else.
 
     ``gi_layers``: names of the quantized layers whose weights get GI (default: all).
     """
@@ -198,7 +198,7 @@ def param_groups(student: torch.nn.Module, gi_layers=None) -> list[dict]:
     for name, m in quantized_layers(student):
         if gi_layers is None or name in gi_layers:
             groups.append({"params": [m.weight], "layer": name, "w_bits": m.w_bits,
-                           "zero_point": getattr(m, "zero_point", None)})
+                           "zero_point": m.zero_point})
             taken.add(id(m.weight))
     rest = [p for p in student.parameters() if p.requires_grad and id(p) not in taken]
     if rest:

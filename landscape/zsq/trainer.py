@@ -34,8 +34,7 @@ from landscape.data import Dataset, iterate_batches
 from landscape.errors import LandscapeError
 from landscape.losses import ce, kl_divergence
 from landscape.models import evaluate
-from landscape.quant import calibrate, calibrating
-from landscape.quant_shim import effective_zero_point, quantize_model
+from landscape.quant import calibrate, calibrating, quantize_model
 from landscape.zsq import tables
 from landscape.zsq.epoch_grad import GradientMean
 from landscape.zsq.generator import BNStatsLoss, Generator
@@ -84,10 +83,10 @@ class Run:
         self.teacher = teacher_from_file(teacher_file, self.device).requires_grad_(False)
         self.quant = {"w_bits": cfg["w_bits"], "a_bits": cfg["a_bits"],
                       "act_momentum": recipe["quant"]["act_momentum"],
-                      "weight_zero_point": effective_zero_point(cfg["weight_zero_point"])}
+                      "weight_zero_point": cfg["weight_zero_point"]}
         self.student = quantize_model(self.teacher, cfg["w_bits"], cfg["a_bits"],
                                       self.quant["act_momentum"],
-                                      self.quant["weight_zero_point"]).requires_grad_(True)
+                                      weight_zero_point=cfg["weight_zero_point"]).requires_grad_(True)
         self.sampler = torch.Generator().manual_seed(seed)
         self.generator = self.gen_opt = None
         if cfg["source"] == "synthetic":
