@@ -370,6 +370,24 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def check_placement(path: str | Path) -> None:
+    """The identity checks of :func:`load_checkpoint` alone (epoch, run, seed, recipe hash and
+    model spec against the file name, folder name and config.json), reading only the
+    checkpoint's small pickle (tensors memory-mapped, never read): for callers that skip the
+    full load, e.g. a cache hit keyed by the file's sha256. Raises CheckpointMismatch (or
+    CheckpointError for a file that is not a checkpoint)."""
+    path = Path(path)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        _torch_load(path, "checkpoint")  # raises the usual message
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - say it the way a full load says it
+        ckpt = _torch_load(path, "checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        _check_format(ckpt, path, FORMAT, "checkpoint")
+    _check_identity(ckpt, path)
+
+
 def load_teacher_file(path: str | Path) -> dict:
     """Load a cached teacher (format, version and content hash checked)."""
     path = Path(path)
@@ -447,6 +465,6 @@ def rebuild_generator(ckpt: dict, device="cpu") -> nn.Module | None:
 __all__ = ["FORMAT", "TEACHER_FORMAT", "VERSION", "CheckpointError", "CheckpointMismatch",
            "StorageError", "canonical", "content_hash", "seal", "save_atomic", "write_text_atomic",
            "checkpoint_path", "sha256_file", "remove_orphans", "config_hash", "read_run_config",
-           "list_checkpoints", "load_checkpoint", "load_teacher_file", "rebuild_student",
+           "list_checkpoints", "load_checkpoint", "check_placement", "load_teacher_file", "rebuild_student",
            "teacher_file", "rebuild_teacher", "teacher_from_file", "analysis_batches",
            "rebuild_generator"]

@@ -191,11 +191,16 @@ def test_flipped_bits_are_refused_naming_the_file(tmp_path):
 # ----------------------------------------------------------------------------- identity (issue 11 §1)
 
 def test_a_checkpoint_must_sit_under_its_own_epoch_and_run(tmp_path):
+    from landscape.checkpoints import check_placement
+
     run = tmp_path / "gdfq-seed0"
     save_atomic(_ckpt(3), run / "epoch_0002.pt")
-    with pytest.raises(CheckpointMismatch, match=r"epoch_0002.pt holds epoch 3 of run 'kd' seed 0, "
-                                                 r"but its file name says epoch 2"):
-        load_checkpoint(run / "epoch_0002.pt")
+    for check in (load_checkpoint, check_placement):  # the placement alone: no tensor is read
+        with pytest.raises(CheckpointMismatch, match=r"epoch_0002.pt holds epoch 3 of run 'kd' seed 0, "
+                                                     r"but its file name says epoch 2"):
+            check(run / "epoch_0002.pt")
+    save_atomic(_ckpt(3), tmp_path / "kd-seed0" / "epoch_0003.pt")
+    check_placement(tmp_path / "kd-seed0" / "epoch_0003.pt")
     save_atomic(_ckpt(1), run / "epoch_0001.pt")  # a kd checkpoint in the gdfq folder
     with pytest.raises(CheckpointMismatch, match=r"checkpoint of run 'kd' seed 0, but it sits in "
                                                  r"the folder of run 'gdfq' seed 0"):
