@@ -267,7 +267,7 @@ class EpochLog:
     def __init__(self, epoch: int, warm: bool, gi_warm: bool, grad_mean: GradientMean | None,
                  cfg: dict):
         self.epoch, self.warm, self.gi_warm, self.grad_mean = epoch, warm, gi_warm, grad_mean
-        self.n_keep, self.keep_size, self.name = cfg["analysis_batches"], cfg["analysis_batch_size"], cfg["name"]
+        self.n_keep, self.keep_size = cfg["analysis_batches"], cfg["analysis_batch_size"]
         self.sums: dict[str, float] = {}
         self.n_steps = 0
         self.crossings: list[dict] = []
