@@ -1,19 +1,24 @@
-"""Recipes: one TOML file per experiment, read into plain data and checked.
+"""Recipes: one TOML file per experiment, read into plain data and checked key by key.
 
 A recipe has the sections
 
-    name, description, seed      top-level: strings and the default run seed
-    [data]    which data set and split          (DATA_KEYS)
-    [model]   which teacher architecture        (MODEL_KEYS)
-    [quant]   bit-widths of the student         (QUANT_KEYS)
-    [teacher] how the FP teacher is trained     (TEACHER_KEYS)
-    [train]   defaults shared by every run      (TRAIN_KEYS)
-    [runs.<name>] one table per run, overriding [train] keys
+    name, description, seed, seeds, threads    top-level (TOP_FIELDS)
+    [data]    which data set and split          (DATA_FIELDS)
+    [model]   which teacher architecture        (MODEL_FIELDS)
+    [quant]   bit-widths and weight grid        (QUANT_FIELDS)
+    [teacher] how the FP teacher is trained, or which pretrained weights to load (TEACHER_FIELDS)
+    [train]   defaults shared by every run      (TRAIN_FIELDS)
+    [runs.<name>] one table per run, overriding [train] keys (and w_bits, a_bits,
+                  weight_zero_point)
     [analysis], [figures]  passed through untouched for the analyzers, which check them
-                           with :func:`check_keys` themselves.
+                           with the same schema (:mod:`landscape.schema`) themselves.
 
-Every key not listed is an error naming the key and the closest valid one. The defaults
-below are the embedded-default values; a recipe only writes what it changes.
+Every key has a type, a range and a default in one schema (:mod:`landscape.schema`); an
+unknown key, a wrong type or a value out of range is one :class:`RecipeError` naming the
+file, the section, the key and what was expected. The defaults below are the
+embedded-default values; a recipe only writes what it changes. CLI overrides (``--seed``,
+``--epochs``, ``--threads``, ``--runs``) go through the same checks
+(:func:`check_overrides`).
 """
 
 from __future__ import annotations
@@ -22,105 +27,92 @@ import copy
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
+from landscape.schema import (Bool, Choice, Float, Int, IntList, RecipeError, Str, check_keys,
+                              check_section, defaults_of)
 
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message names the file, the key and the fix."""
-
-
-TOP_KEYS = {"name", "description", "seed", "data", "model", "quant", "teacher", "train", "runs",
-            "analysis", "figures"}
-
-DATA_DEFAULTS: dict[str, Any] = {
-    "name": "mnist5k",        # mnist5k | digits | fashion-mnist | cifar10 | cifar100
-    "root": "",               # folder (or .tar.gz for CIFAR); "" = the data set's default
-    "test_fraction": 0.2,     # held-out share for the data sets without a fixed test split
-    "split_seed": 0,          # seeded stratified split; fixed across run seeds on purpose
-}
-MODEL_DEFAULTS: dict[str, Any] = {
-    "name": "smallcnn",       # smallcnn | resnet20
-    "width": 16,              # smallcnn: channels of the first conv (then 2x, 4x)
-}
-QUANT_DEFAULTS: dict[str, Any] = {
-    "w_bits": 4,
-    "a_bits": 4,
-    "act_momentum": 0.9,      # EMA of the activation range during warm-up
-}
-TEACHER_DEFAULTS: dict[str, Any] = {
-    "epochs": 8,
-    "batch_size": 128,
-    "lr": 0.1,                # SGD, Nesterov momentum 0.9, cosine decay to 0
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-}
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "source": "synthetic",    # synthetic (generator) | real (training data, the KD reference) | none (PTQ)
-    "epochs": 12,             # all epochs, the generator-only warm-up included
-    "iters_per_epoch": 30,
-    "batch_size": 128,
-    "warmup_epochs": 2,       # generator-only epochs (student frozen, activation ranges EMA-updated)
-    "lr": 1e-3,               # student SGD
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 0.0,
-    "milestones": [],         # lr (and generator lr, and rho) x gamma at these epochs
-    "gamma": 0.1,
-    "ce_scale": 1.0,          # student loss = ce_scale * CE + kd_scale * T^2 KL
-    "kd_scale": 1.0,
-    "temperature": 20.0,
-    "kl_reduction": "batchmean",   # batchmean (true KL) | mean (nn.KLDivLoss default, official AIT)
-    "gi": False,              # gradient inundation on every quantized weight
-    "rho": 1e-3,              # GI target crossing fraction
-    "gi_warmup_epochs": 2,    # GI warm-up (after the generator warm-up): kappa <= kappa_max_warmup
-    "kappa_max_warmup": 128.0,
-    "kappa_max": 65536.0,     # safety cap after the GI warm-up (the paper gives none)
-    "bisect_steps": 5,
-    "latent_dim": 64,         # generator
-    "gen_width": 128,         # generator channels (GDFQ: 128)
-    "gen_lr": 1e-3,           # Adam, betas (0.5, 0.999)
-    "bns_scale": 0.1,
-    "calib_batches": 4,       # PTQ calibration batches (real training data)
-    "analysis_batches": 2,    # fixed batches kept in every checkpoint for the analyzers
-    "analysis_batch_size": 128,
-}
-RUN_KEYS = set(TRAIN_DEFAULTS)
-SECTION_DEFAULTS = {"data": DATA_DEFAULTS, "model": MODEL_DEFAULTS, "quant": QUANT_DEFAULTS,
-                    "teacher": TEACHER_DEFAULTS, "train": TRAIN_DEFAULTS}
+__all__ = ["RecipeError", "check_keys", "check_bits", "load_recipe", "validate_recipe",
+           "validate_run", "resolve_run", "check_overrides", "TRAIN_DEFAULTS"]
 
 DATASETS = ("mnist5k", "digits", "fashion-mnist", "cifar10", "cifar100")
+BUNDLED_DATASETS = ("mnist5k", "digits")   # shipped inside a Python package: no root
 MODELS = ("smallcnn", "resnet20")
 SOURCES = ("synthetic", "real", "none")
 REDUCTIONS = ("batchmean", "mean")
+GI_FORMS = ("official", "buffer")
+ZERO_POINTS = ("integral", "float")
 MIN_BITS, MAX_BITS = 2, 16
 
-
-def check_keys(section: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
-    """Raise :class:`RecipeError` for the first key of ``section`` not in ``allowed``.
-
-    The message names the key, where it was found, and the closest allowed key
-    (``difflib``), e.g. ``[train] has no key 'lr_decay'; did you mean 'gamma'?``.
-    """
-    allowed = set(allowed)
-    for key in section:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise RecipeError(f"{where} has no key '{key}'{hint} "
-                              f"(allowed: {', '.join(sorted(allowed))})")
-
-
-def _check_range(value: Any, lo: float, hi: float, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise RecipeError(f"{where} = {value!r} is out of range; expected a number in [{lo}, {hi}]")
-
-
-def _check_choice(value: Any, choices: Iterable[str], where: str) -> None:
-    choices = tuple(choices)
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise RecipeError(f"{where} = {value!r} is not one of {', '.join(choices)}{hint}")
+TOP_FIELDS = {
+    "name": Str(""),                 # default: the file's stem
+    "description": Str(""),
+    "seed": Int(0, lo=0),            # the seed `train` uses when --seed is not given
+    "seeds": IntList([], lo=0, nonempty=True, unique=True),  # the seeds the pipeline trains; default [seed]
+    "threads": Int(1, lo=1, hi=4096),  # torch.set_num_threads: same numbers on any machine
+}
+SECTIONS = ("data", "model", "quant", "teacher", "train", "runs", "analysis", "figures")
+DATA_FIELDS = {
+    "name": Choice("mnist5k", DATASETS),
+    "root": Str(""),                 # folder (or .tar.gz for CIFAR); "" = the data set's default
+    "test_fraction": Float(0.2, 0.01, 0.9),  # held-out share for mnist5k and digits
+    "split_seed": Int(0, lo=0),      # seeded stratified split; fixed across run seeds on purpose
+}
+MODEL_FIELDS = {
+    "name": Choice("smallcnn", MODELS),
+    "width": Int(16, lo=1, hi=4096),  # channels of the first conv (smallcnn: then 2x, 4x)
+}
+QUANT_FIELDS = {
+    "w_bits": Int(4, MIN_BITS, MAX_BITS),
+    "a_bits": Int(4, MIN_BITS, MAX_BITS),
+    "act_momentum": Float(0.9, 0.0, 1.0),        # EMA of the activation range during warm-up
+    "weight_zero_point": Choice("integral", ZERO_POINTS),  # integral: the official grid
+}
+TEACHER_FIELDS = {
+    "epochs": Int(8, lo=1),
+    "batch_size": Int(128, lo=1),
+    "lr": Float(0.1, 0.0, 10.0, lo_open=True),   # SGD, Nesterov momentum, cosine decay to 0
+    "momentum": Float(0.9, 0.0, 1.0),
+    "weight_decay": Float(5e-4, 0.0, 1.0),
+    "weights": Str(""),   # a pretrained state_dict (ours or pytorchcv's resnet20_cifar*): no training
+}
+TRAIN_FIELDS = {
+    "source": Choice("synthetic", SOURCES),   # generator | real training data (KD) | none (PTQ)
+    "epochs": Int(12, lo=1),          # all epochs, the generator-only warm-up included
+    "iters_per_epoch": Int(30, lo=1),
+    "batch_size": Int(128, lo=1),
+    "warmup_epochs": Int(2, lo=0),    # generator-only epochs (student frozen, ranges EMA)
+    "lr": Float(1e-3, 0.0, 1e6),              # student SGD
+    "momentum": Float(0.9, 0.0, 1.0),
+    "nesterov": Bool(True),
+    "weight_decay": Float(0.0, 0.0, 1e6),
+    "milestones": IntList([], lo=1),          # lr (and generator lr, and rho) x gamma at these epochs
+    "gamma": Float(0.1, 0.0, 1e6),
+    "ce_scale": Float(1.0, 0.0, 1e6),         # student loss = ce_scale * CE + kd_scale * T^2 KL
+    "kd_scale": Float(1.0, 0.0, 1e6),
+    "temperature": Float(20.0, 1e-3, 1e4),
+    "kl_reduction": Choice("batchmean", REDUCTIONS),  # batchmean (true KL) | mean (official AIT)
+    "gi": Bool(False),                        # gradient inundation on every quantized weight
+    "gi_form": Choice("official", GI_FORMS),  # official: kappa scales the step only; buffer: ablation
+    "rho": Float(1e-3, 0.0, 1.0),             # GI target crossing fraction
+    "gi_warmup_epochs": Int(1, lo=0),  # official: the first student epoch, kappa <= 128
+    "kappa_max_warmup": Float(128.0, 1.0, 1e12),
+    "kappa_max": Float(2.0**20, 1.0, 1e12),   # safety cap afterwards (official: none); logged if it binds
+    "bisect_steps": Int(5, lo=0, hi=64),
+    "latent_dim": Int(64, lo=1),      # generator
+    "gen_width": Int(128, lo=1),      # generator channels (GDFQ: 128)
+    "gen_lr": Float(1e-3, 0.0, 1e6),          # Adam, betas (0.5, 0.999)
+    "bns_scale": Float(0.1, 0.0, 1e6),
+    "calib_batches": Int(4, lo=1),    # PTQ calibration batches (real training data)
+    "analysis_batches": Int(2, lo=1),  # fixed batches kept in every checkpoint
+    "analysis_batch_size": Int(128, lo=1),
+}
+#: keys a [runs.<name>] table may set: every [train] key and the [quant] keys but act_momentum
+RUN_FIELDS = {**TRAIN_FIELDS, **{k: QUANT_FIELDS[k] for k in ("w_bits", "a_bits", "weight_zero_point")}}
+SECTION_FIELDS = {"data": DATA_FIELDS, "model": MODEL_FIELDS, "quant": QUANT_FIELDS,
+                  "teacher": TEACHER_FIELDS, "train": TRAIN_FIELDS}
+TRAIN_DEFAULTS = defaults_of(TRAIN_FIELDS)
+RUN_KEYS = set(TRAIN_FIELDS)
 
 
 def check_bits(bits: Any, where: str) -> int:
@@ -133,80 +125,74 @@ def check_bits(bits: Any, where: str) -> int:
 
 def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
     """Check a raw recipe dict and fill in defaults; returns a new dict."""
-    check_keys(raw, TOP_KEYS, f"recipe {source}")
-    recipe: dict[str, Any] = {"name": str(raw.get("name", Path(source).stem or "recipe")),
-                              "description": str(raw.get("description", "")),
-                              "seed": raw.get("seed", 0)}
-    if isinstance(recipe["seed"], bool) or not isinstance(recipe["seed"], int) or recipe["seed"] < 0:
-        raise RecipeError(f"{source}: seed = {recipe['seed']!r}; expected a non-negative integer")
-    for section, defaults in SECTION_DEFAULTS.items():
-        given = raw.get(section, {})
-        if not isinstance(given, dict):
-            raise RecipeError(f"{source}: [{section}] must be a table")
-        check_keys(given, defaults, f"{source}: [{section}]")
-        merged = copy.deepcopy(defaults)
-        merged.update(given)
-        recipe[section] = merged
-    _check_choice(recipe["data"]["name"], DATASETS, f"{source}: [data] name")
-    _check_choice(recipe["model"]["name"], MODELS, f"{source}: [model] name")
-    _check_range(recipe["data"]["test_fraction"], 0.01, 0.9, f"{source}: [data] test_fraction")
-    for key in ("w_bits", "a_bits"):
-        check_bits(recipe["quant"][key], f"{source}: [quant] {key}")
-    _check_range(recipe["quant"]["act_momentum"], 0.0, 1.0, f"{source}: [quant] act_momentum")
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"recipe {source} must be a TOML table")
+    check_keys(raw, set(TOP_FIELDS) | set(SECTIONS), f"recipe {source}")
+    top = check_section({k: v for k, v in raw.items() if k in TOP_FIELDS}, TOP_FIELDS, f"{source}:")
+    recipe: dict[str, Any] = {**top, "name": top["name"] or Path(source).stem or "recipe"}
+    if not recipe["seeds"]:
+        recipe["seeds"] = [recipe["seed"]]
+    for section, fields in SECTION_FIELDS.items():
+        recipe[section] = check_section(raw.get(section, {}), fields, f"{source}: [{section}]")
+    data = recipe["data"]
+    if data["root"] and data["name"] in BUNDLED_DATASETS:
+        raise RecipeError(f"{source}: [data] root = {data['root']!r} has no effect: {data['name']} "
+                          "ships inside a Python package; remove the key")
 
     runs = raw.get("runs", {})
-    if not isinstance(runs, dict) or not runs:
+    if not isinstance(runs, Mapping) or not runs:
         raise RecipeError(f"{source}: a recipe needs at least one [runs.<name>] table")
     recipe["runs"] = {}
     for name, overrides in runs.items():
-        if not isinstance(overrides, dict):
-            raise RecipeError(f"{source}: [runs.{name}] must be a table")
-        check_keys(overrides, RUN_KEYS | {"w_bits", "a_bits"}, f"{source}: [runs.{name}]")
-        recipe["runs"][name] = dict(overrides)
-        validate_run(resolve_run(recipe, name), f"{source}: [runs.{name}]")
-    # the analyzers' sections travel untouched; they check them with check_keys
+        where = f"{source}: [runs.{name}]"
+        recipe["runs"][name] = check_section(overrides, RUN_FIELDS, where, defaults=False)
+        validate_run(resolve_run(recipe, name), where)
+    # the analyzers' sections travel untouched; they check them with landscape.schema
     for section in ("analysis", "figures"):
         if section in raw:
-            recipe[section] = copy.deepcopy(raw[section])
+            if not isinstance(raw[section], Mapping):
+                raise RecipeError(f"{source}: [{section}] must be a table")
+            recipe[section] = copy.deepcopy(dict(raw[section]))
     return recipe
 
 
 def validate_run(run: Mapping[str, Any], where: str) -> None:
-    _check_choice(run["source"], SOURCES, f"{where} source")
-    _check_choice(run["kl_reduction"], REDUCTIONS, f"{where} kl_reduction")
-    for key in ("w_bits", "a_bits"):
-        check_bits(run[key], f"{where} {key}")
-    for key in ("epochs", "iters_per_epoch", "batch_size", "analysis_batches",
-                "analysis_batch_size", "calib_batches"):
-        _check_range(run[key], 1, 10**7, f"{where} {key}")
-    for key in ("warmup_epochs", "gi_warmup_epochs", "bisect_steps"):
-        _check_range(run[key], 0, 10**7, f"{where} {key}")
+    """The checks that involve two keys of a resolved run (each key alone is the schema's)."""
     if run["source"] != "none" and run["warmup_epochs"] >= run["epochs"]:
         raise RecipeError(f"{where}: warmup_epochs ({run['warmup_epochs']}) must be smaller "
                           f"than epochs ({run['epochs']}) or the student never trains")
-    _check_range(run["rho"], 0.0, 1.0, f"{where} rho")
-    _check_range(run["temperature"], 1e-3, 1e4, f"{where} temperature")
-    _check_range(run["kappa_max_warmup"], 1.0, 1e12, f"{where} kappa_max_warmup")
-    _check_range(run["kappa_max"], 1.0, 1e12, f"{where} kappa_max")
-    for key in ("lr", "gen_lr", "momentum", "weight_decay", "gamma", "ce_scale", "kd_scale",
-                "bns_scale"):
-        _check_range(run[key], 0.0, 1e6, f"{where} {key}")
-    if not isinstance(run["milestones"], list) or not all(
-            isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in run["milestones"]):
-        raise RecipeError(f"{where} milestones = {run['milestones']!r}; expected a list of "
-                          "positive epoch numbers")
+
+
+def check_overrides(seed: Any = None, epochs: Any = None, threads: Any = None,
+                    runs: Any = None, data_root: Any = None, data_name: str | None = None) -> None:
+    """CLI flags through the recipe's schema: ``--seed`` as the top-level seed, ``--epochs`` as
+    [train] epochs, ``--threads`` as threads, ``--runs`` a non-empty list of names (each then
+    checked against the recipe by :func:`resolve_run`), ``--data-root`` only where it is used."""
+    if seed is not None:
+        TOP_FIELDS["seed"].check(seed, "--seed")
+    if epochs is not None:
+        TRAIN_FIELDS["epochs"].check(epochs, "--epochs")
+    if threads is not None:
+        TOP_FIELDS["threads"].check(threads, "--threads")
+    if runs is not None and (isinstance(runs, str) or not all(isinstance(r, str) for r in runs)
+                             or not list(runs)):
+        raise RecipeError(f"--runs = {runs!r}; expected one or more run names")
+    if data_root and data_name in BUNDLED_DATASETS:
+        raise RecipeError(f"--data-root {data_root} has no effect: {data_name} ships inside a "
+                          "Python package; drop the flag")
 
 
 def resolve_run(recipe: Mapping[str, Any], name: str) -> dict:
-    """The full config of one run: [train] defaults, the recipe's bits, then the run's overrides."""
+    """The full config of one run: [train] defaults, the recipe's [quant] keys, then the run's
+    overrides."""
     if name not in recipe["runs"]:
         close = difflib.get_close_matches(name, list(recipe["runs"]), n=1, cutoff=0.4)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise RecipeError(f"recipe '{recipe['name']}' has no run '{name}'{hint} "
                           f"(runs: {', '.join(recipe['runs'])})")
     run = copy.deepcopy(recipe["train"])
-    run["w_bits"] = recipe["quant"]["w_bits"]
-    run["a_bits"] = recipe["quant"]["a_bits"]
+    for key in ("w_bits", "a_bits", "weight_zero_point"):
+        run[key] = recipe["quant"][key]
     run.update(copy.deepcopy(recipe["runs"][name]))
     run["name"] = name
     return run
@@ -219,7 +205,14 @@ def load_recipe(path: str | Path) -> dict:
         raise RecipeError(f"recipe {path} does not exist; recipes live in analyses/ "
                           "(e.g. analyses/default.toml)")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe {path} is not a text file (not UTF-8); point at a TOML "
+                          "recipe such as analyses/default.toml") from None
+    except OSError as exc:
+        raise RecipeError(f"recipe {path} cannot be read ({exc.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"recipe {path} is not valid TOML: {exc}") from None
     recipe = validate_recipe(raw, str(path))

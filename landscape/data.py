@@ -29,10 +29,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from landscape.errors import LandscapeError
+
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
 
-class DataError(FileNotFoundError):
+class DataError(LandscapeError, FileNotFoundError):
     """A data set that cannot be read; the message names the files it expected."""
 
 

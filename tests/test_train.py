@@ -2,34 +2,30 @@
 skipping complete runs, NaN stops, and config clashes."""
 
 import copy
+import json
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from landscape.checkpoints import (analysis_batches, list_checkpoints, load_checkpoint,
-                                   rebuild_generator, rebuild_student, rebuild_teacher)
-from landscape.config import RecipeError, load_recipe
+from landscape.checkpoints import (analysis_batches, config_hash, content_hash, list_checkpoints,
+                                   load_checkpoint, rebuild_generator, rebuild_student,
+                                   rebuild_teacher)
+from landscape.config import RecipeError
 from landscape.models import evaluate
 from landscape.quant import check_dequantization, integer_codes
 from landscape.zsq import tables
 from landscape.zsq.runs import train_recipe
 from landscape.zsq.trainer import TrainingError
 
-TINY = Path(__file__).resolve().parents[1] / "analyses" / "digits_tiny.toml"
-
-
-@pytest.fixture(scope="module")
-def recipe():
-    return load_recipe(TINY)
+from tiny_runs import recipe, train_tiny  # noqa: F401 - the shared fixture
 
 
 @pytest.fixture(scope="module")
 def trained(recipe, tmp_path_factory):
     out = tmp_path_factory.mktemp("ck")
-    dirs = train_recipe(recipe, out=out, device="cpu", progress=False)
+    dirs = train_tiny(recipe, out)
     return out, {d.name.split("-seed")[0]: d for d in dirs}
 
 
@@ -43,6 +39,7 @@ def test_run_folders_follow_the_layout(trained, recipe):
         assert epochs == ([0] if name == "ptq" else [1, 2, 3])
         metrics = pd.read_csv(d / "metrics.csv")
         assert list(metrics.columns) == tables.METRICS_COLUMNS and metrics.epoch.tolist() == epochs
+        assert metrics.best_acc.tolist() == metrics.test_acc.cummax().tolist()  # best so far
         crossings = pd.read_csv(d / "crossings.csv")
         assert list(crossings.columns) == tables.CROSSING_COLUMNS
         assert not list(d.glob("*.tmp"))
@@ -77,6 +74,19 @@ def test_checkpoint_rebuilds_student_teacher_and_batches(trained):
             assert x.shape == (3, 1, 8, 8)
         assert ckpt["kl_reduction"] == "batchmean" and ckpt["temperature"] == 20.0
         assert set(integer_codes(student)) == {"features.0.0", "features.1.0", "features.2.0", "fc"}
+        assert ckpt["threads"] == 1 and "seconds" not in ckpt["metrics"]
+        assert ckpt["recipe_hash"] == config_hash(json.loads((d / "config.json").read_text()))
+        assert ckpt["content_hash"] == content_hash(ckpt)
+        assert ckpt["quant"]["weight_zero_point"] == "integral"  # the official grid, recorded
+        grad = ckpt["epoch_grad"]
+        if name == "ptq":
+            assert grad is None
+        else:
+            names = [n for n, p in student.named_parameters()]
+            assert grad["names"] == names and grad["n_steps"] == 4
+            assert grad["mean"].dtype == torch.float32
+            assert grad["mean"].shape == (sum(p.numel() for p in student.parameters()),)
+            assert load_checkpoint(d / "epoch_0001.pt")["epoch_grad"] is None  # warm-up
 
 
 def test_complete_runs_are_skipped(trained, recipe):
@@ -112,6 +122,9 @@ def test_killed_run_resumes_to_identical_weights(trained, recipe, tmp_path):
             continue
     assert not kills
     for name in ("kd", "gdfq", "ait"):
+        for (ea, pa), (eb, pb) in zip(list_checkpoints(dirs[name]),
+                                      list_checkpoints(resumed / "digits_tiny" / f"{name}-seed0")):
+            assert ea == eb and pa.read_bytes() == pb.read_bytes(), (name, ea)  # byte-identical
         a = load_checkpoint(list_checkpoints(dirs[name])[-1][1])
         b = load_checkpoint(list_checkpoints(resumed / "digits_tiny" / f"{name}-seed0")[-1][1])
         for key in ("student_state", "generator_state"):
@@ -124,9 +137,8 @@ def test_killed_run_resumes_to_identical_weights(trained, recipe, tmp_path):
         ma = pd.read_csv(dirs[name] / "metrics.csv").drop(columns="seconds")
         mb = pd.read_csv(resumed / "digits_tiny" / f"{name}-seed0" / "metrics.csv").drop(columns="seconds")
         pd.testing.assert_frame_equal(ma, mb)  # no duplicated or missing rows after resume
-        ca = pd.read_csv(dirs[name] / "crossings.csv")
-        cb = pd.read_csv(resumed / "digits_tiny" / f"{name}-seed0" / "crossings.csv")
-        pd.testing.assert_frame_equal(ca, cb)
+        ca = (dirs[name] / "crossings.csv").read_bytes()
+        assert ca == (resumed / "digits_tiny" / f"{name}-seed0" / "crossings.csv").read_bytes()
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(trained, recipe, tmp_path,
@@ -174,3 +186,57 @@ def test_bad_train_arguments(recipe, tmp_path):
         train_recipe(recipe, runs=["aitt"], out=tmp_path, progress=False)
     with pytest.raises(RecipeError, match="warmup_epochs"):
         train_recipe(recipe, runs=["kd"], epochs=1, out=tmp_path, progress=False)
+
+
+def test_epoch_grad_is_the_mean_of_the_raw_step_gradients(trained, recipe, tmp_path, monkeypatch):
+    """ckpt["epoch_grad"] against gradients recorded by hand at every optimizer step of an
+    AIT run (before GI's κ, weight decay and momentum), summed in float64."""
+    from landscape.zsq import trainer
+    from landscape.zsq.gi import InundatedSGD
+
+    shutil.copytree(trained[0] / "teachers", tmp_path / "teachers")
+    runs, pending, per_epoch = [], [], {}
+    real_fit, real_step = trainer.Run.fit, InundatedSGD.step
+
+    def fit(self, *args, **kwargs):
+        runs.append(self)
+        return real_fit(self, *args, **kwargs)
+
+    def step(self, closure=None):
+        student = runs[-1].student
+        pending.append(torch.cat([p.grad.detach().double().reshape(-1) for p in student.parameters()]))
+        return real_step(self, closure)
+
+    def hook(run, epoch, i):
+        if pending:  # warm-up steps take no optimizer step
+            per_epoch.setdefault(epoch, []).extend(pending)
+            pending.clear()
+
+    monkeypatch.setattr(trainer.Run, "fit", fit)
+    monkeypatch.setattr(InundatedSGD, "step", step)
+    changed = copy.deepcopy(recipe)
+    changed["runs"]["ait"]["weight_decay"] = 1e-2  # so that "before weight decay" is tested
+    run_dir = train_recipe(changed, runs=["ait"], out=tmp_path, device="cpu", progress=False,
+                           step_hook=hook)[0]
+    assert sorted(per_epoch) == [2, 3] and all(len(v) == 4 for v in per_epoch.values())
+    for epoch, grads in per_epoch.items():
+        saved = load_checkpoint(run_dir / f"epoch_{epoch:04d}.pt")["epoch_grad"]
+        hand = torch.stack(grads).sum(0) / len(grads)
+        assert saved["n_steps"] == 4
+        torch.testing.assert_close(saved["mean"].double(), hand, rtol=1e-6, atol=1e-9)
+    assert not torch.equal(per_epoch[2][0], per_epoch[2][1])  # real, changing gradients
+    kappas = pd.read_csv(run_dir / "crossings.csv").kappa
+    assert (kappas > 1).any()  # GI scaled steps, and the stored gradients do not carry κ
+
+
+def test_threads_are_set_for_the_call_and_restored(trained, recipe, tmp_path):
+    shutil.copytree(trained[0] / "teachers", tmp_path / "teachers")
+    before = torch.get_num_threads()
+    seen = set()
+    train_recipe(recipe, runs=["kd"], out=tmp_path, device="cpu", progress=False,
+                 step_hook=lambda *a: seen.add(torch.get_num_threads()))
+    assert seen == {1} and torch.get_num_threads() == before
+    config = json.loads((tmp_path / "digits_tiny" / "kd-seed0" / "config.json").read_text())
+    assert config["threads"] == 1
+    with pytest.raises(RecipeError, match=r"different configuration \(threads: 1 -> 2\)"):
+        train_recipe(recipe, runs=["kd"], out=tmp_path, device="cpu", progress=False, threads=2)

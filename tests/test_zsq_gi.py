@@ -1,4 +1,4 @@
-"""Gradient inundation: the κ search of METHOD.md §3 and the optimizer built on it."""
+"""Gradient inundation: the official κ search and step of METHOD.md §3, checked by hand."""
 
 import pytest
 import torch
@@ -17,34 +17,102 @@ def _layer(seed=0):
     return student
 
 
-def _crossing(student, opt):
-    before = {n: weight_codes(m.weight, m.w_bits) for n, m in [("0", student[0]), ("2", student[2])]}
-    opt.step()
-    return {r["layer"]: r for r in opt.last_records}, before
+def _codes(m, w=None):
+    return weight_codes(m.weight if w is None else w, m.w_bits, m.zero_point)
 
 
 def test_plain_sgd_crosses_almost_nothing_and_gi_reaches_the_target():
     rho = 0.02
     plain = _layer()
     opt = InundatedSGD(param_groups(plain), lr=0.1, momentum=0.9, rho=None)
-    before = weight_codes(plain[0].weight, 4)
+    before = _codes(plain[0])
     opt.step()
     recs = {r["layer"]: r for r in opt.last_records}
-    counted = (weight_codes(plain[0].weight, 4) != before).float().mean().item()
+    counted = (_codes(plain[0]) != before).float().mean().item()
     assert recs["0"]["kappa"] == 1.0 and recs["0"]["crossing_fraction"] == pytest.approx(counted)
     assert counted < rho / 10
 
     gi = _layer()
     opt = InundatedSGD(param_groups(gi), lr=0.1, momentum=0.9, rho=rho, kappa_max=1e6)
-    before = weight_codes(gi[0].weight, 4)
+    before = _codes(gi[0])
     opt.step()
     recs = {r["layer"]: r for r in opt.last_records}
-    counted = (weight_codes(gi[0].weight, 4) != before).float().mean().item()
-    assert recs["0"]["crossing_fraction"] == pytest.approx(counted)  # the record is the real step
-    assert abs(counted - rho) <= 0.25 * rho
-    assert all(r["kappa"] >= 1.0 for r in opt.last_records)
-    assert recs["0"]["kappa"] > 1.0
+    counted = (_codes(gi[0]) != before).float().mean().item()
+    assert recs["0"]["crossing_fraction"] == counted  # the record is the step really taken
+    assert recs["0"]["kappa"] > 1.0 and abs(counted - rho) <= 0.25 * rho  # κ·d crosses ≈ ρ
+    assert all(r["kappa"] >= 1.0 and not r["capped"] for r in opt.last_records)
     assert set(recs) == {"0", "2"}  # every quantized weight; biases take the plain step
+
+
+def _official_kappa(p, d, lr, codes, bits, zp, rho, cap, steps=5):
+    """METHOD §3 / the official SGD_adalr search, transcribed literally."""
+    def perc(alpha):
+        return (weight_codes(p.add(d, alpha=-lr * alpha), bits, zp) != codes).double().mean().item()
+
+    alpha = 1.0
+    if perc(alpha) >= rho:
+        return alpha
+    while True:
+        alpha = min(alpha * 2, cap)
+        if perc(alpha) >= rho or alpha >= cap:
+            break
+    start, end = alpha / 2, alpha
+    for _ in range(steps):
+        mid = (start + end) / 2
+        f = perc(mid)
+        if abs(f - rho) < rho / 100:
+            break
+        start, end = (mid, end) if f < rho else (start, mid)
+    return mid
+
+
+def test_official_step_by_hand_for_three_steps():
+    """θ, the momentum buffer and κ of three official GI steps against a hand computation:
+    the buffer keeps raw gradients (weight decay included), κ scales only the step taken."""
+    torch.manual_seed(3)
+    student = quantize_model(nn.Sequential(nn.Linear(12, 6)), 3, 4).double()
+    layer = student[0]
+    assert layer.zero_point == "integral"  # the official grid
+    lr, mu, wd, rho = 0.05, 0.9, 1e-3, 0.05
+    opt = InundatedSGD(param_groups(student), lr=lr, momentum=mu, nesterov=True, weight_decay=wd,
+                       rho=rho, kappa_max=1e6)
+    grads = [1e-3 * torch.randn(6, 12, dtype=torch.float64) for _ in range(3)]
+    theta, buf, kappas = layer.weight.detach().clone(), None, []
+    for g_raw in grads:
+        layer.weight.grad, layer.bias.grad = g_raw.clone(), torch.zeros_like(layer.bias)
+        g = g_raw + wd * theta
+        buf = g.clone() if buf is None else mu * buf + g
+        d = g + mu * buf
+        zp = layer.zero_point
+        kappa = _official_kappa(theta, d, lr, weight_codes(theta, 3, zp), 3, zp, rho, 1e6)
+        theta = theta - lr * kappa * d
+        kappas.append(kappa)
+        opt.step()
+        rec = opt.last_records[0]
+        assert rec["kappa"] == kappa
+        torch.testing.assert_close(layer.weight.detach(), theta, rtol=0, atol=1e-15)
+        torch.testing.assert_close(opt.state[layer.weight]["momentum_buffer"], buf, rtol=0, atol=1e-15)
+    assert min(kappas) > 1.0  # GI scaled every step; the buffer never saw κ
+
+
+def test_buffer_form_feeds_kappa_into_the_momentum_buffer():
+    """The ablation (gi_form = "buffer"): b = μ b + κ g, so κ acts on later steps too."""
+    a, b = _layer(1), _layer(1)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        pb.grad = pa.grad.clone()
+    official = InundatedSGD(param_groups(a), lr=0.1, rho=0.02, kappa_max=1e6)
+    buffer = InundatedSGD(param_groups(b), lr=0.1, rho=0.02, kappa_max=1e6, form="buffer")
+    official.step()
+    buffer.step()
+    k_a, k_b = official.last_records[0]["kappa"], buffer.last_records[0]["kappa"]
+    assert k_a > 1 and k_b > 1
+    g = a[0].weight.grad
+    torch.testing.assert_close(official.state[a[0].weight]["momentum_buffer"], g)
+    torch.testing.assert_close(buffer.state[b[0].weight]["momentum_buffer"], k_b * g)
+    # first step, b = g: official d = (1 + μ) g scaled by κ; buffer d = κ g + μ κ g, the same
+    assert k_a == pytest.approx(k_b)
+    with pytest.raises(ValueError, match="form='sgd'"):
+        InundatedSGD(param_groups(a), lr=0.1, form="sgd")
 
 
 def test_gi_keeps_kappa_one_when_the_step_already_crosses_enough():
@@ -56,13 +124,15 @@ def test_gi_keeps_kappa_one_when_the_step_already_crosses_enough():
     assert all(r["kappa"] == 1.0 and r["crossing_fraction"] >= 0.01 for r in opt.last_records)
 
 
-def test_gi_respects_the_warm_up_cap():
+def test_gi_warm_up_cap_bisects_below_it_as_the_official_code():
+    # was: kappa == 128. The official search stops doubling at 128 ("alpha > 100"), then
+    # still bisects [64, 128] five times and keeps the last midpoint: 126.
     student = _layer()
     for p in student.parameters():
         p.grad = 1e-9 * torch.randn_like(p)
     opt = InundatedSGD(param_groups(student), lr=0.1, rho=0.5, kappa_max=128)
     opt.step()
-    assert all(r["kappa"] == 128 for r in opt.last_records)
+    assert all(r["kappa"] == 126 and r["capped"] for r in opt.last_records)
 
 
 def test_search_kappa_rules():
@@ -72,21 +142,27 @@ def test_search_kappa_rules():
         calls.append(k)
         return k / 1000
 
-    kappa, frac, n = search_kappa(crossing, rho=0.0123, kappa_max=128, bisect_steps=5)
+    kappa, frac, n, capped = search_kappa(crossing, rho=0.0123, kappa_max=128, bisect_steps=5)
     assert calls[:5] == [1, 2, 4, 8, 16]  # doubling until the target is passed
-    assert 8 <= kappa <= 16 and n == len(calls) <= 5 + 5
-    assert abs(frac - 0.0123) <= abs(16 / 1000 - 0.0123)
+    assert calls[5:] == [12, 14, 13, 12.5, 12.25]  # bisection, stopped within ρ/100
+    assert (kappa, n, capped) == (12.25, 10, False) and frac == pytest.approx(0.01225)
     # already enough at κ=1: no search
-    assert search_kappa(lambda k: 0.5, 0.01) == (1.0, 0.5, 1)
-    # early stop within ρ/100
+    assert tuple(search_kappa(lambda k: 0.5, 0.01)) == (1.0, 0.5, 1, False)
+    # was: κ = 4 after [1, 2, 4] (an early stop while doubling). The official search always
+    # bisects [κ/2, κ] and keeps the last midpoint, which may fall short of ρ.
     calls.clear()
-    assert search_kappa(crossing, rho=0.004)[0] == 4 and calls == [1, 2, 4]
+    found = search_kappa(crossing, rho=0.004)
+    assert calls == [1, 2, 4, 3, 3.5, 3.75, 3.875, 3.9375] and found.kappa == 3.9375
     # never below one, whatever the crossing curve does
     for rho in (1e-4, 0.3, 0.9):
-        assert search_kappa(lambda k: 0.0 if k < 1.5 else 1.0, rho)[0] >= 1.0
+        assert search_kappa(lambda k: 0.0 if k < 1.5 else 1.0, rho).kappa >= 1.0
+    # a cap that is not a power of two is never exceeded
+    found = search_kappa(lambda k: 0.0, rho=0.1, kappa_max=100)
+    assert found.capped and 50 <= found.kappa <= 100
 
 
-def test_gi_matches_torch_sgd_when_rho_is_off():
+def test_gi_is_torch_sgd_bit_for_bit_when_rho_is_off():
+    # was allclose(atol=1e-7): the plain step now uses torch.optim.SGD's very operations
     a, b = _layer(1), _layer(1)
     for pa, pb in zip(a.parameters(), b.parameters()):
         pb.grad = pa.grad.clone()
@@ -96,7 +172,7 @@ def test_gi_matches_torch_sgd_when_rho_is_off():
         ours.step()
         ref.step()
     for pa, pb in zip(a.parameters(), b.parameters()):
-        assert torch.allclose(pa, pb, atol=1e-7)
+        assert torch.equal(pa, pb)
 
 
 def test_bad_arguments():

@@ -1,89 +1,112 @@
 """Gradient inundation (AIT, Choi et al. CVPR 2022, Sec. 4.2) as a torch.optim optimizer.
 
-For each quantized weight tensor θ_l at step k the gradient is scaled by κ_l so that a
-target fraction ρ of its weights change integer code:
+The official step (``form="official"``, the default; METHOD.md §3). For each quantized
+weight θ_l at step k, with g the raw gradient (weight decay included, as torch.optim.SGD):
 
-    θ_{l,k+1} = θ_{l,k} - η · d(κ_l g_{l,k}),   κ_l = argmin_κ | Δθ^q_l(κ) / dim(θ_l) - ρ |
-    Δθ^q_l(κ) = Σ 1[ q(θ_{l,k}) != q(θ_{l,k+1}(κ)) ]
+    b_{l,k} = μ · b_{l,k-1} + g_{l,k}        (b = g at the first step; κ never enters b)
+    d_{l,k} = g_{l,k} + μ · b_{l,k}          (Nesterov; d = b without Nesterov, d = g if μ = 0)
+    θ_{l,k+1} = θ_{l,k} - η · κ_l · d_{l,k}   (κ scales this step only)
+    κ_l = search of :func:`search_kappa` on Δθ^q_l(κ) / dim(θ_l),
+    Δθ^q_l(κ) = Σ 1[ q(θ_{l,k}) != q(θ_{l,k} - η κ d_{l,k}) ]
 
-where d(·) is the (Nesterov) SGD direction, so the crossing test uses the very step that
-will be taken (the Nesterov look-ahead included), and q(·) requantizes each candidate with
-its own, updated per-channel min/max. Search (:func:`search_kappa`): κ=1 if its crossing
-fraction already reaches ρ; else double κ until it does (capped by ``kappa_max``: 128
-during the GI warm-up), then bisect in [κ/2, κ] for at most ``bisect_steps`` steps, stopping
-early within ρ/100, and keep the κ whose fraction is closest to ρ. κ is never below 1.
+q(·) requantizes each candidate with its own per-channel min/max (``weight_codes`` with the
+layer's zero point), so the crossing test measures exactly the step that is taken.
 
-Parameter groups carrying ``w_bits`` (and ``layer``, a name) are quantized weights; every
-other group (biases, BatchNorm) takes the plain SGD step. With ``rho=None`` (or 0) every
-κ is 1: the optimizer is plain SGD that still records the crossing fraction of each
-quantized layer, so KL-only and AIT runs are measured the same way. After each ``step()``,
-``last_records`` holds ``{"layer", "kappa", "crossing_fraction", "n_evals"}`` per layer.
+``form="buffer"`` keeps this package's first reading as an ablation: κ scales the
+gradient before momentum (``b = μ b + κ g``, ``d = κ g + μ b``), so a large κ keeps acting
+through the buffer on later steps. With κ uncapped it collapsed 2 of 3 seeds of the
+embedded default; the official form did not (issue 7).
+
+Parameter groups carrying ``w_bits`` (and ``layer``, a name, and ``zero_point``, the
+layer's grid) are quantized weights; every other group (biases, BatchNorm) takes the plain
+SGD step. With ``rho=None`` (or 0) every κ is 1: the optimizer is plain SGD (bit-identical
+to torch.optim.SGD) that still records each quantized layer's crossing fraction, so
+KL-only and AIT runs are measured the same way. After each ``step()``, ``last_records``
+holds ``{"layer", "kappa", "crossing_fraction", "n_evals", "capped"}`` per layer.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
 from landscape.quant.functional import weight_codes
 
+FORMS = ("official", "buffer")
+
+
+class KappaSearch(NamedTuple):
+    kappa: float
+    crossing_fraction: float   # of the κ returned: the step that is taken
+    n_evals: int               # crossing tests done
+    capped: bool               # the doubling stopped at kappa_max before reaching ρ
+
 
 def search_kappa(crossing: Callable[[float], float], rho: float, kappa_max: float = 128.0,
-                 bisect_steps: int = 5) -> tuple[float, float, int]:
-    """The κ ≥ 1 of METHOD.md §3 for one layer; returns (kappa, crossing_fraction, n_evals).
+                 bisect_steps: int = 5) -> KappaSearch:
+    """The κ ≥ 1 of METHOD.md §3 for one layer, as the official code searches it.
 
     ``crossing(kappa)`` is the fraction of the layer's weights whose code changes with the
-    step scaled by kappa.
+    step scaled by kappa. Rule: κ=1 if its fraction already reaches ρ; else double κ until
+    the fraction reaches ρ or κ reaches ``kappa_max`` (the GI warm-up's 128; a safety cap
+    afterwards), then bisect in [κ/2, κ] for ``bisect_steps`` steps, stopping early when
+    the fraction is within ρ/100, and keep the last midpoint (official: not the bracket end,
+    so the fraction may fall a little short of ρ).
+
+        >>> search_kappa(lambda k: k / 1000, rho=0.006)   # doubles 1, 2, 4, 8; bisects [4, 8]
+        KappaSearch(kappa=6.0, crossing_fraction=0.006, n_evals=5, capped=False)
     """
     tol = rho / 100.0
     kappa, frac, n = 1.0, crossing(1.0), 1
     if frac >= rho or kappa_max <= 1.0:
-        return kappa, frac, n
-    prev = kappa
-    while frac < rho and kappa < kappa_max:
+        return KappaSearch(kappa, frac, n, frac < rho)
+    prev, capped = kappa, False
+    while True:
         prev, kappa = kappa, min(2.0 * kappa, float(kappa_max))
         frac, n = crossing(kappa), n + 1
-        if abs(frac - rho) <= tol:
-            return kappa, frac, n
-    if frac < rho:  # the cap stops the doubling before ρ is reached
-        return kappa, frac, n
-    lo, hi = prev, kappa
-    best = (abs(frac - rho), kappa, frac)
-    for _ in range(bisect_steps):
-        if best[0] <= tol:
+        if frac >= rho:
             break
-        mid = 0.5 * (lo + hi)
-        f_mid, n = crossing(mid), n + 1
-        if abs(f_mid - rho) < best[0]:
-            best = (abs(f_mid - rho), mid, f_mid)
-        if f_mid >= rho:
-            hi = mid
+        if kappa >= kappa_max:
+            capped = True
+            break
+    lo, hi = prev, kappa
+    for _ in range(bisect_steps):
+        kappa = 0.5 * (lo + hi)
+        frac, n = crossing(kappa), n + 1
+        if abs(frac - rho) < tol:
+            break
+        if frac < rho:
+            lo = kappa
         else:
-            lo = mid
-    return best[1], best[2], n
+            hi = kappa
+    return KappaSearch(kappa, frac, n, capped)
 
 
 class InundatedSGD(torch.optim.Optimizer):
     """SGD with momentum (Nesterov by default) and gradient inundation on quantized weights.
 
-    The momentum buffer follows torch.optim.SGD (dampening 0): ``b = μ b + g'``; the step
-    is ``g' + μ b`` with Nesterov, ``b`` without, and ``g' = κ (g + wd θ)``.
+    Without GI (κ = 1) this is torch.optim.SGD with dampening 0: ``b = μ b + g``, step
+    ``g + μ b`` (Nesterov) or ``b``, ``g`` including weight decay. With GI the quantized
+    weights take the step of the module docstring (``form`` chooses official or buffer).
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, nesterov: bool = True,
                  weight_decay: float = 0.0, rho: float | None = None, kappa_max: float = 128.0,
-                 bisect_steps: int = 5):
+                 bisect_steps: int = 5, form: str = "official"):
         if lr < 0:
             raise ValueError(f"lr={lr}: expected a non-negative learning rate")
         if rho is not None and not 0.0 <= rho <= 1.0:
             raise ValueError(f"rho={rho}: the target crossing fraction must be in [0, 1]")
         if kappa_max < 1.0:
             raise ValueError(f"kappa_max={kappa_max}: must be >= 1 (GI never shrinks a gradient)")
+        if form not in FORMS:
+            raise ValueError(f"form={form!r}: expected one of {', '.join(FORMS)}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         rho=rho, kappa_max=kappa_max, bisect_steps=bisect_steps,
-                        w_bits=None, layer=None)
+                        w_bits=None, layer=None, zero_point="integral")
         super().__init__(params, defaults)
+        self.form = form
         self.last_records: list[dict] = []
 
     def set_schedule(self, lr: float | None = None, rho: float | None = None,
@@ -96,12 +119,15 @@ class InundatedSGD(torch.optim.Optimizer):
             if kappa_max is not None:
                 group["kappa_max"] = kappa_max
 
-    @staticmethod
-    def _direction(g, buf, momentum, nesterov):
+    def _direction(self, g, buf, momentum, nesterov, kappa):
+        """(d, new buffer) of the step scaled by ``kappa`` (the official form: d scaled
+        later; the buffer form: κ g fed to the buffer)."""
+        if self.form == "buffer" and kappa != 1.0:
+            g = kappa * g
         if momentum == 0:
             return g, None
-        new_buf = g if buf is None else momentum * buf + g
-        return (g + momentum * new_buf if nesterov else new_buf), new_buf
+        new_buf = g.clone() if buf is None else buf.mul(momentum).add_(g)
+        return (g.add(new_buf, alpha=momentum) if nesterov else new_buf), new_buf
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -117,40 +143,52 @@ class InundatedSGD(torch.optim.Optimizer):
                     continue
                 g = p.grad
                 if group["weight_decay"]:
-                    g = g + group["weight_decay"] * p
+                    g = g.add(p, alpha=group["weight_decay"])
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
-
-                def candidate(kappa):
-                    d, new_buf = self._direction(kappa * g if kappa != 1.0 else g, buf, mom, nest)
-                    return p - lr * d, new_buf
-
                 bits = group["w_bits"]
                 if bits is None:
-                    new_p, new_buf = candidate(1.0)
+                    d, new_buf = self._direction(g, buf, mom, nest, 1.0)
+                    p.add_(d, alpha=-lr)
                 else:
-                    codes = weight_codes(p, bits)
-
-                    def crossing(kappa):
-                        return (weight_codes(candidate(kappa)[0], bits) != codes).float().mean().item()
-
-                    rho = group["rho"]
-                    if rho:
-                        kappa, frac, n = search_kappa(crossing, rho, group["kappa_max"],
-                                                      group["bisect_steps"])
-                    else:
-                        kappa, frac, n = 1.0, crossing(1.0), 1
-                    new_p, new_buf = candidate(kappa)
-                    self.last_records.append({"layer": group["layer"], "kappa": kappa,
-                                              "crossing_fraction": frac, "n_evals": n})
-                p.copy_(new_p)
+                    new_buf = self._inundate(p, g, buf, group)
                 if new_buf is not None:
-                    state["momentum_buffer"] = new_buf.clone() if new_buf is g else new_buf
+                    state["momentum_buffer"] = new_buf
         return loss
+
+    def _inundate(self, p, g, buf, group):
+        """Search κ for one quantized weight, take the step, record it; returns the new buffer."""
+        lr, mom, nest, bits, zp = (group["lr"], group["momentum"], group["nesterov"],
+                                   group["w_bits"], group["zero_point"])
+        codes = weight_codes(p, bits, zp)
+        official = self.form == "official"
+        d_official, buf_official = self._direction(g, buf, mom, nest, 1.0) if official else (None, None)
+
+        def candidate(kappa):
+            if official:
+                return p.add(d_official, alpha=-lr * kappa), buf_official
+            d, new_buf = self._direction(g, buf, mom, nest, kappa)
+            return p.add(d, alpha=-lr), new_buf
+
+        def crossing(kappa):
+            return (weight_codes(candidate(kappa)[0], bits, zp) != codes).float().mean().item()
+
+        rho = group["rho"]
+        if rho:
+            found = search_kappa(crossing, rho, group["kappa_max"], group["bisect_steps"])
+        else:
+            found = KappaSearch(1.0, crossing(1.0), 1, False)
+        new_p, new_buf = candidate(found.kappa)
+        p.copy_(new_p)
+        self.last_records.append({"layer": group["layer"], "kappa": found.kappa,
+                                  "crossing_fraction": found.crossing_fraction,
+                                  "n_evals": found.n_evals, "capped": found.capped})
+        return new_buf
 
 
 def param_groups(student: torch.nn.Module, gi_layers=None) -> list[dict]:
-    """One group per quantized weight (``layer``, ``w_bits``) and one for everything else.
+    """One group per quantized weight (``layer``, ``w_bits``, ``zero_point``: the layer's
+    weight grid, "integral" or "float") and one group for everything else.
 
     ``gi_layers``: names of the quantized layers whose weights get GI (default: all).
     """
@@ -159,7 +197,8 @@ def param_groups(student: torch.nn.Module, gi_layers=None) -> list[dict]:
     groups, taken = [], set()
     for name, m in quantized_layers(student):
         if gi_layers is None or name in gi_layers:
-            groups.append({"params": [m.weight], "layer": name, "w_bits": m.w_bits})
+            groups.append({"params": [m.weight], "layer": name, "w_bits": m.w_bits,
+                           "zero_point": m.zero_point})
             taken.add(id(m.weight))
     rest = [p for p in student.parameters() if p.requires_grad and id(p) not in taken]
     if rest:

@@ -1,51 +1,117 @@
-"""Final test accuracies of a recipe's runs over seeds: the README's mean ± std table.
+"""Test accuracy of a recipe's runs over seeds, best and final, as the paper reports it.
 
+    print(report("checkpoints/default"))          # a recipe folder: every <run>-seed<S>/
+    print(report(["ck/default/ait-seed0", "ck/default/ait-seed1"]))  # or run folders
     python -m landscape.zsq.report checkpoints/default
+
+The official AIT code reports the **best** test accuracy over all epochs (warm-up
+included); the **final** one is the last epoch's. Both come from each run's validated
+metrics.csv (:func:`landscape.zsq.tables.read_metrics`): best = max of ``test_acc``.
+The table gives mean ± std (ddof 1) over seeds, then one row per run and seed.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
+
+from landscape.errors import LandscapeError
+from landscape.zsq.tables import read_metrics
 
 RUN_ORDER = ["teacher", "ptq", "kd", "gdfq", "kl", "ait"]
 
 
-def final_accuracies(recipe_dir: str | Path) -> pd.DataFrame:
-    """One row per run folder: run, seed, epoch, test_acc, teacher_acc (last metrics.csv row)."""
+class ReportError(LandscapeError, FileNotFoundError):
+    """Nothing to report under the path given."""
+
+
+Paths = str | Path | Sequence[str | Path]  # one folder or several
+
+
+def _run_folders(paths) -> list[Path]:
+    """The run folders named, or found one level under the recipe folders named (in order)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    found: list[Path] = []
+    for path in map(Path, paths):
+        here = [path] if (path / "metrics.csv").is_file() else \
+            sorted(p.parent for p in path.glob("*-seed*/metrics.csv"))
+        if not here:
+            raise ReportError(f"no metrics.csv in {path} nor in any {path}/<run>-seed<S>/; point at "
+                              "run folders or a recipe folder (checkpoints/<recipe>) after "
+                              "`landscape train`")
+        found += [p for p in here if p not in found]
+    return found
+
+
+def accuracies(paths: Paths) -> pd.DataFrame:
+    """One row per run folder: run, seed, epochs, final_acc, best_acc, best_epoch, teacher_acc."""
     rows = []
-    for metrics in sorted(Path(recipe_dir).glob("*-seed*/metrics.csv")):
-        run, seed = metrics.parent.name.rsplit("-seed", 1)
-        table = pd.read_csv(metrics)
+    for run_dir in _run_folders(paths):
+        run, _, seed = run_dir.name.rpartition("-seed")
+        table = read_metrics(run_dir / "metrics.csv")
         if table.empty:
             continue
-        last = table.iloc[-1]
-        rows.append({"run": run, "seed": int(seed), "epoch": int(last.epoch),
-                     "test_acc": float(last.test_acc), "teacher_acc": float(last.teacher_acc)})
+        best = int(table["test_acc"].to_numpy().argmax())
+        rows.append({"run": run or run_dir.name, "seed": int(seed) if seed.isdigit() else -1,
+                     "epochs": int(table["epoch"].iloc[-1]),
+                     "final_acc": float(table["test_acc"].iloc[-1]),
+                     "best_acc": float(table["test_acc"].iloc[best]),
+                     "best_epoch": int(table["epoch"].iloc[best]),
+                     "teacher_acc": float(table["teacher_acc"].iloc[-1])})
     if not rows:
-        raise FileNotFoundError(f"no <run>-seed<S>/metrics.csv under {recipe_dir}; train the recipe first")
+        raise ReportError(f"the metrics.csv files under {paths} are empty; train the runs first")
     return pd.DataFrame(rows)
 
 
-def accuracy_table(recipe_dir: str | Path) -> pd.DataFrame:
-    """mean, std (ddof=1) and n of the final test accuracy per run, the teacher included."""
-    df = final_accuracies(recipe_dir)
-    teacher = df.drop_duplicates("seed")[["seed", "teacher_acc"]].rename(columns={"teacher_acc": "test_acc"})
-    df = pd.concat([df[["run", "seed", "test_acc"]], teacher.assign(run="teacher")])
-    out = df.groupby("run").test_acc.agg(["mean", "std", "count"]).rename(columns={"count": "n"})
-    order = [r for r in RUN_ORDER if r in out.index] + [r for r in out.index if r not in RUN_ORDER]
-    return out.loc[order]
+def _ordered(index) -> list:
+    return [r for r in RUN_ORDER if r in index] + sorted(r for r in index if r not in RUN_ORDER)
 
 
-def markdown(table: pd.DataFrame) -> str:
-    lines = ["| run | test accuracy (%) | seeds |", "|---|---|---|"]
+def accuracy_table(paths: Paths) -> pd.DataFrame:
+    """Per run (the teacher included): best_mean, best_std, final_mean, final_std, n (seeds)."""
+    df = accuracies(paths)
+    teacher = df.drop_duplicates("seed")[["seed", "teacher_acc"]]
+    teacher = teacher.assign(run="teacher", best_acc=teacher.teacher_acc, final_acc=teacher.teacher_acc)
+    df = pd.concat([df, teacher], ignore_index=True)
+    g = df.groupby("run")
+    out = pd.DataFrame({"best_mean": g.best_acc.mean(), "best_std": g.best_acc.std(ddof=1),
+                        "final_mean": g.final_acc.mean(), "final_std": g.final_acc.std(ddof=1),
+                        "n": g.size()})
+    return out.loc[_ordered(out.index)]
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.2f}" + ("" if pd.isna(std) else f" ± {std:.2f}")
+
+
+def markdown(paths: Paths) -> str:
+    """The summary table (mean ± std over seeds) and the per-seed table, as markdown."""
+    per_seed = accuracies(paths)
+    table = accuracy_table(paths)
+    lines = ["| run | best test acc. (%) | final test acc. (%) | seeds |", "|---|---|---|---|"]
     for run, r in table.iterrows():
-        std = "" if pd.isna(r["std"]) else f" ± {r['std']:.2f}"
-        lines.append(f"| {run} | {r['mean']:.2f}{std} | {int(r['n'])} |")
+        lines.append(f"| {run} | {_pm(r.best_mean, r.best_std)} | {_pm(r.final_mean, r.final_std)} "
+                     f"| {int(r.n)} |")
+    lines += ["", "| run | seed | best (epoch) | final (epoch) |", "|---|---|---|---|"]
+    per_seed = per_seed.assign(order=per_seed.run.map({r: i for i, r in enumerate(_ordered(set(per_seed.run)))}))
+    for _, r in per_seed.sort_values(["order", "seed"]).iterrows():
+        lines.append(f"| {r.run} | {r.seed} | {r.best_acc:.2f} ({r.best_epoch}) | "
+                     f"{r.final_acc:.2f} ({r.epochs}) |")
     return "\n".join(lines)
 
 
+def report(paths: Paths) -> str:
+    """``landscape report DIR...``: the markdown of :func:`markdown` for run folders and/or
+    recipe folders (one path or a list).
+
+    Raises :class:`ReportError` when there is nothing to report and
+    :class:`~landscape.zsq.tables.LogError` for a metrics.csv that is junk (both name the path).
+    """
+    return markdown(paths)
+
+
 if __name__ == "__main__":
-    print(markdown(accuracy_table(sys.argv[1] if len(sys.argv) > 1 else "checkpoints/default")))
+    print(report(sys.argv[1:] or "checkpoints/default"))

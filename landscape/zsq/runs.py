@@ -2,10 +2,21 @@
 
     train_recipe("analyses/default.toml")        # -> [Path("checkpoints/default/ptq-seed0"), ...]
 
-Run folder: ``<out>/<recipe name>/<run>-seed<S>/`` (see :mod:`landscape.checkpoints`).
-A run whose folder exists continues from its last complete checkpoint (a run killed
-mid-epoch redoes that epoch, with the same result as if never stopped); a complete run is
-skipped; a folder written with a different configuration is an error, never overwritten.
+Run folder: ``<out>/<recipe name>/<run>-seed<S>/`` (see docs/run-folder.md). For each run:
+
+1. a finished run (config.json unchanged, every checkpoint up to the last epoch present,
+   the last one sound) is left alone: nothing is written, so a read-only archive works;
+2. otherwise the folder's lock is taken (a second writer gets one line naming the
+   holder's pid), orphan ``*.tmp`` files are removed, config.json is written if new;
+3. training resumes from the last checkpoint of the unbroken run of epochs from the
+   first (a deleted middle checkpoint is refilled: training restarts after the gap and
+   rewrites the later epochs identically), checked like every read (content hash, run,
+   seed, recipe, epoch, model); a sound checkpoint of another run is refused, a corrupt one
+   is warned about and retrained;
+4. the logs are validated and cut back to that epoch (rows of an interrupted epoch go).
+
+A folder written with a different configuration is an error, never overwritten. A run
+killed at any point and resumed gives byte-identical checkpoints (same device and threads).
 """
 
 from __future__ import annotations
@@ -13,19 +24,25 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
-from landscape.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, sha256_file
-from landscape.config import RecipeError, validate_run, load_recipe, resolve_run
+from landscape.checkpoints import (CONFIG_NAME, CheckpointError, CheckpointMismatch,
+                                   checkpoint_path, config_hash, list_checkpoints, load_checkpoint,
+                                   read_run_config, remove_orphans, sha256_file, write_text_atomic)
+from landscape.config import RecipeError, check_overrides, load_recipe, resolve_run, validate_run
 from landscape.data import load_dataset
+from landscape.errors import LandscapeError, storage_error
+from landscape.locking import exclusive_lock
 from landscape.zsq import tables
-from landscape.zsq.teacher import get_teacher
+from landscape.zsq.teacher import get_teacher, teacher_settings
 from landscape.zsq.trainer import Run, StepHook
 
 DEFAULT_OUT = Path("checkpoints")
+LOCK_NAME = ".lock"
 
 
 def default_device() -> str:
@@ -36,105 +53,175 @@ def run_dir_for(out: str | Path, recipe_name: str, run: str, seed: int) -> Path:
     return Path(out) / recipe_name / f"{run}-seed{seed}"
 
 
-def _resolved_config(recipe: dict, cfg: dict, seed: int, teacher_ref: dict) -> dict:
-    return {"recipe": recipe["name"], "run": cfg["name"], "seed": seed,
+def _resolved_config(recipe: dict, cfg: dict, seed: int, teacher_ref: dict, spec: dict,
+                     threads: int) -> dict:
+    return {"recipe": recipe["name"], "run": cfg["name"], "seed": seed, "threads": threads,
             "data": {k: v for k, v in recipe["data"].items() if k != "root"},
-            "model": recipe["model"], "quant": recipe["quant"], "teacher": recipe["teacher"],
-            "teacher_file": teacher_ref, "train": cfg}
+            "model": recipe["model"], "model_spec": spec, "quant": recipe["quant"],
+            "teacher": teacher_settings(recipe), "teacher_file": teacher_ref, "train": cfg}
 
 
 def _differences(old: dict, new: dict, prefix="") -> list[str]:
-    keys = set(old) | set(new)
+    """What differs between two configs, ``train.epochs`` aside (it may grow)."""
     out = []
-    for k in sorted(keys):
+    for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{k}.")
-        elif a != b and k != "epochs":
+        elif a != b and f"{prefix}{k}" != "train.epochs":
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
 
 
-def _last_checkpoint(run_dir: Path):
-    """The newest checkpoint that loads, or None; unreadable newer ones are warned about."""
-    for epoch, path in reversed(list_checkpoints(run_dir)):
-        try:
-            return epoch, load_checkpoint(path)
-        except CheckpointError as exc:
-            warnings.warn(f"skipping {path}: {exc}", stacklevel=3)
-    return None
-
-
-def _prepare_run_dir(run_dir: Path, config: dict) -> None:
-    cfg_path = run_dir / "config.json"
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        diff = _differences(old, config)
+def _check_same_config(run_dir: Path, config: dict) -> dict | None:
+    """The folder's config.json (None if absent); RecipeError if it was another config."""
+    old = read_run_config(run_dir)
+    if old is not None:
+        diff = _differences(old, json.loads(json.dumps(config)))
         if diff:
             raise RecipeError(f"{run_dir} holds a run trained with a different configuration "
                               f"({'; '.join(diff[:5])}); use another --out or delete the folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cfg_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
-    os.replace(tmp, cfg_path)
+    return old
+
+
+def _is_finished(run_dir: Path, config: dict, first: int, target: int) -> bool:
+    """Read-only: config.json unchanged, epochs first..target all there, the target sound."""
+    if _check_same_config(run_dir, config) is None:
+        return False
+    present = dict(list_checkpoints(run_dir))
+    if not all(e in present for e in range(first, target + 1)):
+        return False
+    try:
+        load_checkpoint(present[target])
+    except CheckpointError:
+        return False  # the locked path below says why and repairs or refuses
+    return True
+
+
+def _resume_point(run_dir: Path, first: int, target: int) -> tuple[int, dict | None]:
+    """(last good epoch, its checkpoint): the end of the unbroken run of epochs from
+    ``first``, stepping back over corrupt files; ``(first - 1, None)`` for a fresh start."""
+    present = dict(list_checkpoints(run_dir))
+    done = first - 1
+    while done + 1 in present:
+        done += 1
+    if done < target and any(e > done + 1 for e in present):
+        warnings.warn(f"{run_dir}: {checkpoint_path(run_dir, done + 1).name} is missing; training "
+                      f"resumes after epoch {done} and rewrites the later epochs", stacklevel=4)
+    epoch = min(done, target)
+    while epoch >= first:
+        try:
+            return epoch, load_checkpoint(present[epoch])
+        except CheckpointMismatch:
+            raise
+        except CheckpointError as exc:
+            warnings.warn(f"{exc} (training resumes before it)", stacklevel=4)
+            epoch -= 1
+    return first - 1, None
+
+
+def _prepare_logs(run_dir: Path, first: int, done: int) -> None:
+    """Validate the logs and keep only the rows of epochs first..done (none on a fresh start)."""
+    metrics, crossings = run_dir / "metrics.csv", run_dir / "crossings.csv"
+    if done < first:
+        for log in (metrics, crossings):
+            log.unlink(missing_ok=True)
+        return
+    logged = tables.truncate_after(metrics, done)["epoch"].tolist()
+    tables.truncate_after(crossings, done)
+    if logged != list(range(first, done + 1)):
+        raise tables.LogError(f"{metrics} holds epochs {logged[:3]}...{logged[-3:]} but the "
+                              f"checkpoints run from epoch {first} to {done}: the log was edited "
+                              f"or lost; restore it, or delete the run folder {run_dir} and retrain")
+
+
+@contextmanager
+def _os_errors_name(path: Path):
+    """Any stray OSError while writing a run folder becomes one StorageError line."""
+    try:
+        yield
+    except LandscapeError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, path) from None
+
+
+def _train_one(cfg: dict, config: dict, recipe: dict, data, t_file: dict, teacher_ref: dict,
+               run_dir: Path, seed: int, device, threads: int, step_hook, progress) -> None:
+    first, target = (0, 0) if cfg["source"] == "none" else (1, cfg["epochs"])
+    if _is_finished(run_dir, config, first, target):
+        return
+    with exclusive_lock(run_dir / LOCK_NAME, f"run folder {run_dir}"), _os_errors_name(run_dir):
+        remove_orphans(run_dir)
+        old = _check_same_config(run_dir, config)
+        if old != json.loads(json.dumps(config)):
+            write_text_atomic(json.dumps(config, indent=2, sort_keys=True), run_dir / CONFIG_NAME)
+        done, last = _resume_point(run_dir, first, target)
+        if done >= target:
+            return
+        _prepare_logs(run_dir, first, done)
+        run = Run(cfg, recipe, data, t_file, teacher_ref, run_dir, seed, device,
+                  recipe_hash=config_hash(config), threads=threads)
+        if cfg["source"] == "none":
+            run.post_training_quantization()
+            return
+        if last is not None:
+            run.restore(last)
+        run.fit(done + 1, cfg["epochs"], step_hook=step_hook, progress=progress)
 
 
 def train_recipe(recipe: str | Path | dict, runs: Iterable[str] | None = None,
                  epochs: int | None = None, out: str | Path | None = None,
                  seed: int | None = None, data_root: str | Path | None = None,
-                 device: str | None = None, *, step_hook: StepHook | None = None,
-                 progress: bool = True) -> list[Path]:
-    """Train (or reuse) the teacher, then each run of ``recipe``; return the run folders.
+                 device: str | None = None, *, threads: int | None = None,
+                 step_hook: StepHook | None = None, progress: bool = True) -> list[Path]:
+    """Train (or reuse) the teacher, then each run of ``recipe`` for one seed; return the
+    run folders.
 
     ``runs``: names from the recipe's [runs.*] (default: all, in recipe order).
     ``epochs`` overrides every training run's epoch count (a larger value extends finished
-    runs). ``step_hook(run, epoch, step)`` is called after every iteration (tests use it to
-    interrupt a run).
+    runs). ``seed`` (default: the recipe's ``seed``) and ``threads`` (default: the recipe's
+    ``threads``, 1 unless set) go through the recipe's schema like every key; torch uses
+    ``threads`` intra-op threads for the whole call (restored afterwards), so the numbers do
+    not depend on OMP_NUM_THREADS or the core count. ``step_hook(run, epoch, step)`` is
+    called after every iteration (tests use it to interrupt a run).
     """
     if not isinstance(recipe, dict):
         recipe = load_recipe(recipe)
+    runs = None if runs is None else list(runs) if not isinstance(runs, str) else runs
+    check_overrides(seed=seed, epochs=epochs, threads=threads, runs=runs, data_root=data_root,
+                    data_name=recipe["data"]["name"])
     out = Path(out) if out else DEFAULT_OUT
-    seed = recipe.get("seed", 0) if seed is None else int(seed)
+    seed = recipe.get("seed", 0) if seed is None else seed
+    threads = recipe.get("threads", 1) if threads is None else threads
     device = device or default_device()
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    names = list(runs) if runs else list(recipe["runs"])
     cfgs = []
-    for name in names:
+    for name in runs or list(recipe["runs"]):
         cfg = resolve_run(recipe, name)
         if epochs is not None:
-            cfg["epochs"] = int(epochs)
-        validate_run(cfg, f"run {name} (with --epochs {epochs})")
+            cfg["epochs"] = epochs
+        validate_run(cfg, f"run {name}" + (f" (with --epochs {epochs})" if epochs is not None else ""))
         cfgs.append(cfg)
 
-    data_cfg = recipe["data"]
-    data = load_dataset(data_cfg["name"], data_root or data_cfg["root"] or None,
-                        data_cfg["test_fraction"], data_cfg["split_seed"])
-    t_path, t_file = get_teacher(recipe, data, out, seed, device, progress)
-    t_sha = sha256_file(t_path)
-
-    run_dirs = []
-    for cfg in cfgs:
-        run_dir = run_dir_for(out, recipe["name"], cfg["name"], seed)
-        teacher_ref = {"path": os.path.relpath(t_path, run_dir), "sha256": t_sha,
-                       "test_acc": t_file["test_acc"]}
-        _prepare_run_dir(run_dir, _resolved_config(recipe, cfg, seed, teacher_ref))
-        run_dirs.append(run_dir)
-        last = _last_checkpoint(run_dir)
-        target = 0 if cfg["source"] == "none" else cfg["epochs"]
-        if last is not None and last[0] >= target:
-            continue  # complete
-        done = last[0] if last is not None else 0
-        for log in (run_dir / "metrics.csv", run_dir / "crossings.csv"):
-            if last is None:
-                log.unlink(missing_ok=True)
-            else:  # drop the rows of an epoch that was interrupted before its checkpoint
-                tables.truncate_after(log, done)
-        run = Run(cfg, recipe, data, t_file, teacher_ref, run_dir, seed, device)
-        if cfg["source"] == "none":
-            run.post_training_quantization()
-            continue
-        if last is not None:
-            run.restore(last[1])
-        run.fit(done + 1, cfg["epochs"], step_hook=step_hook, progress=progress)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        data_cfg = recipe["data"]
+        data = load_dataset(data_cfg["name"], data_root or data_cfg["root"] or None,
+                            data_cfg["test_fraction"], data_cfg["split_seed"])
+        t_path, t_file = get_teacher(recipe, data, out, seed, device, progress)
+        t_sha = sha256_file(t_path)
+        run_dirs = []
+        for cfg in cfgs:
+            run_dir = run_dir_for(out, recipe["name"], cfg["name"], seed)
+            teacher_ref = {"path": os.path.relpath(t_path, run_dir), "sha256": t_sha,
+                           "test_acc": t_file["test_acc"]}
+            config = _resolved_config(recipe, cfg, seed, teacher_ref, t_file["model_spec"], threads)
+            _train_one(cfg, config, recipe, data, t_file, teacher_ref, run_dir, seed, device,
+                       threads, step_hook, progress)
+            run_dirs.append(run_dir)
+    finally:
+        torch.set_num_threads(previous_threads)
     return run_dirs

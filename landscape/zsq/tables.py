@@ -1,62 +1,165 @@
 """The run folder's two CSV logs: metrics.csv (one row per epoch) and crossings.csv (tidy,
-one row per quantized layer and student step).
+one row per quantized layer and student step); written here, and read back validated.
 
-    metrics.csv   epoch, phase, test_acc, teacher_acc, acc_drop, loss_ce, loss_kl, loss_total,
-                  loss_g, loss_bns, kappa_mean, crossing_fraction, lr, rho, seconds
-    crossings.csv epoch, step, layer, kappa, crossing_fraction, n_evals
+    metrics.csv   epoch, phase, test_acc, best_acc, teacher_acc, acc_drop, loss_ce, loss_kl,
+                  loss_total, loss_g, loss_bns, kappa_mean, crossing_fraction, kappa_capped,
+                  lr, rho, seconds
+    crossings.csv epoch, step, layer, kappa, crossing_fraction, n_evals, capped
 
-``step`` counts iterations from the start of training (warm-up iterations included), so
+``best_acc`` is the best test accuracy up to and including this epoch (warm-up epochs
+included, as the official AIT code reports it). ``kappa_capped`` counts the (layer, step)
+pairs of the epoch whose κ search stopped at the cap before reaching ρ (``capped`` = 1 in
+crossings.csv): expected in the GI warm-up (κ ≤ 128), a warning afterwards. ``step`` counts
+iterations from the start of training (warm-up iterations included), so
 step = (epoch - 1) * iters_per_epoch + i. ``phase`` is warmup, train or ptq. Rows are
 appended after each epoch, before its checkpoint; :func:`truncate_after` drops the rows of
 epochs that have no checkpoint (an interrupted epoch) when a run resumes.
+
+:func:`read_metrics` and :func:`read_crossings` are the only readers: junk (not UTF-8, wrong
+columns, a malformed row, a non-number, a duplicate epoch or step) is one :class:`LogError`
+naming the file.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
-METRICS_COLUMNS = ["epoch", "phase", "test_acc", "teacher_acc", "acc_drop", "loss_ce", "loss_kl",
-                   "loss_total", "loss_g", "loss_bns", "kappa_mean", "crossing_fraction", "lr",
-                   "rho", "seconds"]
-CROSSING_COLUMNS = ["epoch", "step", "layer", "kappa", "crossing_fraction", "n_evals"]
+import pandas as pd
+
+from landscape.checkpoints import write_text_atomic
+from landscape.errors import LandscapeError, storage_error
+
+METRICS_COLUMNS = ["epoch", "phase", "test_acc", "best_acc", "teacher_acc", "acc_drop", "loss_ce",
+                   "loss_kl", "loss_total", "loss_g", "loss_bns", "kappa_mean", "crossing_fraction",
+                   "kappa_capped", "lr", "rho", "seconds"]
+CROSSING_COLUMNS = ["epoch", "step", "layer", "kappa", "crossing_fraction", "n_evals", "capped"]
+PHASES = ("warmup", "train", "ptq")
+
+# per log: (integer columns, float columns that must be present, float columns that may be nan)
+_METRICS_TYPES = (["epoch", "kappa_capped"], ["test_acc", "best_acc", "teacher_acc", "lr", "rho"],
+                  ["acc_drop", "loss_ce", "loss_kl", "loss_total", "loss_g", "loss_bns",
+                   "kappa_mean", "crossing_fraction", "seconds"])
+_CROSSING_TYPES = (["epoch", "step", "n_evals", "capped"], ["kappa", "crossing_fraction"], [])
 
 
-def metrics_row(epoch, phase, test_acc, teacher_acc, means, crossings, lr, rho, seconds) -> dict:
+class LogError(LandscapeError, ValueError):
+    """A metrics.csv or crossings.csv that is not what the trainer writes; names the file."""
+
+
+def metrics_row(epoch, phase, test_acc, best_acc, teacher_acc, means, crossings, lr, rho,
+                seconds) -> dict:
     nan = math.nan
     n = len(crossings)
-    return {"epoch": epoch, "phase": phase, "test_acc": test_acc, "teacher_acc": teacher_acc,
-            "acc_drop": teacher_acc - test_acc,
+    return {"epoch": epoch, "phase": phase, "test_acc": test_acc, "best_acc": best_acc,
+            "teacher_acc": teacher_acc, "acc_drop": teacher_acc - test_acc,
             "loss_ce": means.get("loss_ce", nan), "loss_kl": means.get("loss_kl", nan),
             "loss_total": means.get("loss_total", nan), "loss_g": means.get("loss_g", nan),
             "loss_bns": means.get("loss_bns", nan),
             "kappa_mean": sum(r["kappa"] for r in crossings) / n if n else nan,
             "crossing_fraction": sum(r["crossing_fraction"] for r in crossings) / n if n else nan,
+            "kappa_capped": sum(int(r["capped"]) for r in crossings),
             "lr": lr, "rho": rho, "seconds": seconds}
 
 
 def append_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    """Append rows (the header first when the file is new); OSError -> StorageError."""
+    try:
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            if new:
+                writer.writeheader()
+            writer.writerows({k: int(v) if isinstance(v, bool) else v for k, v in r.items()}
+                             for r in rows)
+    except OSError as exc:
+        raise storage_error(exc, path) from None
 
 
-def truncate_after(path: Path, epoch: int) -> None:
-    """Keep only the rows with epoch <= ``epoch`` (atomic rewrite)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns, rows = reader.fieldnames, [r for r in reader if int(r["epoch"]) <= epoch]
-    if columns is None:
-        return
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+def _fix(path: Path) -> str:
+    return (f"restore {path.name} from a copy, or delete the run folder {path.parent} and "
+            "retrain it")
+
+
+def _read_log(path: Path, columns: list[str], types, kind: str) -> pd.DataFrame:
+    """Read and check one log (see the module docstring); an absent file is an empty table."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return pd.DataFrame(columns=columns)
+    except OSError as exc:
+        raise LogError(f"{path} cannot be read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LogError(f"{path} is not a {kind} (not UTF-8 text: random bytes?); {_fix(path)}") from None
+    header = next(csv.reader(io.StringIO(text)), None)
+    if header != columns:
+        raise LogError(f"{path} is not a {kind}: its columns are {header}, expected {columns}; "
+                       f"{_fix(path)}")
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise LogError(f"{path} is not a {kind} (malformed row: {str(exc).splitlines()[0]}); "
+                       f"{_fix(path)}") from None
+    ints, needed, optional = types
+    for col in ints + needed + optional:
+        num = pd.to_numeric(df[col].replace({"": "nan"}), errors="coerce")
+        bad = num.isna() & ~df[col].str.lower().isin(["nan", ""] if col in optional else [])
+        if col in ints:
+            bad |= num.notna() & (num != num.round())
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise LogError(f"{path} line {i + 2}: {col} = {df[col].iloc[i]!r} is not "
+                           f"{'an integer' if col in ints else 'a number'}; {_fix(path)}")
+        df[col] = num.astype("int64") if col in ints else num.astype(float)
+    return df
+
+
+def read_metrics(path: str | Path) -> pd.DataFrame:
+    """metrics.csv, checked: its columns, a number in every numeric field, a known phase, one
+    row per epoch in increasing order. An absent file reads as an empty table."""
+    path = Path(path)
+    df = _read_log(path, METRICS_COLUMNS, _METRICS_TYPES, "metrics.csv log")
+    bad_phase = ~df["phase"].isin(PHASES)
+    if bad_phase.any():
+        i = int(bad_phase.to_numpy().nonzero()[0][0])
+        raise LogError(f"{path} line {i + 2}: phase = {df['phase'].iloc[i]!r} is not one of "
+                       f"{', '.join(PHASES)}; {_fix(path)}")
+    epochs = df["epoch"].tolist()
+    if any(b <= a for a, b in zip(epochs, epochs[1:])):
+        dup = sorted({e for e in epochs if epochs.count(e) > 1}) or epochs
+        raise LogError(f"{path} holds epochs out of order or twice ({dup[:5]}): two writers, or "
+                       f"an edit; {_fix(path)}")
+    return df
+
+
+def read_crossings(path: str | Path) -> pd.DataFrame:
+    """crossings.csv, checked: its columns, numbers where numbers belong, a layer name, each
+    (step, layer) once, steps in order. An absent file reads as an empty table."""
+    path = Path(path)
+    df = _read_log(path, CROSSING_COLUMNS, _CROSSING_TYPES, "crossings.csv log")
+    if (df["layer"] == "").any():
+        i = int((df["layer"] == "").to_numpy().nonzero()[0][0])
+        raise LogError(f"{path} line {i + 2}: no layer name; {_fix(path)}")
+    dup = df.duplicated(["step", "layer"])
+    if dup.any() or not df["step"].is_monotonic_increasing:
+        i = int(dup.to_numpy().nonzero()[0][0]) if dup.any() else 0
+        raise LogError(f"{path} holds steps out of order or twice (near line {i + 2}): two "
+                       f"writers, or an edit; {_fix(path)}")
+    return df
+
+
+def truncate_after(path: Path, epoch: int) -> pd.DataFrame:
+    """Keep only the rows with epoch <= ``epoch`` (validated first; the kept lines are
+    rewritten byte for byte, atomically); returns the rows kept."""
+    path = Path(path)
+    df = read_metrics(path) if path.name == "metrics.csv" else read_crossings(path)
+    keep = df[df["epoch"] <= epoch]
+    if len(keep) < len(df):  # epochs are in order (checked), so the kept rows are a prefix
+        lines = path.read_bytes().decode("utf-8").splitlines(keepends=True)
+        write_text_atomic("".join(lines[:1 + len(keep)]), path)
+    return keep

@@ -1,9 +1,15 @@
-"""The full-precision teacher: trained once per (data, model, teacher settings, seed), cached.
+"""The full-precision teacher: trained once per (data, model, teacher settings, seed), or
+loaded from a user's pretrained weights, and cached.
 
 Cache file: ``<out>/teachers/<data>-<model>-<hash8>-seed<S>.pt`` (format
-"landscape-teacher"), where hash8 covers the data, model and teacher sections of the recipe
-(not the data root). Training: SGD momentum 0.9, cosine decay to 0, weight decay, random
-crop (pad 4) and horizontal flip for 32x32 colour images, none for digits.
+"landscape-teacher", sealed with a content hash), where hash8 covers the data, model and
+teacher sections of the recipe (not the data root); with ``[teacher] weights = "PATH"`` it
+covers the weights file's sha256 instead of the training settings (see
+:mod:`landscape.pretrained` for the accepted layouts). Either way the run's checkpoints
+reference the cache file by its sha256. Training: SGD momentum 0.9, cosine decay to 0,
+weight decay, random crop (pad 4) and horizontal flip for 32x32 colour images, none for
+digits. The cache file is written under a lock (``<name>.lock``), so two trainers never
+write it at once.
 """
 
 from __future__ import annotations
@@ -17,15 +23,34 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from landscape.checkpoints import TEACHER_FORMAT, VERSION, load_teacher_file, save_atomic
+from landscape.checkpoints import (TEACHER_FORMAT, VERSION, load_teacher_file, remove_orphans,
+                                   save_atomic, seal, sha256_file)
 from landscape.data import Dataset, iterate_batches
+from landscape.locking import exclusive_lock
 from landscape.models import build_model, evaluate, model_spec
+from landscape.pretrained import load_state_dict_file
 from landscape.zsq.trainer import TrainingError
+
+
+def teacher_settings(recipe: dict) -> dict:
+    """The recipe's [teacher] section as it identifies the teacher: the training settings,
+    or, with ``weights``, only the weights file's content (``{"weights_sha256": ...}``), so
+    that moving the file changes nothing."""
+    cfg = recipe["teacher"]
+    if not cfg.get("weights"):
+        return {k: v for k, v in cfg.items() if k != "weights"}
+    path = Path(cfg["weights"]).expanduser()
+    if not path.is_file():
+        from landscape.schema import RecipeError
+
+        raise RecipeError(f"[teacher] weights = {cfg['weights']!r} does not exist; point it at a "
+                          "saved state_dict (ours or pytorchcv's resnet20_cifar10)")
+    return {"weights_sha256": sha256_file(path)}
 
 
 def teacher_key(recipe: dict) -> str:
     data = {k: v for k, v in recipe["data"].items() if k != "root"}
-    blob = json.dumps({"data": data, "model": recipe["model"], "teacher": recipe["teacher"]},
+    blob = json.dumps({"data": data, "model": recipe["model"], "teacher": teacher_settings(recipe)},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
@@ -78,17 +103,38 @@ def train_teacher(recipe: dict, data: Dataset, seed: int, device="cpu", progress
             sched.step()
         model.eval()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+    return _teacher_file(recipe, data, model, spec, seed, source="trained")
+
+
+def pretrained_teacher(recipe: dict, data: Dataset, seed: int, device="cpu") -> dict:
+    """The teacher-file dict of ``[teacher] weights`` (our layout or pytorchcv's), evaluated."""
+    spec = model_spec(recipe["model"]["name"], data.channels, data.num_classes,
+                      recipe["model"]["width"])
+    model = build_model(spec)
+    model.load_state_dict(load_state_dict_file(Path(recipe["teacher"]["weights"]).expanduser(), spec))
+    return _teacher_file(recipe, data, model.to(device), spec, seed,
+                         source={"weights": str(recipe["teacher"]["weights"]),
+                                 **teacher_settings(recipe)})
+
+
+def _teacher_file(recipe, data, model, spec, seed, source) -> dict:
     acc = evaluate(model.eval(), data.x_test, data.y_test)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"format": TEACHER_FORMAT, "version": VERSION, "model_spec": spec, "state_dict": state,
-            "test_acc": acc, "data_spec": data.spec(), "teacher_config": dict(cfg), "seed": seed,
-            "key": teacher_key(recipe)}
+    return seal({"format": TEACHER_FORMAT, "version": VERSION, "model_spec": spec, "state_dict": state,
+                 "test_acc": acc, "data_spec": data.spec(), "teacher_config": dict(recipe["teacher"]),
+                 "source": source, "seed": seed, "key": teacher_key(recipe)})
 
 
 def get_teacher(recipe: dict, data: Dataset, out: Path, seed: int, device="cpu",
                 progress=True) -> tuple[Path, dict]:
-    """The cached teacher file (trained first if absent): ``(path, teacher-file dict)``."""
+    """The cached teacher file (trained, or loaded from ``[teacher] weights``, first if
+    absent): ``(path, teacher-file dict)``. Written under the cache file's lock."""
     path = teacher_path(recipe, out, seed)
     if not path.is_file():
-        save_atomic(train_teacher(recipe, data, seed, device, progress), path)
+        with exclusive_lock(path.with_suffix(".lock"), f"teacher cache {path}"):
+            remove_orphans(path.parent, prefix=path.name + ".")
+            if not path.is_file():  # another process may have written it meanwhile
+                make = (pretrained_teacher(recipe, data, seed, device) if recipe["teacher"]["weights"]
+                        else train_teacher(recipe, data, seed, device, progress))
+                save_atomic(make, path)
     return path, load_teacher_file(path)

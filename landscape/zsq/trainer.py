@@ -8,8 +8,10 @@
             synthetic: x = G(z, y); G steps on CE(teacher(x), y) + bns_scale * BNS (Adam)
             real:      x, y = a batch of training images
             student loss = ce_scale * CE(s, y) + kd_scale * T^2 KL(teacher || student)
+            backward; add p.grad to the epoch's mean gradient (before κ and momentum)
             InundatedSGD step (GI when the run has gi = true), crossings recorded per layer
-        test accuracy; append the metrics.csv row and crossings.csv rows; then the checkpoint
+        test accuracy (and the best so far); append the metrics.csv row and crossings.csv
+        rows; then the checkpoint (sealed with its content hash)
 
 The checkpoint is the commit point: on resume, CSV rows of epochs after the last checkpoint
 are dropped and the epoch is redone from the saved state (RNG states included), which gives
@@ -19,25 +21,29 @@ the same weights as an uninterrupted run on the same device.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from landscape.checkpoints import FORMAT, VERSION, checkpoint_path, save_atomic, teacher_from_file
+from landscape.checkpoints import (FORMAT, VERSION, checkpoint_path, save_atomic, seal,
+                                   teacher_from_file)
 from landscape.data import Dataset, iterate_batches
+from landscape.errors import LandscapeError
 from landscape.losses import ce, kl_divergence
 from landscape.models import evaluate
 from landscape.quant import calibrate, calibrating, quantize_model
+from landscape.zsq import tables
+from landscape.zsq.epoch_grad import GradientMean
 from landscape.zsq.generator import BNStatsLoss, Generator
 from landscape.zsq.gi import InundatedSGD, param_groups
-from landscape.zsq import tables
 
 StepHook = Callable[[str, int, int], None]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LandscapeError, RuntimeError):
     """Training cannot continue (a non-finite loss); the message names the step and the last
     good checkpoint."""
 
@@ -65,18 +71,22 @@ class Run:
     """State of one run (student, generator, optimizers, sampler) and its epoch loop."""
 
     def __init__(self, cfg: dict, recipe: dict, data: Dataset, teacher_file: dict,
-                 teacher_ref: dict, run_dir: Path, seed: int, device):
+                 teacher_ref: dict, run_dir: Path, seed: int, device, recipe_hash: str = "",
+                 threads: int = 1):
         self.cfg, self.recipe, self.data = cfg, recipe, data
         self.run_dir, self.seed, self.device = Path(run_dir), seed, torch.device(device)
-        self.teacher_ref = teacher_ref
+        self.teacher_ref, self.recipe_hash, self.threads = teacher_ref, recipe_hash, threads
         self.teacher_acc = teacher_file["test_acc"]
+        self.best_acc = float("-inf")
         self.model_spec = teacher_file["model_spec"]
         torch.manual_seed(seed)
         self.teacher = teacher_from_file(teacher_file, self.device).requires_grad_(False)
         self.quant = {"w_bits": cfg["w_bits"], "a_bits": cfg["a_bits"],
-                      "act_momentum": recipe["quant"]["act_momentum"]}
+                      "act_momentum": recipe["quant"]["act_momentum"],
+                      "weight_zero_point": cfg["weight_zero_point"]}
         self.student = quantize_model(self.teacher, cfg["w_bits"], cfg["a_bits"],
-                                      self.quant["act_momentum"]).requires_grad_(True)
+                                      self.quant["act_momentum"],
+                                      weight_zero_point=cfg["weight_zero_point"]).requires_grad_(True)
         self.sampler = torch.Generator().manual_seed(seed)
         self.generator = self.gen_opt = None
         if cfg["source"] == "synthetic":
@@ -88,16 +98,20 @@ class Run:
                                 momentum=cfg["momentum"], nesterov=cfg["nesterov"],
                                 weight_decay=cfg["weight_decay"],
                                 rho=cfg["rho"] if cfg["gi"] else None,
-                                kappa_max=cfg["kappa_max_warmup"], bisect_steps=cfg["bisect_steps"])
+                                kappa_max=cfg["kappa_max_warmup"], bisect_steps=cfg["bisect_steps"],
+                                form=cfg["gi_form"])
 
     # ------------------------------------------------------------------ checkpoint state
 
-    def checkpoint(self, epoch: int, phase: str, batches: list, metrics: dict) -> dict:
+    def checkpoint(self, epoch: int, phase: str, batches: list, metrics: dict,
+                   epoch_grad: dict | None) -> dict:
+        """The sealed checkpoint dict of ``epoch`` (see :mod:`landscape.checkpoints`)."""
         cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
         cfg = self.cfg
-        return {
+        return seal({
             "format": FORMAT, "version": VERSION, "run": cfg["name"], "recipe": self.recipe["name"],
-            "seed": self.seed, "epoch": epoch, "phase": phase, "config": dict(cfg),
+            "recipe_hash": self.recipe_hash, "seed": self.seed, "epoch": epoch, "phase": phase,
+            "config": dict(cfg), "threads": self.threads,
             "model_spec": self.model_spec, "quant": self.quant, "data_spec": self.data.spec(),
             "student_state": cpu(self.student.state_dict()),
             "generator_spec": self.generator.spec() if self.generator else None,
@@ -107,8 +121,9 @@ class Run:
             "rng_state": rng_state(self.sampler), "teacher": self.teacher_ref,
             "analysis_batches": [(x.detach().cpu(), y.detach().cpu()) for x, y in batches],
             "temperature": cfg["temperature"], "kl_reduction": cfg["kl_reduction"],
-            "metrics": metrics,
-        }
+            "metrics": {k: v for k, v in metrics.items() if k != "seconds"},  # no wall clock
+            "epoch_grad": epoch_grad,
+        })
 
     def restore(self, ckpt: dict) -> None:
         self.student.load_state_dict(ckpt["student_state"])
@@ -117,6 +132,7 @@ class Run:
             self.generator.load_state_dict(ckpt["generator_state"])
             self.gen_opt.load_state_dict(ckpt["generator_optimizer_state"])
         set_rng_state(ckpt["rng_state"], self.sampler)
+        self.best_acc = ckpt["metrics"]["best_acc"]
 
     # ------------------------------------------------------------------ one epoch
 
@@ -138,7 +154,7 @@ class Run:
         return cfg["ce_scale"] * loss_ce + cfg["kd_scale"] * loss_kl, loss_ce, loss_kl
 
     def train_epoch(self, epoch: int, bns: BNStatsLoss | None, step_hook: StepHook | None,
-                    last_good: str):
+                    last_good: str) -> "EpochLog":
         cfg = self.cfg
         warm = epoch <= cfg["warmup_epochs"]
         calib = epoch <= max(cfg["warmup_epochs"], 1)  # ranges need at least one epoch of EMA
@@ -149,13 +165,12 @@ class Run:
         if self.gen_opt is not None:
             for g in self.gen_opt.param_groups:
                 g["lr"] = cfg["gen_lr"] * f
-        n_keep = cfg["analysis_batches"]
-        kept, sums, crossings = [], {}, []
+        log = EpochLog(epoch, warm, gi_warm, None if warm else GradientMean(self.student), cfg)
         real = self.real_batches(cfg["iters_per_epoch"]) if cfg["source"] == "real" else None
         step0 = (epoch - 1) * cfg["iters_per_epoch"]
         for i in range(cfg["iters_per_epoch"]):
             step = step0 + i + 1
-            logs = {}
+            losses = {}
             if self.generator is not None:  # generator step on CE(teacher(G(z, y)), y) + BNS
                 bns.clear()
                 self.generator.train()
@@ -168,7 +183,7 @@ class Run:
                 loss_g.backward()
                 self.gen_opt.step()
                 x, t_logits = x.detach(), t_logits.detach()
-                logs.update(loss_g=loss_g.item(), loss_bns=loss_bns.item())
+                losses.update(loss_g=loss_g, loss_bns=loss_bns)
             else:
                 x, y = next(real)
                 x, y = x.to(self.device), y.to(self.device)
@@ -181,19 +196,13 @@ class Run:
             if not warm:
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
+                log.grad_mean.add()  # the raw gradient: before κ, weight decay and momentum
                 self.opt.step()
-                for r in self.opt.last_records:
-                    crossings.append({"epoch": epoch, "step": step, **r})
-            logs.update(loss_ce=loss_ce.item(), loss_kl=loss_kl.item(), loss_total=loss.item())
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if len(kept) < n_keep:
-                m = cfg["analysis_batch_size"]
-                kept.append((x[:m].detach(), y[:m].detach()))
+            losses.update(loss_ce=loss_ce, loss_kl=loss_kl, loss_total=loss)
+            log.after_step(step, losses, x, y, [] if warm else self.opt.last_records)
             if step_hook is not None:
                 step_hook(cfg["name"], epoch, i + 1)
-        means = {k: v / cfg["iters_per_epoch"] for k, v in sums.items()}
-        return means, crossings, kept, warm
+        return log
 
     def _check(self, loss, what, epoch, step, last_good):
         if not torch.isfinite(loss):
@@ -215,17 +224,22 @@ class Run:
                 t0 = time.perf_counter()
                 last = checkpoint_path(self.run_dir, epoch - 1)
                 last_good = str(last) if last.exists() else "none (no epoch finished yet)"
-                means, crossings, kept, warm = self.train_epoch(epoch, bns, step_hook, last_good)
+                log = self.train_epoch(epoch, bns, step_hook, last_good)
                 acc = evaluate(self.student, self.data.x_test, self.data.y_test)
+                self.best_acc = max(self.best_acc, acc)
                 group = self.opt.param_groups[0]
-                row = tables.metrics_row(epoch, "warmup" if warm else "train", acc,
-                                         self.teacher_acc, means, crossings, lr=group["lr"],
-                                         rho=group["rho"] or 0.0, seconds=time.perf_counter() - t0)
+                row = tables.metrics_row(epoch, "warmup" if log.warm else "train", acc,
+                                         self.best_acc, self.teacher_acc, log.means(),
+                                         log.crossings, lr=group["lr"], rho=group["rho"] or 0.0,
+                                         seconds=time.perf_counter() - t0)
+                log.warn_if_capped(self.run_dir, row["kappa_capped"])
                 tables.append_rows(self.run_dir / "metrics.csv", [row], tables.METRICS_COLUMNS)
-                tables.append_rows(self.run_dir / "crossings.csv", crossings, tables.CROSSING_COLUMNS)
-                save_atomic(self.checkpoint(epoch, row["phase"], kept, row),
+                tables.append_rows(self.run_dir / "crossings.csv", log.crossings,
+                                   tables.CROSSING_COLUMNS)
+                epoch_grad = log.grad_mean.result() if log.grad_mean is not None else None
+                save_atomic(self.checkpoint(epoch, row["phase"], log.kept, row, epoch_grad),
                             checkpoint_path(self.run_dir, epoch))
-                bar.set_postfix(acc=f"{acc:.2f}", phase=row["phase"])
+                bar.set_postfix(acc=f"{acc:.2f}", best=f"{self.best_acc:.2f}", phase=row["phase"])
         finally:
             if bns is not None:
                 bns.remove()
@@ -236,10 +250,45 @@ class Run:
         batches = list(self.real_batches(cfg["calib_batches"]))
         calibrate(self.student, batches)
         acc = evaluate(self.student, self.data.x_test, self.data.y_test)
-        row = tables.metrics_row(0, "ptq", acc, self.teacher_acc, {}, [], lr=0.0, rho=0.0,
+        self.best_acc = acc
+        row = tables.metrics_row(0, "ptq", acc, acc, self.teacher_acc, {}, [], lr=0.0, rho=0.0,
                                  seconds=0.0)
         tables.append_rows(self.run_dir / "metrics.csv", [row], tables.METRICS_COLUMNS)
         tables.append_rows(self.run_dir / "crossings.csv", [], tables.CROSSING_COLUMNS)
         m = cfg["analysis_batch_size"]
         kept = [(x[:m], y[:m]) for x, y in batches[:cfg["analysis_batches"]]]
-        save_atomic(self.checkpoint(0, "ptq", kept, row), checkpoint_path(self.run_dir, 0))
+        save_atomic(self.checkpoint(0, "ptq", kept, row, None), checkpoint_path(self.run_dir, 0))
+
+
+class EpochLog:
+    """The bookkeeping of one epoch, kept out of the step body: mean losses, the GI records
+    (crossings.csv rows), the first analysis batches, and the mean gradient (None in warm-up)."""
+
+    def __init__(self, epoch: int, warm: bool, gi_warm: bool, grad_mean: GradientMean | None,
+                 cfg: dict):
+        self.epoch, self.warm, self.gi_warm, self.grad_mean = epoch, warm, gi_warm, grad_mean
+        self.n_keep, self.keep_size = cfg["analysis_batches"], cfg["analysis_batch_size"]
+        self.sums: dict[str, float] = {}
+        self.n_steps = 0
+        self.crossings: list[dict] = []
+        self.kept: list[tuple] = []
+
+    def after_step(self, step: int, losses: dict, x, y, records: list[dict]) -> None:
+        self.n_steps += 1
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.item()
+        self.crossings += [{"epoch": self.epoch, "step": step, **r} for r in records]
+        if len(self.kept) < self.n_keep:
+            self.kept.append((x[:self.keep_size].detach(), y[:self.keep_size].detach()))
+
+    def means(self) -> dict:
+        return {k: v / max(self.n_steps, 1) for k, v in self.sums.items()}
+
+    def warn_if_capped(self, run_dir: Path, n_capped: int) -> None:
+        """After the GI warm-up the κ cap is a safety net only; say so when it binds."""
+        if n_capped and not self.gi_warm:
+            layers = sorted({r["layer"] for r in self.crossings if r["capped"]})
+            warnings.warn(f"{run_dir}: epoch {self.epoch}: the safety cap kappa_max stopped the "
+                          f"GI search {n_capped} times before the target crossing fraction "
+                          f"(layers {', '.join(layers[:4])}); raise [train] kappa_max if this "
+                          "persists", stacklevel=2)
