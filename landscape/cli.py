@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from landscape.errors import LandscapeError, LockError
+
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_BUSY, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
 COMMANDS = ("train", "analyze", "plot", "figures", "report")
 
@@ -93,6 +95,7 @@ def _analyze(args: argparse.Namespace) -> None:
                           out_dir=args.out, device=args.device, threads=args.threads)
     for name, table in tables.items():
         print(f"{name}: {len(table)} rows -> {Path(args.out) / (name + '.csv')}")
+    print(f"{tables.computed} result(s) computed, the others read from the cache")
     _problems(tables, args.keep_going)
 
 
@@ -230,13 +233,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Incomplete as exc:
         print(f"landscape: {exc}", file=sys.stderr)
         return EXIT_INCOMPLETE
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError, OSError) as exc:
+    except (LandscapeError, ValueError, FileNotFoundError, RuntimeError, KeyError, OSError) as exc:
         if debug:
             raise
-        code = EXIT_BUSY if type(exc).__name__ == "RunFolderBusy" else EXIT_BAD_INPUT
+        code = EXIT_BUSY if isinstance(exc, LockError) else EXIT_BAD_INPUT
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename:
-            message = f"{exc.strerror or exc} on {exc.filename}: check that the folder is writable and the disk not full"
+            from landscape.errors import storage_error
+
+            message = storage_error(exc, exc.filename)
         print(f"landscape: {type(exc).__name__}: {message}\n(rerun with --debug for the traceback)", file=sys.stderr)
         return code
     return EXIT_OK

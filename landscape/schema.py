@@ -43,8 +43,12 @@ def _fmt(x: float) -> str:
 
 @dataclass(frozen=True)
 class Field:
-    """One key: ``kind`` in int | float | bool | str | choice | int_list; bounds inclusive
-    unless ``lo_open``; ``choices`` for kind "choice"; ``nonempty``/``unique`` for lists."""
+    """One key: ``kind`` in int | float | bool | str | choice | int_list | str_list | epochs;
+    bounds inclusive unless ``lo_open``; ``choices`` for kind "choice" (and the items of a
+    "str_list"); ``nonempty``/``unique`` for lists; ``optional``: None is accepted too.
+
+    "epochs" chooses checkpoints: ``"all"``, ``"first"``, ``"last"``, a count N ≥ 1 (N evenly
+    spaced) or a list of epoch numbers."""
 
     kind: str
     default: Any
@@ -54,6 +58,7 @@ class Field:
     choices: tuple = ()
     nonempty: bool = False
     unique: bool = False
+    optional: bool = False
 
     def _bounds(self) -> str:
         lo, hi = self.lo, self.hi
@@ -68,6 +73,14 @@ class Field:
 
     def expected(self) -> str:
         """What the key takes, in words (used in every message)."""
+        return self._expected() + (" (or nothing)" if self.optional else "")
+
+    def _expected(self) -> str:
+        if self.kind == "epochs":
+            return "'all', 'first', 'last', a count >= 1 or a list of epoch numbers"
+        if self.kind == "str_list":
+            items = f"from {', '.join(map(repr, self.choices))}" if self.choices else "of strings"
+            return ("a non-empty " if self.nonempty else "a ") + f"list {items}"
         if self.kind == "choice":
             return "one of " + ", ".join(repr(c) for c in self.choices)
         if self.kind == "int_list":
@@ -85,6 +98,24 @@ class Field:
     def check(self, value: Any, where: str) -> Any:
         """``value`` if it fits (a float key's integer becomes a float), else RecipeError."""
         bad_type = RecipeError(f"{where} = {value!r} is {describe_type(value)}; expected {self.expected()}")
+        if value is None and self.optional:
+            return None
+        if self.kind == "epochs":
+            if value in ("all", "first", "last") or (type(value) is int and value >= 1) or (
+                    isinstance(value, list) and value and all(type(v) is int and v >= 0 for v in value)):
+                return value
+            raise RecipeError(f"{where} = {value!r}; expected {self.expected()}")
+        if self.kind == "str_list":
+            if isinstance(value, str) and self.choices:
+                value = [value]  # one choice where a list is expected
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise bad_type
+            bad = [v for v in value if self.choices and v not in self.choices]
+            if bad or (self.nonempty and not value):
+                close = difflib.get_close_matches(str(bad[0]), self.choices, n=1, cutoff=0.5) if bad else []
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise RecipeError(f"{where} = {value!r}; expected {self.expected()}{hint}")
+            return list(value)
         if self.kind == "choice":
             if value in self.choices and type(value) is type(self.choices[0]):
                 return value
@@ -125,8 +156,8 @@ def Int(default, lo=None, hi=None) -> Field:  # noqa: N802 - reads like a type i
     return Field("int", default, lo, hi)
 
 
-def Float(default, lo=None, hi=None, lo_open=False) -> Field:  # noqa: N802
-    return Field("float", default, lo, hi, lo_open)
+def Float(default, lo=None, hi=None, lo_open=False, optional=False) -> Field:  # noqa: N802
+    return Field("float", default, lo, hi, lo_open, optional=optional)
 
 
 def Bool(default) -> Field:  # noqa: N802
@@ -143,6 +174,14 @@ def Choice(default, choices: Iterable) -> Field:  # noqa: N802
 
 def IntList(default, lo=None, nonempty=False, unique=False) -> Field:  # noqa: N802
     return Field("int_list", default, lo, nonempty=nonempty, unique=unique)
+
+
+def StrList(default, choices: Iterable = (), nonempty=False, optional=False) -> Field:  # noqa: N802
+    return Field("str_list", default, choices=tuple(choices), nonempty=nonempty, optional=optional)
+
+
+def Epochs(default) -> Field:  # noqa: N802
+    return Field("epochs", default)
 
 
 def check_keys(section: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:

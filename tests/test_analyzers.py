@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import warnings
 
@@ -142,17 +143,27 @@ def test_cosine_equals_the_one_computed_by_hand(analyzed, tiny_runs):
     assert row["value"].item() == pytest.approx(float(a @ b / (a.norm() * b.norm())), rel=1e-4, abs=1e-6)
 
 
-def test_interepoch_cosine_equals_two_hand_gradients(analyzed, tiny_runs):
+def test_interepoch_cosines_equal_hand_computations(analyzed, tiny_runs):
+    """The paper's metric from the checkpoints' epoch-mean gradients; the fixed-batch variant from
+    two hand gradients of the KL on epoch 2's batches (epoch-1 weights vs epoch-2 weights)."""
+    from landscape.checkpoints import list_checkpoints, load_checkpoint
+
     tables, _ = analyzed
-    g = []
-    for epoch in (1, 2):
-        student, batches, losses = _point(tiny_runs["ait"], epoch)
-        g.append(torch.cat([t.flatten() for t in _hand_gradient(student, losses["kl"], batches).values()]).double())
-    expected = float(g[0] @ g[1] / (g[0].norm() * g[1].norm()))
     df = tables["interepoch"]
-    row = df[(df.run == "ait") & (df.epoch == 2) & (df.layer == "all")]
+    paths = dict(list_checkpoints(tiny_runs["ait"]))
+    means = [torch.as_tensor(load_checkpoint(paths[e])["epoch_grad"]["mean"]).double() for e in (1, 2)]
+    expected = float(means[0] @ means[1] / (means[0].norm() * means[1].norm()))
+    row = df[(df.run == "ait") & (df.epoch == 2) & (df.layer == "all") & (df.metric == "interepoch_cosine")]
+    assert row["value"].item() == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert row["prev_epoch"].item() == 1 and row["loss"].item() == "train"
+    s1, _, _ = _point(tiny_runs["ait"], 1)
+    s2, batches2, losses2 = _point(tiny_runs["ait"], 2)
+    g = [torch.cat([t.flatten() for t in _hand_gradient(m, losses2["kl"], batches2).values()]).double()
+         for m in (s1, s2)]
+    expected = float(g[0] @ g[1] / (g[0].norm() * g[1].norm()))
+    row = df[(df.run == "ait") & (df.epoch == 2) & (df.layer == "all") &
+             (df.metric == "interepoch_cosine_fixed_batches")]
     assert row["value"].item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
-    assert row["prev_epoch"].item() == 1
 
 
 def test_crossings_equal_a_count_of_changed_integer_codes(analyzed, tiny_runs):
@@ -183,9 +194,16 @@ def test_eigen_slice_and_density_rows(analyzed):
     tables, _ = analyzed
     eg = tables["eigen"]
     sl = eg[(eg.metric == "slice_loss") & (eg.run == "gdfq") & (eg.epoch == 2) & (eg.loss == "ce")]
-    assert sorted(sl["k"]) == pytest.approx([-0.5, -0.25, 0.0, 0.25, 0.5])
+    assert set(sl["slice"]) == {"requantized", "frozen", "requantized_unit"}
+    for kind, part in sl.groupby("slice"):
+        assert sorted(part["k"]) == pytest.approx([-0.5, -0.25, 0.0, 0.25, 0.5])
+    at0 = sl[sl.k == 0.0].set_index("slice")["value"]  # every slice passes through L(θ)
+    assert at0["frozen"] == pytest.approx(at0["requantized"], rel=1e-6)
+    lv = eg[(eg.metric == "loss_value") & (eg.run == "gdfq") & (eg.epoch == 2) & (eg.loss == "ce")]["value"].item()
+    assert at0["requantized"] == pytest.approx(lv, rel=1e-6)
     lam = eg[(eg.metric == "top_eigenvalue")]
     assert len(lam) == 3 * 2 * 2 and np.isfinite(lam["value"]).all()
+    assert lam["residual"].notna().all() and lam["converged"].notna().all()
     de = tables["density"]
     ritz = de[(de.metric == "ritz") & (de.run == "kd")]
     assert ritz.groupby("loss")["value"].sum().to_numpy() == pytest.approx([1.0, 1.0])
@@ -257,7 +275,7 @@ def _copy_run(src, dst):
 def test_corrupt_and_missing_epochs_are_skipped_with_a_warning(tiny_runs, tmp_path):
     run = _copy_run(tiny_runs["kd"], tmp_path / "kd-seed0")
     (run / "epoch_0002.pt").write_bytes((run / "epoch_0002.pt").read_bytes()[:500])  # truncated
-    with pytest.warns(AnalysisWarning, match="epoch 2"):
+    with pytest.warns(AnalysisWarning, match="epoch_0002.pt: load"):
         df = analyze_runs([run], analyses=["cosine"], out_dir=tmp_path / "t", device="cpu")["cosine"]
     assert set(df["epoch"]) == {1}
     (run / "epoch_0002.pt").unlink()
@@ -298,3 +316,78 @@ def test_epoch_selection():
     with pytest.raises(AnalysisError, match="epochs"):
         select_epochs("sometimes", eps)
     assert math.isnan(run_identity("/nonexistent/foo")["seed"])
+
+
+# ----------------------------------------------------------------------------- run-folder trust (issue 11)
+
+
+def test_probes_are_seeded_per_checkpoint_and_shared_by_ce_and_kl(analyzed):
+    tables, _ = analyzed
+    tr = tables["trace"]
+    seeds = tr.groupby(["run", "epoch"])["probe_seed"].agg(["nunique", "first"])
+    assert (seeds["nunique"] == 1).all()  # CE and KL at one checkpoint: common random numbers
+    assert seeds["first"].nunique() == len(seeds)  # every checkpoint draws its own probes
+
+
+def test_a_missing_teacher_still_gives_the_ce_and_names_the_kl(tiny_runs, tmp_path):
+    run = tmp_path / "ck" / "tiny" / "gdfq-seed0"
+    shutil.copytree(tiny_runs["gdfq"], run)  # no teachers/ folder beside it
+    with pytest.warns(AnalysisWarning, match="loss 'kl' not analysed"):
+        tables = analyze_runs([run], analyses=["trace"], settings=SETTINGS, out_dir=tmp_path / "t", device="cpu")
+    assert set(tables["trace"]["loss"]) == {"ce"}
+    assert tables.problems and all("teacher" in str(p) for p in tables.problems)
+
+
+def test_a_checkpoint_copied_from_another_run_is_refused_even_from_the_cache(tiny_runs, tmp_path):
+    run = _copy_run(tiny_runs["kd"], tmp_path / "kd-seed0")
+    out = tmp_path / "t"
+    analyze_runs([run], analyses=["cosine"], out_dir=out, device="cpu")  # fills the cache
+    shutil.copyfile(tiny_runs["gdfq"] / "epoch_0001.pt", run / "epoch_0001.pt")
+    with pytest.warns(AnalysisWarning, match="epoch_0001.pt: load"):
+        tables = analyze_runs([run], analyses=["cosine"], out_dir=out, device="cpu")
+    assert set(tables["cosine"]["epoch"]) == {2} and tables.problems
+
+
+def test_a_junk_log_is_named_and_the_checkpoints_still_analysed(tiny_runs, tmp_path):
+    run = _copy_run(tiny_runs["kd"], tmp_path / "kd-seed0")
+    (run / "metrics.csv").write_bytes(bytes(range(256)) * 4)
+    with pytest.warns(AnalysisWarning, match="metrics.csv"):
+        tables = analyze_runs([run], analyses=["cosine"], out_dir=tmp_path / "t", device="cpu")
+    assert set(tables["cosine"]["epoch"]) == {1, 2}
+    assert any("metrics.csv" in str(p) for p in tables.problems)
+
+
+def _cli(*args, cwd):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen([sys.executable, "-m", "landscape", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_exit_code_3_when_something_was_skipped_and_0_with_keep_going(tiny_runs, tmp_path):
+    run = tmp_path / "ck" / "tiny" / "gdfq-seed0"
+    shutil.copytree(tiny_runs["gdfq"], run)  # its teacher is missing: the KL cannot be analysed
+    args = ["analyze", run, "--analyses", "cosine", "--out", tmp_path / "t"]
+    p = _cli(*args, cwd=tmp_path)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 3, err
+    assert "could not be analysed" in err and "teacher" in err
+    p = _cli(*args, "--keep-going", cwd=tmp_path)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+
+
+def test_two_analyses_of_the_same_folder_do_the_work_once(tiny_runs, tmp_path):
+    run = _copy_run(tiny_runs["kd"], tmp_path / "kd-seed0")
+    args = ["analyze", run, "--analyses", "trace", "cosine", "--out", tmp_path / "t"]
+    procs = [_cli(*args, cwd=tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    computed = [int(re.search(r"(\d+) result\(s\) computed", o).group(1)) for o, _ in outs]
+    assert sum(computed) == 4  # 2 analyses × 2 epochs, each computed by one process only
+    a, b = (pd.read_csv(tmp_path / "t" / "trace.csv") for _ in range(2))
+    pd.testing.assert_frame_equal(a, b)

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from landscape.curvature.params import layer_of
+from landscape.errors import LandscapeError
 
 
-class AnalysisError(ValueError):
+class AnalysisError(LandscapeError, ValueError):
     """A bad input to the analyzers, said in one line (the CLI prints it as is)."""
 
 

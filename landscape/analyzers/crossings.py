@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from landscape.analyzers._common import AnalysisError, Point
-from landscape.analyzers.discovery import read_log
+from landscape.analyzers._common import Point
 from landscape.analyzers.tidy import row
 
 NAME = "crossings"
@@ -58,15 +57,13 @@ def compare(prev, cur, meta: dict, prev_epoch: int, cfg: dict) -> list[dict]:
 def from_log(run_dir: Path, meta: dict, epochs=None) -> list[dict]:
     """Per-layer per-epoch summary of the trainer's ``crossings.csv`` (no checkpoint needed).
 
-    A damaged log (unreadable, wrong columns, duplicated rows) is an :class:`AnalysisError`
-    naming the file, never fewer rows in silence."""
-    path = Path(run_dir) / "crossings.csv"
-    log = read_log(path, ["epoch", "step", "layer", "crossing_fraction"])
-    if log is None or log.empty:
+    A damaged log (unreadable, wrong columns, duplicated rows) is a
+    :class:`~landscape.zsq.tables.LogError` naming the file, never fewer rows in silence."""
+    from landscape.zsq.tables import read_crossings
+
+    log = read_crossings(Path(run_dir) / "crossings.csv")
+    if log.empty:
         return []
-    if log.duplicated(["epoch", "step", "layer"]).any():
-        raise AnalysisError(f"{path} holds the same (epoch, step, layer) twice: two trainers wrote this run "
-                            "folder at once; retrain the run (`landscape train` now refuses a second writer)")
     if epochs is not None:
         log = log[log["epoch"].isin(list(epochs))]
     rows = []

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from landscape.analyzers._common import AnalysisError
 
-__all__ = ["run_identity", "checkpoints_of", "expected_epochs", "read_log", "training_rows"]
+__all__ = ["run_identity", "checkpoints_of", "expected_epochs", "training_rows"]
 
 _RUN_RE = re.compile(r"^(?P<run>.+)-seed(?P<seed>\d+)$")
 
@@ -52,41 +51,30 @@ def checkpoints_of(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def expected_epochs(run_dir: Path, avail: list[int]) -> set[int]:
-    """Epochs a run folder should hold: 1 (or its first) .. its last, and every metrics.csv epoch."""
+    """Epochs a run folder should hold: 1 (or its first) .. its last, and every metrics.csv epoch
+    (a damaged log adds nothing here: :func:`training_rows` reports it)."""
+    from landscape.errors import LandscapeError
+    from landscape.zsq.tables import read_metrics
+
     first = min(avail[0], 1)
     expected = set(range(first, avail[-1] + 1))
     try:
-        logged = read_log(run_dir / "metrics.csv", ["epoch"])
-    except AnalysisError:
-        return expected
-    if logged is not None:
-        expected |= {int(e) for e in logged["epoch"].dropna()}
+        expected |= {int(e) for e in read_metrics(Path(run_dir) / "metrics.csv")["epoch"]}
+    except LandscapeError:
+        pass
     return expected
 
 
-def read_log(path: Path, need: list[str]) -> pd.DataFrame | None:
-    """A run folder's CSV log, or None if absent; junk is an :class:`AnalysisError` naming the file."""
-    if not path.exists():
-        return None
-    try:
-        df = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        raise AnalysisError(f"{path} is not a readable log ({type(exc).__name__}); it was damaged or "
-                            "replaced: delete the run folder's logs and checkpoints and retrain") from None
-    missing = [c for c in need if c not in df]
-    if missing:
-        raise AnalysisError(f"{path} lacks the column(s) {missing}; it is not a landscape log")
-    return df
-
-
 def training_rows(run_dir: Path, ident: dict) -> list[dict]:
-    """The run's ``metrics.csv`` in long form: run, seed, epoch, metric, value."""
-    m = read_log(Path(run_dir) / "metrics.csv", ["epoch"])
-    if m is None or m.empty:
+    """The run's ``metrics.csv`` in long form: run, seed, epoch, metric, value (a damaged log is
+    a :class:`~landscape.zsq.tables.LogError` naming the file)."""
+    from landscape.zsq.tables import read_metrics
+
+    m = read_metrics(Path(run_dir) / "metrics.csv")
+    if m.empty:
         return []
-    long = m.melt(id_vars=["epoch"], var_name="metric", value_name="value")
+    long = m.drop(columns=[c for c in ("phase",) if c in m]).melt(id_vars=["epoch"], var_name="metric",
+                                                                   value_name="value")
     long["value"] = pd.to_numeric(long["value"], errors="coerce")
     long = long.dropna(subset=["value"])
     long.insert(0, "seed", ident["seed"])

@@ -35,6 +35,8 @@ from landscape.analyzers.discovery import checkpoints_of, expected_epochs, run_i
 from landscape.analyzers.loading import CheckpointLoader
 from landscape.analyzers.settings import cache_settings, check_analyses, resolve_settings
 from landscape.analyzers.tidy import to_table, write_csv
+from landscape.checkpoints import check_placement
+from landscape.errors import LandscapeError
 
 __all__ = ["MODULES", "AnalysisWarning", "Problem", "AnalysisTables", "analyze_runs", "needed_losses"]
 
@@ -194,7 +196,7 @@ class _Job:
         cfg = self.cfg
         try:
             self.training += training_rows(run_dir, ident)
-        except AnalysisError as exc:
+        except LandscapeError as exc:
             self.problem(run_dir / "metrics.csv", "log", str(exc))
         mine = [n for n in self.names if cfg[n]["runs"] is None or ident["run"] in cfg[n]["runs"]]
         if not mine:
@@ -210,8 +212,11 @@ class _Job:
                          f"{', '.join(map(str, gaps))}; analysing the epochs that are there")
         hashes = {}
         for e in avail:
-            try:
+            try:  # a checkpoint must belong where it sits, also when its results come from the cache
+                check_placement(paths[e])
                 hashes[e] = self.cache.file_hash(paths[e])
+            except LandscapeError as exc:
+                self.problem(paths[e], "load", _reason(exc, paths[e]))
             except OSError as exc:
                 self.problem(paths[e], "read", f"cannot read it ({exc})")
         avail = [e for e in avail if e in hashes]
@@ -239,7 +244,7 @@ class _Job:
             if n == "crossings":
                 try:
                     self.add(n, crossings.from_log(run_dir, ident, epochs=sel))
-                except AnalysisError as exc:
+                except LandscapeError as exc:
                     self.problem(run_dir / "crossings.csv", "crossings", str(exc))
         self._execute(run_dir, ident, paths, hashes, plan, need_state)
 
