@@ -55,17 +55,24 @@ def test_gradient_cosine_rows(model, teacher):
     batches = make_batches([6])
     ce, kl = cross_entropy(), kl_to_teacher(teacher, temperature=4.0)
     rows = gradient_cosine(model, ce, kl, batches)
-    assert all(set(r) == {"layer", "metric", "value"} for r in rows)
+    # the analyzers' table layout: grad_norm per loss, cosine with loss "ce|kl"
+    assert all(set(r) == {"loss", "layer", "metric", "value"} for r in rows)
     layers = [r["layer"] for r in rows if r["metric"] == "cosine"]
     assert layers == ["all", "conv", "bn", "fc"]
+    assert {r["loss"] for r in rows if r["metric"] == "cosine"} == {"ce|kl"}
     ga, gb = gradient(model, ce, batches), gradient(model, kl, batches)
     cos = {r["layer"]: r["value"] for r in rows if r["metric"] == "cosine"}
     assert math.isclose(cos["all"], float(ga @ gb / (ga.norm() * gb.norm())), rel_tol=1e-12)
     a, b = ga[-52:], gb[-52:]
     assert math.isclose(cos["fc"], float(a @ b / (a.norm() * b.norm())), rel_tol=1e-12)
-    norms = {r["layer"]: r["value"] for r in rows if r["metric"] == "norm_a"}
-    assert math.isclose(norms["all"], float(ga.norm()), rel_tol=1e-12)
+    norms = {r["loss"]: r["value"] for r in rows if r["metric"] == "grad_norm"}
+    assert set(norms) == {"ce", "kl"} and all(r["layer"] == "all" for r in rows if r["metric"] == "grad_norm")
+    assert math.isclose(norms["ce"], float(ga.norm()), rel_tol=1e-12)
+    assert math.isclose(norms["kl"], float(gb.norm()), rel_tol=1e-12)
     assert -1 <= cos["conv"] <= 1
+    named = gradient_cosine(model, ce, ce, batches, per_layer=False, names=("x", "y"))
+    assert [(r["loss"], r["metric"]) for r in named] == [("x", "grad_norm"), ("y", "grad_norm"), ("x|y", "cosine")]
+    assert math.isclose(named[-1]["value"], 1.0, rel_tol=1e-12)
 
 
 def test_loss_slice_equals_direct_evaluation_and_restores_exactly(model, teacher):
