@@ -208,3 +208,17 @@ def test_density_handles_negative_eigenvalues_and_integrates_to_one():
         dens.evaluate(grid, sigma=0)
     # mass below zero equals the fraction of negative eigenvalues (3/45), up to sampling
     assert abs(np.trapezoid(phi[grid < -0.25], grid[grid < -0.25]) - 3 / 45) < 0.05
+
+
+def test_results_print_short_and_hold_tensors(problem):
+    H, _ = problem
+    dens = H.density(n_runs=2, n_steps=30)
+    text = repr(dens)
+    assert len(text) < 200 and text.startswith("SpectralDensity(dim=") and "n_runs=2" in text
+    assert all(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in dens.nodes + dens.weights)
+    pairs = H.eigenpairs(k=2, method="lanczos")
+    assert len(repr(pairs)) < 250 and "vectors=(" in repr(pairs) and "converged=" in repr(pairs)
+    est = H.trace(max_matvecs=10)
+    assert len(repr(est)) < 200 and "samples" not in repr(est)
+    assert math.isnan(est.residual) and est.converged and math.isnan(dens.residual) and dens.converged
+    assert isinstance(pairs.residual, float) and pairs.residual <= 1e-3

@@ -156,3 +156,36 @@ def test_direction_errors(model):
         loss_slice(model, cross_entropy(), batches, torch.zeros(n), [0.0])
     with pytest.raises(CurvatureError, match="no batches"):
         gradient(model, cross_entropy(), [])
+
+
+def test_slice_context_entered_once_at_theta_and_exited_after_restore(model):
+    batches = make_batches([4])
+    d = random_direction(model, seed=5)
+    theta0 = flat(model).clone()
+    log = []
+
+    class Freeze:
+        def __enter__(self):
+            log.append(("enter", torch.equal(flat(model), theta0)))
+            # e.g. frozen rounding: the loss during the slice is evaluated in a changed mode
+            model.fc.bias.requires_grad_(True)
+            return self
+
+        def __exit__(self, *exc):
+            log.append(("exit", torch.equal(flat(model), theta0)))
+            return False
+
+    values = loss_slice(model, cross_entropy(), batches, d, [-0.5, 0.0, 0.5], context=lambda: Freeze())
+    assert log == [("enter", True), ("exit", True)]  # once, at θ; after the restore
+    assert isinstance(values, torch.Tensor) and values.dtype == torch.float64
+    surf = loss_surface(model, cross_entropy(), batches, d, d, [0.0, 1.0], [0.0], context=Freeze)
+    assert log[-2:] == [("enter", True), ("exit", True)] and surf.shape == (2, 1)
+    with pytest.raises(CurvatureError, match="context must be a zero-argument callable"):
+        loss_slice(model, cross_entropy(), batches, d, [0.0], context=Freeze())
+
+    def boom(m, b):
+        raise RuntimeError("boom")
+
+    with pytest.raises(CurvatureError, match="boom"):
+        loss_slice(model, boom, batches, d, [1.0], context=Freeze)
+    assert log[-1] == ("exit", True)  # restored before the context exits, also on error
