@@ -74,7 +74,7 @@ def test_same_calls_same_numbers(pyhessian_mod, source):
     assert isinstance(tr_t, list) and len(tr_t) < 10
 
     # PyHessian 0.1's density calls torch.eig, removed in torch 2
-    with pytest.raises(AttributeError, match="eig"):
+    with pytest.raises((AttributeError, RuntimeError), match="eig"):
         theirs.density(iter=5, n_v=1)
     eig, wts = ours.density(iter=20, n_v=2)
     assert len(eig) == 2 and len(wts) == 2 and all(len(e) == 20 for e in eig)
