@@ -47,6 +47,7 @@ from .errors import CurvatureError, CurvatureWarning
 from .graph_cache import GraphCache
 from .layers import layer_of
 from .params import resolve_params
+from .results import Eigenpairs, SpectralDensity, TraceEstimate
 from .state import StateTracker, tracked_modules
 
 __all__ = ["CurvatureOperator", "no_curvature_indices"]
@@ -473,7 +474,7 @@ class CurvatureOperator:
         A = torch.cat(cols, dim=1)
         return (A + A.T) / 2
 
-    def as_linear_operator(self):
+    def as_linear_operator(self) -> "scipy.sparse.linalg.LinearOperator":  # noqa: F821
         """A ``scipy.sparse.linalg.LinearOperator`` view (NumPy in and out, float64 or float32)."""
         from scipy.sparse.linalg import LinearOperator
 
@@ -490,24 +491,22 @@ class CurvatureOperator:
 
     # ------------------------------------------------------------------ estimators (thin aliases)
     def trace(self, method: str = "hutchinson", max_matvecs: int = 100, rtol: float | None = None, seed: int = 0,
-              **kwargs: Any) -> "TraceEstimate":
+              **kwargs: Any) -> TraceEstimate:
         """Alias of :func:`landscape.curvature.estimators.trace` on this operator."""
         from .estimators import trace
 
         return trace(self, method=method, max_matvecs=max_matvecs, rtol=rtol, seed=seed, **kwargs)
 
     def eigenpairs(self, k: int = 1, method: str = "power", which: str = "LA", tol: float = 1e-3,
-                   max_iter: int | None = None, seed: int = 0, **kwargs: Any) -> "Eigenpairs":
+                   max_iter: int | None = None, seed: int = 0, **kwargs: Any) -> Eigenpairs:
         """Alias of :func:`landscape.curvature.estimators.eigenpairs` on this operator."""
         from .estimators import eigenpairs
 
         return eigenpairs(self, k=k, method=method, which=which, tol=tol, max_iter=max_iter, seed=seed, **kwargs)
 
-    def density(self, n_runs: int = 1, n_steps: int = 100, seed: int = 0, **kwargs: Any) -> "SpectralDensity":
+    def density(self, n_runs: int = 1, n_steps: int = 100, seed: int = 0, **kwargs: Any) -> SpectralDensity:
         """Alias of :func:`landscape.curvature.estimators.density` on this operator."""
         from .estimators import density
 
         return density(self, n_runs=n_runs, n_steps=n_steps, seed=seed, **kwargs)
 
-
-from .results import Eigenpairs, SpectralDensity, TraceEstimate  # noqa: E402  (annotations only)
