@@ -452,6 +452,20 @@ class CurvatureOperator:
             if r is not None:
                 out_row[self.offsets[k] : self.offsets[k + 1]] += r.reshape(-1)
 
+    def _graph_of_gradients(self, output: torch.Tensor, sel: list[int], grad_outputs: Any = None
+                            ) -> list[torch.Tensor | None]:
+        """``∂(output · grad_outputs)/∂θ_i`` for i in ``sel``, with their graph (``create_graph``), aligned
+        with all of the operator's parameters (``None`` elsewhere); parameters without gradient or
+        without a differentiable one are recorded (and warned about once)."""
+        core = self._core
+        got = torch.autograd.grad(output, [core.params[i] for i in sel], grad_outputs=grad_outputs,
+                                  create_graph=True, allow_unused=True)
+        grads: list[torch.Tensor | None] = [None] * len(core.params)
+        for i, g in zip(sel, got):
+            grads[i] = g
+        core.inspect(grads, sel, self._what)
+        return grads
+
     # subclass interface ---------------------------------------------------------------
     def _build(self, index: int, batch: Any, weight: float, select: list[int] | None) -> Any:  # pragma: no cover
         raise NotImplementedError

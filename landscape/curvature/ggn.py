@@ -106,13 +106,7 @@ class _JMJ(CurvatureOperator):
                 )
             M = self._output_matrix(f, batch, index)
             u = torch.zeros_like(f, requires_grad=True)
-            got = torch.autograd.grad(f, [core.params[i] for i in sel], grad_outputs=u, create_graph=True,
-                                      allow_unused=True)
-        gu: list[torch.Tensor | None] = [None] * len(core.params)
-        for i, g in zip(sel, got):
-            gu[i] = g
-        core.inspect(gu, sel, self._what)
-        return _OutputGraph(f, u, gu, M)
+            return _OutputGraph(f, u, self._graph_of_gradients(f, sel, u), M)
 
     def _products(self, item: _OutputGraph, cols: list[list[torch.Tensor]], out: torch.Tensor, weight: float,
                   retain: bool) -> None:

@@ -62,12 +62,7 @@ class Hessian(CurvatureOperator):
         sel = list(range(len(core.params))) if select is None else list(select)
         with torch.enable_grad(), model_mode(core.model, core.eval_mode):
             loss = evaluate_loss(core.loss_fn, core.model, batch, index)
-            got = torch.autograd.grad(loss, [core.params[i] for i in sel], create_graph=True, allow_unused=True)
-        grads: list[torch.Tensor | None] = [None] * len(core.params)
-        for i, g in zip(sel, got):
-            grads[i] = g
-        core.inspect(grads, sel, self._what)
-        return _Graph(grads)
+            return _Graph(self._graph_of_gradients(loss, sel))
 
     def _products(self, item: _Graph, cols: list[list[torch.Tensor]], out: torch.Tensor, weight: float,
                   retain: bool) -> None:
