@@ -286,3 +286,15 @@ def test_incomputable_curvature_warns_naming_the_layer(ste, op):
         R = op(model, cross_entropy(), batches, params=rest).dense()
     idx = torch.cat([torch.arange(o[n], o[n] + dict(model.named_parameters())[n].numel()) for n in rest])
     assert rel(D[idx][:, idx], R) < 1e-12
+
+
+@pytest.mark.parametrize("mutate", [_mul_data, _replace_module, _load_assign], ids=lambda f: f.__name__.strip("_"))
+def test_uncached_operator_follows_every_change_without_a_snapshot(mutate):
+    model = make_model(0)
+    batches = make_batches([5, 3])
+    H = Hessian(model, cross_entropy(), batches, cache_graph=False)
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    H @ v
+    mutate(model)
+    assert rel(H @ v, Hessian(model, cross_entropy(), batches) @ v) < 1e-12
+    assert H._core.tracker._values == []  # nothing cached, nothing copied

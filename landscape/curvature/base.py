@@ -122,7 +122,13 @@ class _Core:
     # ------------------------------------------------------------------ freshness
     def refresh(self) -> None:
         """Make the cached graphs correspond to the model as it is now (rebuild if anything changed)."""
-        if self.cache.filled or self.tracker._values:
+        if self.cache.policy is False:  # nothing is kept: follow replaced parameters, snapshot nothing
+            self._reresolve()
+            if not self.cache.filled:
+                self.cache.fill(set())
+                self.n_fills += 1
+            return
+        if self.cache.filled:
             what = self.tracker.changed()
             if what is not None:
                 self.cache.clear()

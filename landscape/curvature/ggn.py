@@ -39,9 +39,10 @@ is described in :mod:`landscape.curvature.base`; batch sums go through
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
+from torch import nn
 
 from .base import CurvatureOperator
 from .batches import model_mode
@@ -164,8 +165,8 @@ class Fisher(_JMJ):
     kind = "fisher"
     _what = "the Fisher"
 
-    def __init__(self, model, loss_fn, batches, params=None, *, mc_samples: int | None = None, seed: int = 0,
-                 **kwargs: Any):
+    def __init__(self, model: nn.Module, loss_fn: Any, batches: Iterable[Any], params: Any = None, *,
+                 mc_samples: int | None = None, seed: int = 0, **kwargs: Any):
         if mc_samples is not None and (isinstance(mc_samples, bool) or not isinstance(mc_samples, int)
                                        or mc_samples < 1):
             raise CurvatureError(f"mc_samples must be None (exact) or an integer >= 1, got {mc_samples!r}")
