@@ -345,30 +345,6 @@ def bench_freshness(summary: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------- (f)
-def _peak_child(mode: str) -> None:
-    """Run in a fresh process: one trace workload, then print its peak RSS."""
-    import resource
-
-    torch.set_num_threads(2)
-    model, x, y = cnn_problem()
-    t0 = time.perf_counter()
-    H = Hessian(model, cross_entropy(), [(x, y)])
-    kept = [H]
-    H.trace(max_matvecs=PEAK_PROBES, seed=0)
-    if mode == "views":
-        for view in H.layers().values():
-            view.trace(max_matvecs=PEAK_PROBES, seed=0)
-    elif mode == "separate":  # one operator (and graph) per layer, all alive, as a cache of operators keeps them
-        groups: dict = {}
-        for n in H.names:
-            groups.setdefault(n.rsplit(".", 1)[0], []).append(n)
-        for names in groups.values():
-            Hl = Hessian(model, cross_entropy(), [(x, y)], params=names)
-            Hl.trace(max_matvecs=PEAK_PROBES, seed=0)
-            kept.append(Hl)
-    print(f"PEAK {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} {time.perf_counter() - t0:.2f}", flush=True)
-
-
 def bench_peak_memory(summary: dict) -> None:
     import subprocess
 
@@ -376,15 +352,15 @@ def bench_peak_memory(summary: dict) -> None:
     res = {}
     for mode, label in (("whole", "whole-model trace only"), ("views", "whole + per-layer from one operator (views)"),
                         ("separate", "whole + per-layer, one operator per layer")):
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--peak", mode], capture_output=True, text=True,
-                             env={**os.environ, "BENCH_QUICK": os.environ.get("BENCH_QUICK", "")})
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peak_rss.py")
+        out = subprocess.run([sys.executable, script, mode, str(PEAK_PROBES)], capture_output=True, text=True)
         peak_line = [ln for ln in out.stdout.splitlines() if ln.startswith("PEAK ")]
         if out.returncode or not peak_line:
             line(f"    {label}: failed ({out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode})")
             continue
-        kib, secs = peak_line[0].split()[1:]
+        kib, secs, graphs = peak_line[0].split()[1:]
         res[mode] = int(kib) / 1024
-        line(f"    {label:46s} peak RSS {res[mode]:8.1f} MiB, {float(secs):6.1f} s")
+        line(f"    {label:46s} peak RSS {res[mode]:8.1f} MiB, cached graphs {float(graphs):6.1f} MiB, {float(secs):6.1f} s")
     if len(res) == 3:
         line(f"    views / whole {res['views'] / res['whole']:.2f}; one operator per layer / whole {res['separate'] / res['whole']:.2f}")
         summary["peak"] = res
@@ -424,7 +400,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--peak":
-        _peak_child(sys.argv[2])
-    else:
-        main()
+    main()
