@@ -16,7 +16,7 @@ Everything is measured in one run, on one machine, with ``torch.set_num_threads(
 (e) the freshness check every product runs (parameters and buffers compared with the state
     the cached graph was built from), as a fraction of one HVP: on the CNN, and on a worst
     case for it (a 6.3M-parameter MLP at batch 8: much state, little arithmetic);
-(f) peak RSS (``ru_maxrss`` of a fresh process each) of a whole-model trace, of per-layer
+(f) peak RSS (``VmHWM`` of a fresh process each) of a whole-model trace, of per-layer
     traces from views of one operator, and of per-layer traces with one operator per layer;
 (g) the GGN-vector product (ours, cached) ÷ gradient beside the HVP's in (a), and curvlinops'
     ``GGNLinearOperator`` product if curvlinops imports (it is not a dependency: install it with
@@ -166,12 +166,13 @@ def bench_products(summary: dict) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     flops = {}
-    for k in ("gradient", "ours (cached)"):
+    for k in ("gradient", "ours (cached)", "ours GGN (cached)"):
         with FlopCounterMode(display=False) as fc:
             fns[k]()
         flops[k] = fc.get_total_flops()
     line(f"    arithmetic (conv + matmul FLOPs): gradient {flops['gradient'] / 1e9:.2f} GFLOP, HVP {flops['ours (cached)'] / 1e9:.2f} GFLOP, "
-         f"ratio {flops['ours (cached)'] / flops['gradient']:.2f} (an exact product must do this arithmetic; only the gradient's non-FLOP work, e.g. max-pool, lets the time ratio dip below it)")
+         f"ratio {flops['ours (cached)'] / flops['gradient']:.2f} (an exact product must do this arithmetic; only the gradient's non-FLOP work, e.g. max-pool, lets the time ratio dip below it); "
+         f"GGN product {flops['ours GGN (cached)'] / 1e9:.2f} GFLOP")
     summary["flop_ratio"] = flops["ours (cached)"] / flops["gradient"]
     summary["hvp_ratio"] = med["ours (cached)"] / g
     summary["hvp_ratio_per_round"] = statistics.median(per_round)

@@ -134,6 +134,9 @@ class _Core:
                 self.cache.clear()
                 self.tracker.clear()
                 self._reresolve()
+                self.inspected.clear()  # a changed model may have gained or lost (computable) gradients
+                self.unused.clear()
+                self.no_curvature.clear()
         if not self.cache.filled:
             self.cache.fill({p.untyped_storage().data_ptr() for p in self.model.parameters()})
             self.n_fills += 1
