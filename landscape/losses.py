@@ -8,6 +8,24 @@ Two forms of the same maths, so that nothing is written twice:
   analyzers: :func:`cross_entropy`, :func:`kl_to_teacher`, :func:`distillation`. Each has a
   ``name`` (``"ce"``, ``"kl"``, ``"ce+kl"``) and a readable ``repr``.
 
+The loss objects also split themselves at the model's outputs f (the logits), which the
+Gauss-Newton and Fisher operators need: ``outputs(model, batch) -> f``,
+``on_outputs(f, batch) -> scalar`` (so ``loss_fn(model, batch) == on_outputs(outputs(model,
+batch), batch)``) and ``output_hessian(f, batch)``, the Hessian of the batch loss with respect
+to f, block-diagonal over samples i:
+
+* CE (mean over a batch of B): ``∂²L/∂f_i² = (diag(p_i) − p_i p_iᵀ) / B``, ``p_i = softmax(f_i)``;
+* KL to a teacher at temperature T: with ``s_i = softmax(f_i / T)``,
+  ``∂²L/∂f_i² = (diag(s_i) − s_i s_iᵀ) / D`` with D = B (``"batchmean"``) or B·C (``"mean"``):
+  the T² of the loss and the 1/T² of the chain rule cancel, and the teacher enters only the
+  gradient, not the curvature;
+* the distillation loss: ``ce_scale`` · CE's + ``kd_scale`` · KL's.
+
+Each is a :class:`SoftmaxOutputHessian` ``κ (diag π − π πᵀ)``, which is also the Fisher
+information of the softmax likelihood π scaled by κ, so for these losses the true Fisher
+equals the GGN; :meth:`SoftmaxOutputHessian.fisher_factors` gives it as an expectation over
+classes (exact) or over labels sampled from π (Monte Carlo).
+
 A batch is a tuple ``(x, y)``: inputs and integer labels.
 
 Knowledge-distillation KL (Hinton et al. 2015), as in GDFQ and AIT (Choi et al., CVPR 2022):
@@ -40,6 +58,8 @@ __all__ = [
     "KLToTeacher",
     "Distillation",
     "REDUCTIONS",
+    "SoftmaxOutputHessian",
+    "SumOutputHessian",
 ]
 
 REDUCTIONS = ("batchmean", "mean")
@@ -111,6 +131,62 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     raise TypeError(f"a batch must be a tuple (x, y), got {type(batch).__name__}")
 
 
+# ---------------------------------------------------------------------------- output-space Hessians
+def _check_logits(f: torch.Tensor) -> torch.Tensor:
+    if f.dim() != 2:
+        raise ValueError(f"the output-space Hessian needs 2-D logits (batch, classes), got shape {tuple(f.shape)}")
+    return f
+
+
+class SoftmaxOutputHessian:
+    r"""``M_i = κ (diag(π_i) − π_i π_iᵀ)`` for every sample i: π (B, C) probabilities, κ a scale.
+
+    ``apply(w)`` gives ``M_i w_i`` for a (B, C) tensor w; ``dense()`` the (B, C, C) blocks.
+    ``fisher_factors(mc_samples, generator)`` gives G (K, B, C) with ``M_i = Σ_k G_ki G_kiᵀ``
+    as an expectation over labels y ~ π_i of ``κ (π_i − e_y)(π_i − e_y)ᵀ``: exactly (K = C,
+    ``G_ci = √(κ π_ic) (π_i − e_c)``) or by ``mc_samples`` sampled labels (K = mc_samples).
+    """
+
+    def __init__(self, probs: torch.Tensor, scale: float):
+        self.probs = probs.detach()
+        self.scale = float(scale)
+
+    def apply(self, w: torch.Tensor) -> torch.Tensor:
+        p = self.probs
+        return self.scale * (p * w - p * (p * w).sum(dim=-1, keepdim=True))
+
+    def dense(self) -> torch.Tensor:
+        p = self.probs
+        return self.scale * (torch.diag_embed(p) - p[:, :, None] * p[:, None, :])
+
+    def fisher_factors(self, mc_samples: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        p = self.probs
+        B, C = p.shape
+        eye = torch.eye(C, dtype=p.dtype, device=p.device)
+        if mc_samples is None:
+            # G[c, i] = sqrt(κ p_ic) (p_i − e_c)
+            return (self.scale * p.T)[:, :, None].sqrt() * (p[None, :, :] - eye[:, None, :])
+        idx = torch.multinomial(p.detach().double().cpu(), mc_samples, replacement=True, generator=generator)
+        onehot = eye[idx.T.to(p.device)]  # (S, B, C)
+        return (self.scale / mc_samples) ** 0.5 * (p[None] - onehot)
+
+
+class SumOutputHessian:
+    """A sum of output-space Hessians (the distillation loss's CE and KL terms)."""
+
+    def __init__(self, terms: list):
+        self.terms = terms
+
+    def apply(self, w: torch.Tensor) -> torch.Tensor:
+        return sum(t.apply(w) for t in self.terms)
+
+    def dense(self) -> torch.Tensor:
+        return sum(t.dense() for t in self.terms)
+
+    def fisher_factors(self, mc_samples: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.cat([t.fisher_factors(mc_samples, generator) for t in self.terms], dim=0)
+
+
 def _teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Teacher outputs under ``no_grad`` and in eval mode (each module's mode restored after)."""
     modes = [(m, m.training) for m in teacher.modules()]
@@ -132,11 +208,24 @@ class CrossEntropy:
 
     name = "ce"
 
-    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        x, y = _unpack(batch)
+    def outputs(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The model's logits on the batch's inputs."""
+        return model(_unpack(batch)[0])
+
+    def on_outputs(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+        """CE of given logits against the batch's labels."""
+        _, y = _unpack(batch)
         if y is None:
             raise TypeError("cross_entropy needs labels: a batch (x, y)")
-        return ce(model(x), y)
+        return ce(outputs, y)
+
+    def output_hessian(self, outputs: torch.Tensor, batch: Any) -> SoftmaxOutputHessian:
+        """``(diag(p) − p pᵀ) / B`` per sample, p = softmax(f)."""
+        f = _check_logits(outputs).detach()
+        return SoftmaxOutputHessian(F.softmax(f, dim=-1), 1.0 / f.shape[0])
+
+    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return self.on_outputs(self.outputs(model, batch), batch)
 
     def __repr__(self) -> str:
         return "cross_entropy()"
@@ -157,9 +246,23 @@ class KLToTeacher:
         self.temperature = _check_temperature(temperature)
         self.reduction = _check_reduction(reduction)
 
-    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
+    def outputs(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The student's logits on the batch's inputs."""
+        return model(_unpack(batch)[0])
+
+    def on_outputs(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+        """The KL of given student logits to the teacher's on the batch's inputs."""
         x, _ = _unpack(batch)
-        return kl_divergence(model(x), _teacher_logits(self.teacher, x), self.temperature, self.reduction)
+        return kl_divergence(outputs, _teacher_logits(self.teacher, x), self.temperature, self.reduction)
+
+    def output_hessian(self, outputs: torch.Tensor, batch: Any) -> SoftmaxOutputHessian:
+        """``(diag(s) − s sᵀ) / D`` per sample, s = softmax(f/T), D = B or B·C (see the module)."""
+        f = _check_logits(outputs).detach()
+        denom = f.numel() if self.reduction == "mean" else f.shape[0]
+        return SoftmaxOutputHessian(F.softmax(f / self.temperature, dim=-1), 1.0 / denom)
+
+    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return self.on_outputs(self.outputs(model, batch), batch)
 
     def __repr__(self) -> str:
         return (
@@ -194,13 +297,31 @@ class Distillation:
         parts = [n for n, s in (("ce", self.ce_scale), ("kl", self.kd_scale)) if s]
         return "+".join(parts)
 
-    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
+    def outputs(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The student's logits on the batch's inputs."""
+        return model(_unpack(batch)[0])
+
+    def on_outputs(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+        """``ce_scale·CE + kd_scale·KL`` of given student logits."""
         x, y = _unpack(batch)
         if self.ce_scale and y is None:
             raise TypeError("distillation with ce_scale != 0 needs labels: a batch (x, y)")
-        s = model(x)
-        t = _teacher_logits(self.teacher, x) if self.kd_scale else s.detach()
-        return distillation_loss(s, y, t, self.temperature, self.ce_scale, self.kd_scale, self.reduction)
+        t = _teacher_logits(self.teacher, x) if self.kd_scale else outputs.detach()
+        return distillation_loss(outputs, y, t, self.temperature, self.ce_scale, self.kd_scale, self.reduction)
+
+    def output_hessian(self, outputs: torch.Tensor, batch: Any) -> SumOutputHessian:
+        """``ce_scale`` · CE's output Hessian + ``kd_scale`` · KL's."""
+        f = _check_logits(outputs).detach()
+        terms = []
+        if self.ce_scale:
+            terms.append(SoftmaxOutputHessian(F.softmax(f, dim=-1), self.ce_scale / f.shape[0]))
+        if self.kd_scale:
+            denom = f.numel() if self.reduction == "mean" else f.shape[0]
+            terms.append(SoftmaxOutputHessian(F.softmax(f / self.temperature, dim=-1), self.kd_scale / denom))
+        return SumOutputHessian(terms)
+
+    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return self.on_outputs(self.outputs(model, batch), batch)
 
     def __repr__(self) -> str:
         return (

@@ -47,8 +47,8 @@ def test_lanczos_top3_to_1e8(problem):
 def test_power_iteration_to_1e4(problem):
     H, Hx = problem
     exact = torch.linalg.eigvalsh(Hx).flip(0)
-    pairs = H.eigenpairs(k=2, method="power", tol=1e-9, max_iter=3000)
-    assert pairs.converged
+    pairs = H.eigenpairs(k=2, method="power", tol=1e-6, max_iter=3000)  # tol: relative residual
+    assert pairs.converged and pairs.residual <= 1e-6
     assert torch.allclose(pairs.values, exact[:2], rtol=1e-4, atol=0)
     V = pairs.vectors
     assert torch.allclose(torch.linalg.vector_norm(V, dim=0), torch.ones(2, dtype=torch.float64))
@@ -67,20 +67,50 @@ def test_eigsh_path(problem):
 @pytest.mark.parametrize("method", [power_iteration, lanczos])
 def test_which_la_and_lm_with_negative_dominant(method):
     A = sym_matrix([-10.0, -3.0, 5.0, 4.0] + [0.1 * i for i in range(16)], seed=3)
-    la = method(A, k=2, which="LA", tol=1e-10, max_iter=2000)
-    lm = method(A, k=2, which="LM", tol=1e-10, max_iter=2000)
+    la = method(A, k=2, which="LA", tol=1e-6, max_iter=2000)
+    lm = method(A, k=2, which="LM", tol=1e-6, max_iter=2000)
+    assert la.converged and lm.converged
     assert np.allclose(la.values.numpy(), [5.0, 4.0], rtol=1e-5)
     assert np.allclose(lm.values.numpy(), [-10.0, 5.0], rtol=1e-5)
 
 
-def test_power_stops_on_relative_change():
+def test_power_stops_on_relative_residual():
     A = sym_matrix([1.0, 0.9] + [0.1] * 18, seed=1)
     loose = power_iteration(A, tol=1e-2)
     tight = power_iteration(A, tol=1e-6, max_iter=1000)
     assert loose.n_matvecs < tight.n_matvecs
-    assert abs(tight.values[0] - 1.0) < 1e-5
+    for pairs, tol in ((loose, 1e-2), (tight, 1e-6)):  # tol bounds ‖Av − λv‖/|λ|, measured independently
+        v, lam = pairs.vectors[:, 0], float(pairs.values[0])
+        assert pairs.converged and float((A @ v - lam * v).norm()) / abs(lam) <= tol
+        assert math.isclose(pairs.residual, float((A @ v - lam * v).norm()) / abs(lam), rel_tol=1e-9)
+    assert abs(tight.values[0] - 1.0) < 1e-10  # eigenvalue error ~ residual² / gap
     assert power_iteration(A, tol=1e-6, max_iter=3).n_matvecs == 3
     assert not power_iteration(A, tol=1e-6, max_iter=3).converged
+
+
+@pytest.mark.parametrize("method", ["power", "lanczos", "eigsh"])
+def test_tol_and_max_iter_mean_the_same_in_every_solver(method):
+    """tol = relative residual, max_iter = cap on products, converged/residual reported alike."""
+    from landscape.curvature import eigenpairs
+
+    A = sym_matrix([3.0, 2.9, 2.0] + [0.02 * i for i in range(80)], seed=4)
+    pairs = eigenpairs(A, k=2, method=method, tol=1e-7, max_iter=3000)
+    V, lam = pairs.vectors, pairs.values
+    true_rel = torch.linalg.vector_norm(A @ V - V * lam, dim=0) / lam.abs()
+    assert pairs.converged and float(true_rel.max()) <= 1.01e-7
+    assert torch.allclose(lam, torch.tensor([3.0, 2.9], dtype=torch.float64), rtol=1e-9)
+    assert pairs.residual == float(pairs.relative_residuals.max()) and pairs.tol == 1e-7
+    hard = sym_matrix([1.0 - 1e-3 * i for i in range(200)], seed=5)  # clustered: needs many products
+    if method == "eigsh":  # ARPACK returns no unconverged pairs: a clear refusal instead
+        with pytest.raises(CurvatureError, match="max_iter=40"):
+            eigenpairs(hard, k=2, method=method, tol=1e-12, max_iter=40)
+    else:
+        capped = eigenpairs(hard, k=2, method=method, tol=1e-12, max_iter=40)
+        assert not capped.converged and capped.n_matvecs <= 40
+    with pytest.raises(CurvatureError, match="max_iter"):
+        eigenpairs(A, k=2, method=method, max_iter=0)
+    with pytest.raises(CurvatureError, match="tol"):
+        eigenpairs(A, k=2, method=method, tol=-1.0)
 
 
 # ------------------------------------------------------------------ trace
@@ -156,7 +186,7 @@ def test_slq_moments_match_normalised_traces(problem):
     for j in (1, 2, 3):
         Mj = torch.linalg.matrix_power(Hx, j)
         target = float(torch.trace(Mj)) / n
-        per_run = np.array([np.sum(w * t**j) for t, w in zip(dens.nodes, dens.weights)])
+        per_run = np.array([float((w * t**j).sum()) for t, w in zip(dens.nodes, dens.weights)])
         se = per_run.std(ddof=1) / math.sqrt(len(per_run))
         assert abs(dens.moments(j) - target) < 4 * se, (j, dens.moments(j), target, se)
 
@@ -168,11 +198,27 @@ def test_density_handles_negative_eigenvalues_and_integrates_to_one():
     assert min(dens.spectral_range) < -1.9 and max(dens.spectral_range) > 7.9
     grid = dens.grid(4000)
     phi = dens.evaluate(grid)
+    assert isinstance(phi, torch.Tensor) and isinstance(grid, torch.Tensor)  # one array type: torch
+    grid, phi = grid.numpy(), phi.numpy()
     assert np.all(phi >= 0)
     assert abs(np.trapezoid(phi, grid) - 1.0) < 1e-3
     wide = np.linspace(-6.0, 12.0, 4000)
-    assert abs(np.trapezoid(dens.evaluate(wide, sigma=0.5), wide) - 1.0) < 1e-3
+    assert abs(np.trapezoid(dens.evaluate(wide, sigma=0.5).numpy(), wide) - 1.0) < 1e-3
     with pytest.raises(ValueError, match="sigma"):
         dens.evaluate(grid, sigma=0)
     # mass below zero equals the fraction of negative eigenvalues (3/45), up to sampling
     assert abs(np.trapezoid(phi[grid < -0.25], grid[grid < -0.25]) - 3 / 45) < 0.05
+
+
+def test_results_print_short_and_hold_tensors(problem):
+    H, _ = problem
+    dens = H.density(n_runs=2, n_steps=30)
+    text = repr(dens)
+    assert len(text) < 200 and text.startswith("SpectralDensity(dim=") and "n_runs=2" in text
+    assert all(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in dens.nodes + dens.weights)
+    pairs = H.eigenpairs(k=2, method="lanczos")
+    assert len(repr(pairs)) < 250 and "vectors=(" in repr(pairs) and "converged=" in repr(pairs)
+    est = H.trace(max_matvecs=10)
+    assert len(repr(est)) < 200 and "samples" not in repr(est)
+    assert math.isnan(est.residual) and est.converged and math.isnan(dens.residual) and dens.converged
+    assert isinstance(pairs.residual, float) and pairs.residual <= 1e-3

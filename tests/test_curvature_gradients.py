@@ -55,17 +55,24 @@ def test_gradient_cosine_rows(model, teacher):
     batches = make_batches([6])
     ce, kl = cross_entropy(), kl_to_teacher(teacher, temperature=4.0)
     rows = gradient_cosine(model, ce, kl, batches)
-    assert all(set(r) == {"layer", "metric", "value"} for r in rows)
+    # the analyzers' table layout: grad_norm per loss, cosine with loss "ce|kl"
+    assert all(set(r) == {"loss", "layer", "metric", "value"} for r in rows)
     layers = [r["layer"] for r in rows if r["metric"] == "cosine"]
     assert layers == ["all", "conv", "bn", "fc"]
+    assert {r["loss"] for r in rows if r["metric"] == "cosine"} == {"ce|kl"}
     ga, gb = gradient(model, ce, batches), gradient(model, kl, batches)
     cos = {r["layer"]: r["value"] for r in rows if r["metric"] == "cosine"}
     assert math.isclose(cos["all"], float(ga @ gb / (ga.norm() * gb.norm())), rel_tol=1e-12)
     a, b = ga[-52:], gb[-52:]
     assert math.isclose(cos["fc"], float(a @ b / (a.norm() * b.norm())), rel_tol=1e-12)
-    norms = {r["layer"]: r["value"] for r in rows if r["metric"] == "norm_a"}
-    assert math.isclose(norms["all"], float(ga.norm()), rel_tol=1e-12)
+    norms = {r["loss"]: r["value"] for r in rows if r["metric"] == "grad_norm"}
+    assert set(norms) == {"ce", "kl"} and all(r["layer"] == "all" for r in rows if r["metric"] == "grad_norm")
+    assert math.isclose(norms["ce"], float(ga.norm()), rel_tol=1e-12)
+    assert math.isclose(norms["kl"], float(gb.norm()), rel_tol=1e-12)
     assert -1 <= cos["conv"] <= 1
+    named = gradient_cosine(model, ce, ce, batches, per_layer=False, names=("x", "y"))
+    assert [(r["loss"], r["metric"]) for r in named] == [("x", "grad_norm"), ("y", "grad_norm"), ("x|y", "cosine")]
+    assert math.isclose(named[-1]["value"], 1.0, rel_tol=1e-12)
 
 
 def test_loss_slice_equals_direct_evaluation_and_restores_exactly(model, teacher):
@@ -149,3 +156,36 @@ def test_direction_errors(model):
         loss_slice(model, cross_entropy(), batches, torch.zeros(n), [0.0])
     with pytest.raises(CurvatureError, match="no batches"):
         gradient(model, cross_entropy(), [])
+
+
+def test_slice_context_entered_once_at_theta_and_exited_after_restore(model):
+    batches = make_batches([4])
+    d = random_direction(model, seed=5)
+    theta0 = flat(model).clone()
+    log = []
+
+    class Freeze:
+        def __enter__(self):
+            log.append(("enter", torch.equal(flat(model), theta0)))
+            # e.g. frozen rounding: the loss during the slice is evaluated in a changed mode
+            model.fc.bias.requires_grad_(True)
+            return self
+
+        def __exit__(self, *exc):
+            log.append(("exit", torch.equal(flat(model), theta0)))
+            return False
+
+    values = loss_slice(model, cross_entropy(), batches, d, [-0.5, 0.0, 0.5], context=lambda: Freeze())
+    assert log == [("enter", True), ("exit", True)]  # once, at θ; after the restore
+    assert isinstance(values, torch.Tensor) and values.dtype == torch.float64
+    surf = loss_surface(model, cross_entropy(), batches, d, d, [0.0, 1.0], [0.0], context=Freeze)
+    assert log[-2:] == [("enter", True), ("exit", True)] and surf.shape == (2, 1)
+    with pytest.raises(CurvatureError, match="context must be a zero-argument callable"):
+        loss_slice(model, cross_entropy(), batches, d, [0.0], context=Freeze())
+
+    def boom(m, b):
+        raise RuntimeError("boom")
+
+    with pytest.raises(CurvatureError, match="boom"):
+        loss_slice(model, boom, batches, d, [1.0], context=Freeze)
+    assert log[-1] == ("exit", True)  # restored before the context exits, also on error

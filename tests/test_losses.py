@@ -95,3 +95,44 @@ def test_bad_arguments():
         kl_to_teacher("resnet20")
     with pytest.raises(ValueError, match="shape"):
         kl_divergence(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# ---------------------------------------------------------------------------- output-space Hessians
+@pytest.mark.parametrize("which", ["ce", "kl-batchmean", "kl-mean", "ce+kl"])
+def test_output_hessian_matches_torch_func(which):
+    teacher = make_model(1)
+    x, y = make_batches([5])[0]
+    loss = {
+        "ce": cross_entropy(),
+        "kl-batchmean": kl_to_teacher(teacher, temperature=3.0),
+        "kl-mean": kl_to_teacher(teacher, temperature=20.0, reduction="mean"),
+        "ce+kl": distillation(teacher, temperature=2.0, ce_scale=0.5, kd_scale=2.0, reduction="mean"),
+    }[which]
+    f = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    student = make_model(0)
+    with torch.no_grad():
+        assert torch.allclose(loss.on_outputs(student(x), (x, y)), loss(student, (x, y)), rtol=1e-14)
+    exact = torch.func.hessian(lambda g: loss.on_outputs(g.reshape(5, 4), (x, y)))(f.reshape(-1)).reshape(5, 4, 5, 4)
+    M = loss.output_hessian(f, (x, y))
+    blocks = M.dense()
+    for i in range(5):
+        assert torch.allclose(blocks[i], exact[i, :, i, :], rtol=1e-10, atol=1e-14)
+        for j in range(5):
+            if i != j:
+                assert torch.all(exact[i, :, j, :].abs() < 1e-14)  # block-diagonal over samples
+    w = torch.randn(5, 4, dtype=torch.float64)
+    assert torch.allclose(M.apply(w), torch.einsum("icjd,jd->ic", exact, w), rtol=1e-10, atol=1e-14)
+    G = M.fisher_factors()  # exact expectation over classes: Σ_k G Gᵀ = the output Hessian
+    assert torch.allclose(torch.einsum("kic,kid->icd", G, G), blocks, rtol=1e-10, atol=1e-14)
+
+
+def test_output_hessian_of_kl_does_not_depend_on_the_teacher_or_T_squared():
+    x, y = make_batches([3])[0]
+    f = torch.randn(3, 4, dtype=torch.float64)
+    a = kl_to_teacher(make_model(1), temperature=5.0).output_hessian(f, (x, y)).dense()
+    b = kl_to_teacher(make_model(2), temperature=5.0).output_hessian(f, (x, y)).dense()
+    s = F.softmax(f / 5.0, dim=1)
+    assert torch.equal(a, b)
+    assert torch.allclose(a, (torch.diag_embed(s) - s[:, :, None] * s[:, None, :]) / 3, rtol=1e-12)
+    with pytest.raises(ValueError, match="2-D logits"):
+        cross_entropy().output_hessian(torch.zeros(2, 3, 4), (x, y))

@@ -1,19 +1,26 @@
-"""Curvature engine: a Hessian linear operator and estimators on it.
+"""Curvature engine: Hessian, Gauss-Newton and Fisher linear operators and estimators on them.
 
 The engine sees only ``(model, loss_fn, batches)``; it knows nothing about quantization or
 training. Estimators (trace, eigenpairs, density) work on any object with ``@`` and ``shape``.
 
-    from landscape.curvature import Hessian
+    from landscape.curvature import Hessian, GGN
     H = Hessian(model, loss_fn, batches)          # params=None: all trainable parameters
     H @ v, H.trace(), H.eigenpairs(k=1), H.density()
+    H.layers()["conv1"].trace()                   # a diagonal block sharing H's cached graph
+    GGN(model, loss_fn, batches).density()        # the same interface, positive semi-definite
 """
 
+from .base import CurvatureOperator
 from .errors import CurvatureError, CurvatureWarning
+from .estimators import density, eigenpairs, trace
+from .factory import CURVATURES, curvature_operator
+from .ggn import GGN, EmpiricalFisher, Fisher
 from .gradients import gradient, gradient_cosine
 from .hessian import Hessian
 from .hutchinson import hutchinson
 from .hutchpp import hutchpp
 from .lanczos import eigsh, lanczos, lanczos_tridiagonal
+from .layers import cosine, cosine_rows, layer_of, layer_slices
 from .params import resolve_params
 from .power import power_iteration
 from .results import Eigenpairs, SpectralDensity, TraceEstimate
@@ -21,9 +28,22 @@ from .slices import loss_slice, loss_surface, mean_loss, random_direction
 from .slq import slq
 
 __all__ = [
+    "CurvatureOperator",
     "Hessian",
+    "GGN",
+    "Fisher",
+    "EmpiricalFisher",
+    "CURVATURES",
+    "curvature_operator",
+    "trace",
+    "eigenpairs",
+    "density",
     "gradient",
     "gradient_cosine",
+    "cosine",
+    "cosine_rows",
+    "layer_of",
+    "layer_slices",
     "loss_slice",
     "loss_surface",
     "mean_loss",

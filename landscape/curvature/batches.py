@@ -5,9 +5,13 @@
 * evaluate ``loss_fn(model, batch)`` with one clear error for a non-scalar, NaN/inf or
   failing loss (naming the batch index);
 * temporarily put the model in eval mode and restore every module's previous mode;
+* :class:`BatchSource`, the batches as every pass of an operator sees them: a zero-sample
+  batch is an error, and a loader that does not give the same batches on every pass
+  (``shuffle=True``, random augmentation) is detected by a per-batch fingerprint and refused;
 * :func:`reduce_over_batches`, the one place where per-batch sums become the mean over all
   batches (and where a ``torch.distributed`` ``all_reduce`` belongs when each rank holds a
-  shard of the batches).
+  shard of the batches). Hessian, GGN and Fisher products, gradients and losses all go
+  through it.
 
 Batches are weighted by their size: with ``loss_fn`` returning the mean over its batch, the
 mean over all samples is ``Σ_b n_b L_b / Σ_b n_b``.
@@ -16,6 +20,7 @@ mean over all samples is ``Σ_b n_b L_b / Σ_b n_b``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -24,6 +29,7 @@ from torch import nn
 from .errors import CurvatureError
 
 __all__ = [
+    "BatchSource",
     "as_batches",
     "batch_size",
     "to_device",
@@ -91,13 +97,132 @@ def to_device(batch: Any, device: torch.device) -> Any:
 def iterate(
     batches: Iterable[Any], device: torch.device, start: int = 0, allow_empty: bool = False
 ) -> Iterator[tuple[int, Any, int]]:
-    """Yield ``(index, batch_on_device, size)``, indices counted from ``start``; raise if there were none."""
+    """Yield ``(index, batch_on_device, size)``, indices counted from ``start``; raise if there were
+    none, or if a batch has zero samples."""
     n = 0
     for i, b in enumerate(batches, start=start):
         n += 1
-        yield i, to_device(b, device), batch_size(b)
+        size = batch_size(b)
+        if size == 0:
+            raise CurvatureError(
+                f"batch {i} has zero samples: the mean loss over it is undefined; drop empty batches "
+                "(e.g. DataLoader(..., drop_last=True) or filter the list)"
+            )
+        yield i, to_device(b, device), size
     if n == 0 and not allow_empty:
         raise CurvatureError("no batches: the batch list (or DataLoader) yielded nothing")
+
+
+def _fingerprint(batch: Any) -> tuple:
+    """A cheap, order-of-samples-invariant summary of a batch: shapes, Σx and Σx² of each tensor.
+
+    Invariant to a permutation *within* a batch (which changes no mean loss), different for
+    another set of samples or for randomly augmented samples.
+    """
+    out: list = []
+
+    def walk(b: Any) -> None:
+        if isinstance(b, torch.Tensor):
+            t = b.detach()
+            if t.is_floating_point() or t.is_complex():
+                t64 = t.to(torch.float64)
+            else:
+                t64 = t.to(torch.float64) if t.numel() else t.double()
+            out.append((tuple(t.shape), float(t64.sum()), float((t64 * t64).sum())))
+        elif isinstance(b, (list, tuple)):
+            for x in b:
+                walk(x)
+        elif isinstance(b, dict):
+            for k in sorted(b, key=str):
+                walk(b[k])
+        else:
+            out.append(repr(type(b)))
+
+    walk(batch)
+    return tuple(out)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, tuple) and isinstance(y, tuple):
+            if x[0] != y[0]:
+                return False
+            for u, w in zip(x[1:], y[1:]):
+                if abs(u - w) > 1e-9 * max(abs(u), abs(w), 1e-300):
+                    return False
+        elif x != y:
+            return False
+    return True
+
+
+class BatchSource:
+    """The batches of an operator, walked once per pass, checked to be the same on every pass.
+
+    A list (or tuple) of batches is used as is. A one-shot iterator (a generator) is
+    materialised into a list once. Any other re-iterable (a ``DataLoader``) is walked anew on
+    every pass; the first pass records a fingerprint of each batch (shapes, Σx, Σx² of every
+    tensor) and every later pass is compared with it, batch by batch. A loader with
+    ``shuffle=True`` or random augmentation therefore fails on its second pass with one clear
+    :class:`CurvatureError` -- whichever part of the graph is cached -- instead of silently
+    mixing two different data sets into one product. The fix it names: ``list(loader)``
+    (materialised once) or a loader without shuffling/augmentation.
+
+    (curvlinops checks determinism once, at construction, by two extra passes; this check costs
+    nothing extra and holds for every pass, including those after a rebuild.)
+    """
+
+    def __init__(self, batches: Any):
+        self.batches = as_batches(batches)
+        self.fixed = isinstance(self.batches, (list, tuple))
+        self._prints: list[tuple] | None = None
+        self._n_total: int | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.batches)
+
+    def passes(self, device: torch.device, start: int = 0) -> Iterator[tuple[int, Any, int]]:
+        """One pass, yielding ``(index, batch_on_device, size)`` for the batches from ``start`` on.
+
+        For a re-iterable loader the batches before ``start`` are still drawn and fingerprinted
+        (not moved, not evaluated), so that a reshuffled loader is caught there too.
+        """
+        if self.fixed:
+            yield from iterate(self.batches if start == 0 else self.batches[start:], device, start=start,
+                               allow_empty=start > 0)
+            return
+        prints = self._prints if self._prints is not None else []
+        first = self._prints is None
+        if first:
+            self._prints = prints
+        n = 0
+        for i, raw in enumerate(self.batches):
+            n = i + 1
+            fp = _fingerprint(raw)
+            if i < len(prints):
+                if not _same(fp, prints[i]):
+                    raise self._changed(i)
+            elif self._n_total is not None:  # more batches than a complete earlier pass
+                raise self._changed(i)
+            else:
+                prints.append(fp)
+            if i >= start:
+                yield from iterate([raw], device, start=i)
+        if self._n_total is None:
+            self._n_total = n
+        elif n != self._n_total:
+            raise self._changed(n)
+        if n == 0 and start == 0:
+            raise CurvatureError("no batches: the batch list (or DataLoader) yielded nothing")
+
+    def _changed(self, index: int) -> CurvatureError:
+        return CurvatureError(
+            f"the batches changed between two passes (batch {index} differs from the first pass): "
+            "the loader shuffles or augments at random, so products would mix different data. "
+            "Pass a fixed list instead (batches = list(loader), materialised once) or a loader with "
+            "shuffle=False and no random augmentation"
+        )
 
 
 def evaluate_loss(loss_fn: LossFn, model: nn.Module, batch: Any, index: int, *, need_grad: bool = True) -> torch.Tensor:

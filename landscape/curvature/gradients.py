@@ -8,13 +8,13 @@ layout of :class:`~landscape.curvature.Hessian` for the same ``params``).
     cos(g_a, g_b) = g_a · g_b / (‖g_a‖ ‖g_b‖),
 
 for all selected parameters together (``layer="all"``) and per layer (a parameter's owning
-module, e.g. ``"conv1"``). It returns tidy rows ``{"layer", "metric", "value"}`` with metrics
-``"cosine"``, ``"norm_a"`` and ``"norm_b"``; the cosine of a zero gradient is NaN.
+module, e.g. ``"conv1"``). It returns the tidy rows of the analyzers' tables (one
+implementation: :func:`~landscape.curvature.layers.cosine_rows`): ``metric="grad_norm"`` for
+each loss and ``metric="cosine"`` with ``loss="a|b"``; the cosine of a zero gradient is NaN.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -23,7 +23,8 @@ from torch import nn
 
 from .batches import as_batches, evaluate_loss, iterate, model_mode, reduce_over_batches
 from .errors import CurvatureWarning
-from .params import layer_of, resolve_params
+from .layers import cosine_rows, layer_slices
+from .params import resolve_params
 
 __all__ = ["gradient", "gradient_cosine"]
 
@@ -78,13 +79,6 @@ def gradient(
     return g
 
 
-def _cos(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
-    na = float(torch.linalg.vector_norm(a))
-    nb = float(torch.linalg.vector_norm(b))
-    cos = float(a @ b) / (na * nb) if na > 0 and nb > 0 else math.nan
-    return cos, na, nb
-
-
 def gradient_cosine(
     model: nn.Module,
     loss_a: Callable[[nn.Module, Any], torch.Tensor],
@@ -94,29 +88,22 @@ def gradient_cosine(
     *,
     eval_mode: bool = True,
     per_layer: bool = True,
+    names: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Tidy rows of the gradient cosine similarity of ``loss_a`` and ``loss_b``, whole model and per layer."""
-    names, tensors = resolve_params(model, params)
+    """Tidy rows ``{"loss", "layer", "metric", "value"}`` comparing the gradients of two losses.
+
+    ``names`` label the losses (default: their ``name`` attributes, e.g. ``"ce"`` and ``"kl"``,
+    or ``"a"`` and ``"b"``). Rows: ``grad_norm`` of each loss (``layer="all"``), and ``cosine``
+    with ``loss="<a>|<b>"`` for ``layer="all"`` and, with ``per_layer``, for every layer.
+    """
+    if names is None:
+        na, nb = getattr(loss_a, "name", "a"), getattr(loss_b, "name", "b")
+        names = (na, nb) if isinstance(na, str) and isinstance(nb, str) and na != nb else ("a", "b")
+    pnames, tensors = resolve_params(model, params)
     batches = as_batches(batches)
-    ga = gradient(model, loss_a, batches, tensors, eval_mode=eval_mode)
-    gb = gradient(model, loss_b, batches, tensors, eval_mode=eval_mode)
-    rows: list[dict[str, Any]] = []
-
-    def emit(layer: str, a: torch.Tensor, b: torch.Tensor) -> None:
-        cos, na, nb = _cos(a, b)
-        rows.append({"layer": layer, "metric": "cosine", "value": cos})
-        rows.append({"layer": layer, "metric": "norm_a", "value": na})
-        rows.append({"layer": layer, "metric": "norm_b", "value": nb})
-
-    emit("all", ga, gb)
-    if per_layer:
-        spans: dict[str, list[tuple[int, int]]] = {}
-        offset = 0
-        for name, p in zip(names, tensors):
-            spans.setdefault(layer_of(name), []).append((offset, offset + p.numel()))
-            offset += p.numel()
-        for layer, sl in spans.items():
-            a = torch.cat([ga[s:e] for s, e in sl])
-            b = torch.cat([gb[s:e] for s, e in sl])
-            emit(layer, a, b)
-    return rows
+    grads = {
+        names[0]: gradient(model, loss_a, batches, tensors, eval_mode=eval_mode),
+        names[1]: gradient(model, loss_b, batches, tensors, eval_mode=eval_mode),
+    }
+    sizes = {n: p.numel() for n, p in zip(pnames, tensors)}
+    return cosine_rows(grads, layer_slices(sizes, pnames) if per_layer else None)

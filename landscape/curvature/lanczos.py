@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import CurvatureError
-from .operators import _generator, check_eigen_args, check_method, check_positive_int, gaussian, operator_info, rademacher
+from .operators import _generator, check_eigen_args, gaussian, operator_info, rademacher
 from .results import Eigenpairs
 
 __all__ = ["lanczos", "eigsh", "lanczos_tridiagonal"]
@@ -106,13 +106,21 @@ def lanczos(
     """Top-``k`` eigenpairs by Lanczos with full reorthogonalization.
 
     Stops when every wanted Ritz pair has ``|β_j s_i[j]| ≤ tol·|θ_i|`` (relative residual), or
-    after ``max_iter`` steps (default ``min(n, max(100, 4k))``); the residuals reported are those
-    Lanczos estimates ``|β_j s_i[j]|``. ``which="LA"``: largest algebraic first; ``"LM"``: largest magnitude.
+    after ``max_iter`` steps, one product each (default ``max(100, 4k)``; never more than n); the
+    residuals reported are those Lanczos estimates ``|β_j s_i[j]|``. ``which="LA"``: largest
+    algebraic first; ``"LM"``: largest magnitude.
+
+    Example::
+
+        >>> import torch
+        >>> from landscape.curvature import lanczos
+        >>> A = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
+        >>> pairs = lanczos(A, k=2, tol=1e-10)
+        >>> [round(float(v), 8) for v in pairs.values], pairs.converged
+        ([10.0, 9.0], True)
     """
-    n, dtype, device, which = check_eigen_args(A, k, which, tol)
-    max_iter = min(n, max(100, 4 * k)) if max_iter is None else min(n, check_positive_int(max_iter, "max_iter"))
-    if max_iter < k:
-        raise CurvatureError(f"max_iter={max_iter} is smaller than k={k}")
+    n, dtype, device, which, max_iter = check_eigen_args(A, k, which, tol, max_iter, default_max_iter=max(100, 4 * k))
+    max_iter = min(n, max_iter)
     gen = _generator(seed)
 
     def converged(alpha, beta, j):
@@ -144,6 +152,7 @@ def lanczos(
         method="lanczos",
         which=which,
         converged=conv,
+        tol=float(tol),
     )
 
 
@@ -157,24 +166,32 @@ def eigsh(
 ) -> Eigenpairs:
     """Top-``k`` eigenpairs by ``scipy.sparse.linalg.eigsh`` (implicitly restarted Lanczos, ARPACK).
 
-    Products go through NumPy on the CPU; residuals ``‖A v − λ v‖`` are measured with k extra products.
+    ``tol`` is ARPACK's own rule, the relative residual ``‖A v − λ v‖ ≤ tol·|λ|`` (as for every
+    solver here); ``tol=0`` means machine precision. ``max_iter`` caps the products: ARPACK counts
+    restarts, each costing up to ``ncv`` products (``ncv = min(n, max(2k + 1, 20))``), so it is
+    given ``max(1, max_iter // ncv)`` restarts (default: scipy's 10·n restarts);
+    ``n_matvecs`` reports the products really spent.
+    ``residuals`` are measured with k extra products, and ``converged`` says that ARPACK converged
+    *and* every measured relative residual is within ``tol`` (with a floor of 100 machine epsilons).
+    Products go through NumPy on the CPU. Needs ``k < n`` (use ``lanczos`` otherwise).
     """
-    from scipy.sparse.linalg import LinearOperator, eigsh as _eigsh
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh as _eigsh
 
-    n, dtype, device = operator_info(A)
-    check_positive_int(k, "k")
+    n = operator_info(A)[0]
+    ncv = min(n, max(2 * k + 1, 20))
+    # default: scipy's own (10·n restarts)
+    n, dtype, device, which, max_iter = check_eigen_args(A, k, which, tol, max_iter, default_max_iter=10 * n * ncv)
     if k >= n:
         raise CurvatureError(f"k={k} must be smaller than the dimension n={n} for eigsh (use method='lanczos')")
-    which = check_method(which, ("la", "lm"), "which").upper()
     count = [0]
     if hasattr(A, "as_linear_operator"):
-        op = A.as_linear_operator()
+        inner = A.as_linear_operator()
     else:
         def mv(x):
-            return (A @ torch.as_tensor(np.ascontiguousarray(x).reshape(-1), dtype=dtype, device=device)).cpu().numpy()
+            t = torch.as_tensor(np.ascontiguousarray(x).reshape(-1), dtype=dtype, device=device)
+            return (A @ t).double().cpu().numpy()
 
-        op = LinearOperator((n, n), matvec=mv, rmatvec=mv, dtype=np.float64)
-    inner = op
+        inner = LinearOperator((n, n), matvec=mv, rmatvec=mv, dtype=np.float64)
 
     def counted(x):
         count[0] += 1 if x.ndim == 1 or x.shape[1] == 1 else x.shape[1]
@@ -182,19 +199,33 @@ def eigsh(
 
     op = LinearOperator((n, n), matvec=counted, rmatvec=counted, dtype=inner.dtype)
     v0 = rademacher(n, 1, _generator(seed), torch.float64, torch.device("cpu"))[:, 0].numpy()
-    vals, vecs = _eigsh(op, k=k, which=which, tol=tol, maxiter=max_iter, v0=v0)
-    idx = _select(vals, k, which)
-    vals, vecs = vals[idx], vecs[:, idx]
+    arpack_ok = True
+    try:
+        vals, vecs = _eigsh(op, k=k, which=which, tol=tol, maxiter=max(1, max_iter // ncv), ncv=ncv, v0=v0)
+    except ArpackNoConvergence as exc:
+        arpack_ok = False
+        vals, vecs = exc.eigenvalues, exc.eigenvectors
+        if len(vals) < k:
+            raise CurvatureError(
+                f"eigsh (ARPACK) found only {len(vals)} of k={k} eigenpairs within max_iter={max_iter} products "
+                f"({count[0]} spent); raise max_iter or use method='lanczos'"
+            ) from None
+    idx = _select(np.asarray(vals), k, which)
+    vals, vecs = np.asarray(vals)[idx], np.asarray(vecs)[:, idx]
     V = torch.as_tensor(np.ascontiguousarray(vecs), dtype=dtype, device=device)
     V = V / torch.linalg.vector_norm(V, dim=0, keepdim=True)
     AV = torch.stack([A @ V[:, i] for i in range(k)], dim=1)
-    res = torch.linalg.vector_norm(AV - V * torch.as_tensor(vals, dtype=dtype, device=device), dim=0)
+    res = torch.linalg.vector_norm(AV - V * torch.as_tensor(vals, dtype=dtype, device=device), dim=0).double().cpu()
+    values = torch.tensor(vals, dtype=torch.float64)
+    floor = 100 * torch.finfo(dtype).eps
+    conv = arpack_ok and bool(torch.all(res <= max(float(tol), floor) * values.abs()))
     return Eigenpairs(
-        values=torch.tensor(vals, dtype=torch.float64),
+        values=values,
         vectors=V,
-        residuals=res.double().cpu(),
+        residuals=res,
         n_matvecs=count[0] + k,
         method="eigsh",
         which=which,
-        converged=True,
+        converged=conv,
+        tol=float(tol),
     )

@@ -74,14 +74,23 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return value
 
 
-def check_eigen_args(A: Any, k: Any, which: Any, tol: Any) -> tuple[int, torch.dtype, torch.device, str]:
-    """Validate the arguments shared by the top-k eigensolvers; returns ``(n, dtype, device, which)``
-    with ``which`` upper-cased (``"LA"`` or ``"LM"``)."""
+def check_eigen_args(
+    A: Any, k: Any, which: Any, tol: Any, max_iter: Any = None, *, default_max_iter: int = 100
+) -> tuple[int, torch.dtype, torch.device, str, int]:
+    """Validate the arguments shared by every top-k eigensolver.
+
+    Returns ``(n, dtype, device, which, max_iter)`` with ``which`` upper-cased (``"LA"`` or
+    ``"LM"``) and ``max_iter`` -- the most products with ``A`` the call may spend -- defaulted.
+    ``tol`` is the relative residual ``‖A v − λ v‖/|λ|`` every solver stops at.
+    """
     n, dtype, device = operator_info(A)
     check_positive_int(k, "k")
     if k > n:
         raise CurvatureError(f"k={k} is larger than the dimension n={n}")
     which = check_method(which, ("la", "lm"), "which").upper()
-    if not (isinstance(tol, (int, float)) and tol >= 0):
-        raise CurvatureError(f"tol must be a non-negative number, got {tol!r}")
-    return n, dtype, device, which
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol >= 0):
+        raise CurvatureError(f"tol must be a non-negative number (a relative residual), got {tol!r}")
+    max_iter = default_max_iter if max_iter is None else check_positive_int(max_iter, "max_iter")
+    if max_iter < k:
+        raise CurvatureError(f"max_iter={max_iter} is smaller than k={k}: at least one product per eigenpair")
+    return n, dtype, device, which, max_iter

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import CurvatureError
+from .layers import layer_of
 
 __all__ = ["resolve_params", "layer_of"]
 
@@ -97,7 +98,3 @@ def resolve_params(model: nn.Module, params: Any = None) -> tuple[list[str], lis
         tensors.append(p)
     return names, tensors
 
-
-def layer_of(name: str) -> str:
-    """The layer (module) a parameter belongs to: ``"features.0.weight" -> "features.0"``."""
-    return name.rsplit(".", 1)[0] if "." in name else name

@@ -9,17 +9,26 @@ Filter normalisation: draw ``d ~ 𝒩(0, I)`` shaped like each parameter; for a 
 
 The parameters are set to ``θ + k·d`` (computed afresh from a saved copy of θ for every k, so
 no error accumulates) and restored *bit for bit* afterwards, also on error.
+
+Which function a slice shows (quantized models): through an identity straight-through
+estimator, the Hessian the engine reports is that of the *float* network evaluated at the
+quantized weights with the rounding offsets held fixed -- a smooth function of θ. A plain slice
+re-quantizes the weights at every k: it is the deployed model's loss, a piecewise-constant
+function of k whose second differences do not converge to that curvature. Pass
+``context=lambda: frozen_rounding(model, batches)`` (from the quantization code) to freeze the
+offsets at θ for the whole slice: that slice is the function whose Hessian is reported, and
+near k = 0 it follows ½λk² along an eigenvector.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+import contextlib
+from typing import Any, Callable, ContextManager, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from .batches import as_batches, evaluate_loss, iterate, model_mode
+from .batches import as_batches, evaluate_loss, iterate, model_mode, reduce_over_batches
 from .errors import CurvatureError
 from .operators import _generator
 from .params import resolve_params
@@ -62,35 +71,48 @@ def _check_direction(d: Any, n: int, like: torch.Tensor, what: str) -> torch.Ten
 def mean_loss(model: nn.Module, loss_fn: Callable, batches: Iterable[Any], *, eval_mode: bool = True) -> float:
     """Size-weighted mean of ``loss_fn`` over the batches, without gradients."""
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64)
+    count = 0.0
     with torch.no_grad(), model_mode(model, eval_mode):
         for i, batch, size in iterate(batches, device):
             total += size * float(evaluate_loss(loss_fn, model, batch, i, need_grad=False))
             count += size
-    return total / count
+    return float(reduce_over_batches(total, count))
 
 
-def _grid(model, loss_fn, batches, params, directions, coords, eval_mode) -> np.ndarray:
+Context = Callable[[], ContextManager[Any]]
+
+
+def _grid(model, loss_fn, batches, params, directions, coords, eval_mode, context: Context | None) -> torch.Tensor:
     _, tensors = resolve_params(model, params)
     batches = as_batches(batches)
     n = sum(p.numel() for p in tensors)
     dirs = [_check_direction(d, n, tensors[0], f"direction {i + 1}") for i, d in enumerate(directions)]
+    if context is not None and not callable(context):
+        raise CurvatureError(
+            f"context must be a zero-argument callable returning a context manager (e.g. lambda: frozen_rounding(model, "
+            f"batches)), got {type(context).__name__}"
+        )
     saved = [p.detach().clone() for p in tensors]
-    offsets = np.cumsum([0] + [p.numel() for p in tensors])
-    out = np.empty(len(coords))
-    try:
-        for idx, ks in enumerate(coords):
+    offsets = [0]
+    for p in tensors:
+        offsets.append(offsets[-1] + p.numel())
+    out = torch.empty(len(coords), dtype=torch.float64)
+    # entered once while the parameters are at θ, exited after they are restored
+    with context() if context is not None else contextlib.nullcontext():
+        try:
+            for idx, ks in enumerate(coords):
+                with torch.no_grad():
+                    for j, (p, p0) in enumerate(zip(tensors, saved)):
+                        new = p0.clone()
+                        for k, d in zip(ks, dirs):
+                            new.add_(d[offsets[j] : offsets[j + 1]].view_as(p0), alpha=float(k))
+                        p.copy_(new)
+                out[idx] = mean_loss(model, loss_fn, batches, eval_mode=eval_mode)
+        finally:
             with torch.no_grad():
-                for j, (p, p0) in enumerate(zip(tensors, saved)):
-                    new = p0.clone()
-                    for k, d in zip(ks, dirs):
-                        new.add_(d[offsets[j] : offsets[j + 1]].view_as(p0), alpha=float(k))
-                    p.copy_(new)
-            out[idx] = mean_loss(model, loss_fn, batches, eval_mode=eval_mode)
-    finally:
-        with torch.no_grad():
-            for p, p0 in zip(tensors, saved):
-                p.copy_(p0)
+                for p, p0 in zip(tensors, saved):
+                    p.copy_(p0)
     return out
 
 
@@ -103,10 +125,20 @@ def loss_slice(
     params: Any = None,
     *,
     eval_mode: bool = True,
-) -> np.ndarray:
-    """``[L(θ + k·d) for k in ks]`` (mean loss over the batches) as a float64 array."""
+    context: Context | None = None,
+) -> torch.Tensor:
+    """``[L(θ + k·d) for k in ks]`` (mean loss over the batches) as a 1-D float64 tensor.
+
+    ``context``: optional zero-argument callable returning a context manager, entered once while
+    the parameters are still at θ (before any move) and exited after they are restored -- e.g.
+    ``lambda: landscape.quant.frozen_rounding(model, batches)`` to evaluate the slice with the
+    rounding offsets frozen at θ. Through an identity STE the Hessian is that of the float network
+    at the quantized weights with the rounding offsets held fixed; that frozen slice is the
+    function it describes. Without a context, a quantized model re-quantizes at every k (the
+    deployed model's loss: piecewise constant in k). See the module docstring.
+    """
     ks = [float(k) for k in ks]
-    return _grid(model, loss_fn, batches, params, [direction], [(k,) for k in ks], eval_mode)
+    return _grid(model, loss_fn, batches, params, [direction], [(k,) for k in ks], eval_mode, context)
 
 
 def loss_surface(
@@ -120,9 +152,13 @@ def loss_surface(
     params: Any = None,
     *,
     eval_mode: bool = True,
-) -> np.ndarray:
-    """``L(θ + a·d₁ + b·d₂)`` on the grid ``ks1 × ks2``: an array of shape ``(len(ks1), len(ks2))``."""
+    context: Context | None = None,
+) -> torch.Tensor:
+    """``L(θ + a·d₁ + b·d₂)`` on the grid ``ks1 × ks2``: a float64 tensor of shape ``(len(ks1), len(ks2))``.
+
+    ``context`` as in :func:`loss_slice` (entered once at θ, exited after the restore).
+    """
     ks1 = [float(k) for k in ks1]
     ks2 = [float(k) for k in ks2]
-    flat = _grid(model, loss_fn, batches, params, [d1, d2], [(a, b) for a in ks1 for b in ks2], eval_mode)
+    flat = _grid(model, loss_fn, batches, params, [d1, d2], [(a, b) for a in ks1 for b in ks2], eval_mode, context)
     return flat.reshape(len(ks1), len(ks2))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .lanczos import _tridiag_eig, lanczos_tridiagonal
@@ -26,6 +26,15 @@ def slq(A: Any, n_runs: int = 1, n_steps: int = 100, seed: int = 0, *, progress:
     """Nodes and weights of ``n_runs`` SLQ runs of ``n_steps`` Lanczos steps each (capped at n).
 
     A run whose Krylov space is exhausted early (β ≈ 0) stops there: its quadrature is then exact.
+
+    Example (the nodes of a full Krylov space are the eigenvalues)::
+
+        >>> import torch
+        >>> from landscape.curvature import slq
+        >>> A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+        >>> d = slq(A, n_runs=1, n_steps=3)
+        >>> [round(float(x), 6) for x in d.nodes[0]]
+        [1.0, 2.0, 3.0]
     """
     n, dtype, device = operator_info(A)
     check_positive_int(n_runs, "n_runs")
@@ -38,6 +47,6 @@ def slq(A: Any, n_runs: int = 1, n_steps: int = 100, seed: int = 0, *, progress:
         alpha, beta, _ = lanczos_tridiagonal(A, v0, n_steps)
         n_mv += len(alpha)
         theta, S = _tridiag_eig(alpha, beta)
-        nodes.append(np.asarray(theta, dtype=np.float64))
-        weights.append(np.asarray(S[0, :] ** 2, dtype=np.float64))
+        nodes.append(torch.as_tensor(theta, dtype=torch.float64))
+        weights.append(torch.as_tensor(S[0, :] ** 2, dtype=torch.float64))
     return SpectralDensity(nodes=nodes, weights=weights, dim=n, n_matvecs=n_mv)

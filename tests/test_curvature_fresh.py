@@ -1,0 +1,300 @@
+"""Never stale: every product answers for the model as it is now, or refuses clearly.
+
+Each mutation is checked exactly against a freshly built operator (float64), for the Hessian
+and the GGN, including ``.dense()`` and ``eigenpairs`` after the change; non-deterministic
+loaders, zero-sample batches, dropout with ``eval_mode=False`` and a once-differentiable STE
+get one clear error or warning.
+"""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import make_batches, make_model
+from landscape.curvature import GGN, CurvatureError, CurvatureWarning, Hessian
+from landscape.losses import cross_entropy, kl_to_teacher
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def _mul_data(m):
+    m.fc.weight.data.mul_(1.5)
+
+
+def _assign_data(m):
+    m.conv.weight.data = m.conv.weight.data * 0.7 + 0.05
+
+
+def _vector_to_parameters(m):
+    v = torch.nn.utils.parameters_to_vector(m.parameters())
+    torch.nn.utils.vector_to_parameters(v * 1.1, m.parameters())
+
+
+def _load_state_dict(m):
+    m.load_state_dict(make_model(7).state_dict())
+
+
+def _bn_running_stats(m):
+    m.bn.running_mean.data.add_(0.3)  # through .data: no version bump
+
+
+def _optimizer_step(m):
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.01)
+
+
+def _replace_module(m):
+    torch.manual_seed(3)
+    m.fc = nn.Linear(12, 4).double()
+
+
+def _load_assign(m):
+    sd = {k: v.clone() * 1.2 if v.is_floating_point() else v for k, v in m.state_dict().items()}
+    m.load_state_dict(sd, assign=True)
+
+
+MUTATIONS = [_mul_data, _assign_data, _vector_to_parameters, _load_state_dict, _bn_running_stats,
+             _optimizer_step, _replace_module, _load_assign]
+
+
+@pytest.mark.parametrize("op", [Hessian, GGN])
+@pytest.mark.parametrize("mutate", MUTATIONS, ids=lambda f: f.__name__.strip("_"))
+def test_every_mutation_gives_the_fresh_answer(op, mutate):
+    model = make_model(0)
+    batches = make_batches([5, 3])
+    A = op(model, cross_entropy(), batches)
+    v = torch.randn(A.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    before = A @ v
+    mutate(model)
+    fresh = op(model, cross_entropy(), batches) @ v
+    assert rel(fresh, before) > 1e-3  # the mutation matters
+    assert rel(A @ v, fresh) < 1e-12
+    assert A.n_rebuilds == 2
+
+
+def test_dense_and_eigenpairs_after_a_change(model):
+    batches = make_batches([6])
+    H = Hessian(model, cross_entropy(), batches)
+    H.dense()
+    top_before = H.eigenpairs(k=1, method="lanczos", tol=1e-10)
+    model.fc.weight.data.mul_(2.0)
+    fresh = Hessian(model, cross_entropy(), batches)
+    assert rel(H.dense(), fresh.dense()) < 1e-12
+    top = H.eigenpairs(k=1, method="lanczos", tol=1e-10)
+    assert abs(float(top.values[0]) - float(torch.linalg.eigvalsh(fresh.dense())[-1])) < 1e-8
+    assert abs(float(top.values[0]) - float(top_before.values[0])) > 1e-3
+
+
+def test_views_follow_the_change_too(model):
+    batches = make_batches([6])
+    H = Hessian(model, cross_entropy(), batches)
+    fc = H.restrict("fc")
+    v = torch.randn(fc.shape[0], dtype=torch.float64)
+    fc @ v
+    model.fc.weight.data.mul_(1.7)
+    assert rel(fc @ v, Hessian(model, cross_entropy(), batches, params="fc") @ v) < 1e-12
+
+
+def test_teacher_change_is_seen(model, teacher):
+    batches = make_batches([6])
+    loss = kl_to_teacher(teacher, temperature=2.0)
+    H = Hessian(model, loss, batches)
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    H @ v
+    teacher.fc.weight.data.mul_(3.0)
+    assert rel(H @ v, Hessian(model, loss, batches) @ v) < 1e-12
+
+
+def test_same_value_in_place_write_does_not_break_the_cached_graph(model):
+    H = Hessian(model, cross_entropy(), make_batches([6]))
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    Hv = H @ v
+    with torch.no_grad():
+        model.conv.weight.mul_(1.0)  # bumps the version counter, same values
+    assert rel(H @ v, Hv) < 1e-14  # rebuilt instead of autograd's "modified by an inplace operation"
+
+
+def test_counters_and_train_mode_statistics_do_not_cause_rebuilds(model, teacher):
+    model.train()
+    batches = make_batches([5, 2, 3])
+    loss = kl_to_teacher(teacher, temperature=2.0)
+    probe = Hessian(model, loss, batches, eval_mode=False)
+    probe @ torch.zeros(probe.shape[0], dtype=torch.float64)
+    H = Hessian(model, loss, batches, eval_mode=False, memory_budget=int(probe.cached_bytes * 0.6))
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    out = [H @ v for _ in range(4)]
+    assert H.n_cached == 1 and not H.cache_complete  # partial cache: batches 2, 3 rebuilt per product
+    assert H.n_rebuilds == 1  # not 4: num_batches_tracked and running statistics are not "changes"
+    assert all(rel(o, out[0]) < 1e-13 for o in out)
+
+
+def test_model_to_float32_is_followed():
+    model = make_model(0)
+    batches = make_batches([6])
+    H = Hessian(model, cross_entropy(), batches)
+    H @ torch.zeros(H.shape[0], dtype=torch.float64)
+    model.float()
+    assert H.dtype == torch.float32
+    with pytest.raises(CurvatureError, match="dtype torch.float32"):
+        H @ torch.zeros(H.shape[0], dtype=torch.float64)
+    fb = [(x.float(), y) for x, y in batches]
+    H32 = Hessian(model, cross_entropy(), fb)
+    v = torch.randn(H.shape[0])
+    assert rel(Hessian(model, cross_entropy(), fb) @ v, H32 @ v) < 1e-6
+
+
+def test_deleted_parameter_is_a_clear_error(model):
+    H = Hessian(model, cross_entropy(), make_batches([4]))
+    H @ torch.zeros(H.shape[0], dtype=torch.float64)
+    model.fc = nn.Linear(12, 5).double()  # another shape
+    with pytest.raises(CurvatureError, match="'fc.weight' changed shape"):
+        H @ torch.zeros(H.shape[0], dtype=torch.float64)
+
+
+# ------------------------------------------------------------------ batches
+def _loader(shuffle, seed=0, augment=False):
+    b = make_batches([4, 4, 4])
+    x = torch.cat([t[0] for t in b])
+    y = torch.cat([t[1] for t in b])
+
+    class Aug(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            noise = torch.randn(x[i].shape, dtype=x.dtype) * 0.1 if augment else 0.0
+            return x[i] + noise, y[i]
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(Aug(), batch_size=4, shuffle=shuffle, generator=g)
+
+
+@pytest.mark.parametrize("cache", ["partial", False, "rebuild"])
+@pytest.mark.parametrize("kind", ["shuffle", "augment"])
+def test_nondeterministic_loader_is_refused(model, cache, kind):
+    loader = _loader(shuffle=kind == "shuffle", augment=kind == "augment")
+    if cache == "partial":
+        probe = Hessian(model, cross_entropy(), make_batches([4, 4, 4]))
+        probe @ torch.zeros(probe.shape[0], dtype=torch.float64)
+        H = Hessian(model, cross_entropy(), loader, memory_budget=int(probe.cached_bytes * 0.4))
+    else:
+        H = Hessian(model, cross_entropy(), loader, cache_graph=cache if cache is False else True)
+    z = torch.zeros(H.shape[0], dtype=torch.float64)
+    if cache == "rebuild":  # a full cache needs no second pass -- until the model changes
+        H @ z
+        H @ z
+        model.fc.weight.data.mul_(1.1)
+    with pytest.raises(CurvatureError, match="batches changed between two passes.*list\\(loader\\)"):
+        for _ in range(3):  # a partial cache sees the second pass within the first product
+            H @ z
+
+
+def test_deterministic_loader_passes_and_matches_the_list(model):
+    batches = make_batches([4, 4, 4])
+    probe = Hessian(model, cross_entropy(), batches)
+    v = torch.randn(probe.shape[0], dtype=torch.float64)
+    ref = probe @ v
+    H = Hessian(model, cross_entropy(), _loader(shuffle=False), memory_budget=int(probe.cached_bytes * 0.4))
+    for _ in range(3):
+        assert rel(H @ v, ref) < 1e-12
+
+
+def test_zero_sample_batch_is_a_clear_error(model):
+    x, y = make_batches([4])[0]
+    for batches in ([(x[:0], y[:0]), (x, y)], [(x, y), (x[:0], y[:0])]):
+        H = Hessian(model, cross_entropy(), batches)
+        with pytest.raises(CurvatureError, match="batch \\d has zero samples"):
+            H @ torch.zeros(H.shape[0], dtype=torch.float64)
+
+
+# ------------------------------------------------------------------ random or incomputable curvature
+def test_dropout_with_eval_mode_false_is_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3)).double().train()
+    batches = [(torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1]))]
+    with pytest.raises(CurvatureError, match="eval_mode=False with active dropout in \\['1'\\]"):
+        Hessian(model, cross_entropy(), batches, eval_mode=False)
+    with pytest.raises(CurvatureError, match="dropout"):
+        GGN(model, cross_entropy(), batches, eval_mode=False)
+    Hessian(model, cross_entropy(), batches)  # eval mode: fine
+    model[1].eval()
+    Hessian(model, cross_entropy(), batches, eval_mode=False)  # dropout off: fine
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w):
+        return torch.round(w * 4) / 4
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        return g
+
+
+class _DetachSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w):
+        return torch.round(w * 4) / 4
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.detach().clone()
+
+
+class _QNet(nn.Module):
+    def __init__(self, ste):
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1 = nn.Linear(4, 6)
+        self.q = nn.Linear(6, 3)
+        self.ste = ste
+
+    def forward(self, x):
+        return nn.functional.linear(torch.tanh(self.l1(x)), self.ste.apply(self.q.weight), self.q.bias)
+
+
+@pytest.mark.parametrize("ste", [_RoundSTE, _DetachSTE], ids=["once_differentiable", "detaching"])
+@pytest.mark.parametrize("op", [Hessian, GGN])
+def test_incomputable_curvature_warns_naming_the_layer(ste, op):
+    model = _QNet(ste).double()
+    batches = [(torch.randn(7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+                torch.tensor([0, 1, 2, 0, 1, 2, 0]))]
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        A = op(model, cross_entropy(), batches)
+        D = A.dense()
+        A @ torch.ones(A.shape[0], dtype=torch.float64)
+    msgs = [str(w.message) for w in rec if issubclass(w.category, CurvatureWarning)]
+    assert len(msgs) == 1 and "['q']" in msgs[0] and "q.weight" in msgs[0] and "once_differentiable" in msgs[0]
+    names = A.names
+    o = {n: sum(p.numel() for p in A.params[: names.index(n)]) for n in names}
+    qw = slice(o["q.weight"], o["q.weight"] + 18)
+    assert torch.all(D[qw] == 0) and torch.all(D[:, qw] == 0)  # rows and columns, symmetric
+    # the rest is exact: compare with the operator over the other parameters, where q.weight's
+    # forward STE acts as a constant rounding (a twice-differentiable model of the same values)
+    rest = [n for n in names if n != "q.weight"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        R = op(model, cross_entropy(), batches, params=rest).dense()
+    idx = torch.cat([torch.arange(o[n], o[n] + dict(model.named_parameters())[n].numel()) for n in rest])
+    assert rel(D[idx][:, idx], R) < 1e-12
+
+
+@pytest.mark.parametrize("mutate", [_mul_data, _replace_module, _load_assign], ids=lambda f: f.__name__.strip("_"))
+def test_uncached_operator_follows_every_change_without_a_snapshot(mutate):
+    model = make_model(0)
+    batches = make_batches([5, 3])
+    H = Hessian(model, cross_entropy(), batches, cache_graph=False)
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    H @ v
+    mutate(model)
+    assert rel(H @ v, Hessian(model, cross_entropy(), batches) @ v) < 1e-12
+    assert H._core.tracker._values == []  # nothing cached, nothing copied
