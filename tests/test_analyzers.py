@@ -118,7 +118,9 @@ def test_every_table_has_the_documented_columns(analyzed):
         assert len(on_disk) == len(df)
     assert "k" in tables["eigen"] and "x" in tables["density"] and "prev_epoch" in tables["interepoch"]
     assert set(tables["trace"]["loss"]) == {"ce", "kl"}
-    assert (tables["trace"]["n_matvecs"] > 0).all() and tables["trace"]["stderr"].notna().all()
+    tr = tables["trace"][tables["trace"]["metric"] == "trace"]
+    assert (tr["n_matvecs"] > 0).all() and tr["stderr"].notna().all() and tr["converged"].notna().all()
+    assert set(tables["trace"]["metric"]) == {"trace", "loss_value"}
     assert set(tables["training"]["metric"]) >= {"test_acc"}
     # seeds and runs come from the run folders
     assert set(tables["cosine"]["run"]) == {"kd", "gdfq", "ait"} and set(tables["cosine"]["seed"]) == {0}
@@ -242,7 +244,7 @@ def test_changed_settings_miss_the_cache(analyzed, tiny_runs):
     _, out = analyzed
     s = {**SETTINGS, "trace": {"max_matvecs": 4, "rtol": None}}
     df = analyze_runs([tiny_runs["kd"]], analyses=["trace"], settings=s, out_dir=out, device="cpu")["trace"]
-    assert (df["n_matvecs"] == 4).all()
+    assert (df[df["metric"] == "trace"]["n_matvecs"] == 4).all()
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -279,9 +281,13 @@ def test_corrupt_and_missing_epochs_are_skipped_with_a_warning(tiny_runs, tmp_pa
         df = analyze_runs([run], analyses=["cosine"], out_dir=tmp_path / "t", device="cpu")["cosine"]
     assert set(df["epoch"]) == {1}
     (run / "epoch_0002.pt").unlink()
-    (run / "epoch_0001.pt").rename(run / "epoch_0003.pt")  # epochs 1 and 2 now missing
-    with pytest.warns(AnalysisWarning, match=r"no checkpoint for epoch\(s\) 1, 2"):
-        analyze_runs([run], analyses=["cosine"], out_dir=tmp_path / "t", device="cpu")
+    shutil.copyfile(tiny_runs["kd"] / "epoch_0002.pt", run / "epoch_0003.pt")
+    (run / "epoch_0001.pt").unlink()  # epochs 1 and 2 now missing; "epoch 3" is epoch 2 renamed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(AnalysisError, match="file name says epoch 3"):
+            analyze_runs([run], analyses=["cosine"], out_dir=tmp_path / "t", device="cpu")
+    assert any(re.search(r"no checkpoint for epoch\(s\) 1, 2", str(w.message)) for w in caught)
 
 
 def test_nothing_left_stops_with_a_clear_message(tiny_runs, tmp_path):

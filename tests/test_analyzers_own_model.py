@@ -80,16 +80,29 @@ def test_trace_eigen_density_match_the_exact_hessian():
     scale = eg.query("metric == 'slice_scale'")["value"].item()
     assert scale == pytest.approx(abs(float(g @ evecs[:, -1])), rel=1e-6, abs=1e-10)
     sl = eg.query("metric == 'slice_loss'").sort_values("k")
+    assert set(sl["slice"]) == {"requantized", "requantized_unit"}  # no quantizer of ours: nothing to freeze
     with torch.no_grad():
         direct = float(sum(len(b[0]) * _ce(model, b) for b in batches) / 32)
-    assert sl.loc[sl["k"] == 0, "value"].item() == pytest.approx(direct, rel=1e-10)
+    assert sl.loc[sl["k"] == 0, "value"].to_numpy() == pytest.approx([direct, direct], rel=1e-10)
+    # the unit slice at k is the loss at θ + k·e, evaluated here directly at k = 0.5
+    e = evecs[:, -1] * torch.sign(evecs[:, -1] @ torch.ones_like(evecs[:, -1]))
+    unit = sl[(sl["slice"] == "requantized_unit") & (sl["k"] == 0.5)]["value"].item()
+    with torch.no_grad():
+        here = torch.nn.utils.parameters_to_vector(model.parameters())
+        vals = []
+        for sign in (1.0, -1.0):  # e is defined up to its sign
+            torch.nn.utils.vector_to_parameters(here + 0.5 * sign * e.to(here), model.parameters())
+            vals.append(float(sum(len(b[0]) * _ce(model, b) for b in batches) / 32))
+        torch.nn.utils.vector_to_parameters(here, model.parameters())
+    assert min(abs(unit - v) for v in vals) <= 1e-8 * max(1.0, abs(unit))
 
     ritz = t["density"].query("metric == 'ritz'")
     assert ritz["x"].min() >= float(evals[0]) - 1e-8 and ritz["x"].max() <= float(evals[-1]) + 1e-8
     # the table holds the engine's quadrature faithfully: its first moment is the engine's
     from landscape.curvature import Hessian
 
-    sd = Hessian(model, losses.cross_entropy(), batches).density(n_runs=4, n_steps=20, seed=0)
+    seed = int(ritz["probe_seed"].iloc[0])  # the probes of this point, recorded in the table
+    sd = Hessian(model, losses.cross_entropy(), batches).density(n_runs=4, n_steps=20, seed=seed)
     mean = float((ritz["x"] * ritz["value"]).sum())
     assert mean == pytest.approx(sd.moments(1), rel=1e-6)
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from landscape.curvature.params import layer_of
 from landscape.errors import LandscapeError
 
 
@@ -89,7 +87,7 @@ def probe_seed(point: Point, analysis: str, salt: int = 0) -> int:
     """
     ident = point.identity or weights_hash(point.model)
     digest = hashlib.sha256(f"{ident}:{analysis}:{int(salt)}".encode()).hexdigest()
-    return int(digest[:15], 16)
+    return int(digest[:13], 16)  # 52 bits: exact in a float64 table column beside NaNs
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -102,44 +100,16 @@ def weights_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def layer_slices(model: nn.Module, names: Sequence[str]) -> list[tuple[str, slice]]:
-    """Where each layer's parameters sit in the flat vector over ``names`` (in order)."""
-    params = dict(model.named_parameters())
-    out: list[tuple[str, slice]] = []
-    start = 0
-    for name in names:
-        n = params[name].numel()
-        layer = layer_of(name)
-        if out and out[-1][0] == layer and out[-1][1].stop == start:
-            out[-1] = (layer, slice(out[-1][1].start, start + n))
-        else:
-            out.append((layer, slice(start, start + n)))
-        start += n
-    return out
+def make_operator(point: Point, loss_name: str, curvature: str = "hessian"):
+    """The curvature engine's operator (``"hessian"``, ``"ggn"``, ...) of one of the point's losses
+    over the point's parameters, built once per (curvature, loss) and shared by the analyses of
+    this point; per-layer blocks are its views (``.layers()``), which share its graph."""
+    from landscape.curvature import curvature_operator
 
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """cos(a, b) in float64; NaN when either vector is zero (the angle is undefined)."""
-    a = a.detach().double().flatten()
-    b = b.detach().double().flatten()
-    na, nb = a.norm(), b.norm()
-    if na == 0 or nb == 0:
-        return math.nan
-    return float(a @ b / (na * nb))
-
-
-def make_operator(point: Point, loss_name: str, params: Sequence[str] | None = None, curvature: str = "hessian"):
-    """The curvature engine's operator (``"hessian"`` or ``"ggn"``) of one of the point's losses,
-    built once per (curvature, loss, params) and shared by the analyses of this point."""
-    from landscape import curvature as engine
-
-    names = list(params) if params is not None else point.param_names()
-    key = (curvature, loss_name, tuple(names))
+    key = (curvature, loss_name)
     if key not in point.operators:
-        cls = {"hessian": engine.Hessian, "ggn": getattr(engine, "GGN", None)}.get(curvature)
-        if cls is None:
-            raise AnalysisError(f"curvature = {curvature!r}: not available (choose 'hessian' or 'ggn')")
-        point.operators[key] = cls(point.model, point.loss(loss_name), point.batches, params=names)
+        point.operators[key] = curvature_operator(curvature, point.model, point.loss(loss_name), point.batches,
+                                                  params=point.param_names())
     return point.operators[key]
 
 

@@ -13,27 +13,16 @@ A layer whose gradient is zero for one loss has an undefined angle: value NaN.
 
 from __future__ import annotations
 
-from itertools import combinations
-
-from landscape.analyzers._common import Point, cosine, flat_gradient, layer_slices
+from landscape.analyzers._common import Point, flat_gradient
 from landscape.analyzers.tidy import row
+from landscape.curvature import cosine_rows, layer_slices
 
 NAME = "cosine"
-VERSION = 1
+VERSION = 2
 
 
 def analyze(point: Point, cfg: dict) -> list[dict]:
     names = point.param_names()
-    losses = point.available(cfg["losses"])
-    grads = {l: flat_gradient(point, l, names) for l in losses}
-    layers = layer_slices(point.model, names) if cfg[NAME]["per_layer"] else []
-    rows = []
-    for l in losses:
-        rows.append(row(point.meta, loss=l, metric="grad_norm", value=float(grads[l].double().norm())))
-    for a, b in combinations(losses, 2):
-        pair = f"{a}|{b}"
-        rows.append(row(point.meta, loss=pair, metric="cosine", value=cosine(grads[a], grads[b])))
-        for layer, sl in layers:
-            rows.append(row(point.meta, loss=pair, layer=layer, metric="cosine",
-                            value=cosine(grads[a][sl], grads[b][sl])))
-    return rows
+    grads = {l: flat_gradient(point, l, names) for l in point.available(cfg["losses"])}
+    layers = layer_slices(point.model, names) if cfg[NAME]["per_layer"] else None
+    return [row(point.meta, **r) for r in cosine_rows(grads, layers)]

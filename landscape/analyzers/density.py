@@ -50,7 +50,7 @@ def analyze(point: Point, cfg: dict) -> list[dict]:
     rows = []
     for curvature in s["curvature"]:
         for loss in point.available(cfg["losses"]):
-            op = make_operator(point, loss, None, curvature)
+            op = make_operator(point, loss, curvature)
             dens = op.density(n_runs=s["n_runs"], n_steps=s["n_steps"], seed=seed)
             n = int(dens.n_matvecs)
             common = dict(loss=loss, n_matvecs=n, probe_seed=seed, curvature=curvature)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from landscape.analyzers._common import AnalysisError, Point, cosine, flat_gradient, layer_slices
+from landscape.analyzers._common import AnalysisError, Point, flat_gradient
+from landscape.curvature import cosine, layer_slices
 from landscape.analyzers.tidy import row
 
 NAME = "interepoch"

@@ -38,7 +38,7 @@ SLICE_SCALES = ("grad_along_e", "grad_norm", "unit")
 #: STE reports), and a re-quantized slice with a unit step k·e (the same step for every loss,
 #: for the scale-free comparison).
 SLICE_KINDS = ("requantized", "frozen", "requantized_unit")
-CURVATURES = ("hessian", "ggn")
+CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher")
 
 #: Keys that choose *where* an analysis runs, not *what* it computes: not part of cache keys.
 PLACEMENT_KEYS = ("runs", "epochs")
@@ -55,8 +55,8 @@ SCHEMA: dict[str, Any] = {
     "trace": {**_placement(), "method": Choice("hutchinson", ("hutchinson", "hutch++")),
               "max_matvecs": Int(20, lo=3), "rtol": Float(0.05, lo=0.0, lo_open=True, optional=True),
               "seed": Int(0, lo=0), "per_layer": Bool(False), "curvature": Choice("hessian", CURVATURES)},
-    "eigen": {**_placement(4), "method": Choice("power", ("power", "lanczos")),
-              "tol": Float(1e-3, lo=0.0, lo_open=True), "max_iter": Int(20, lo=1), "seed": Int(0, lo=0),
+    "eigen": {**_placement(4), "method": Choice("lanczos", ("lanczos", "power")),
+              "tol": Float(1e-3, lo=0.0, lo_open=True), "max_iter": Int(30, lo=1), "seed": Int(0, lo=0),
               "n_points": Int(21, lo=3), "k_max": Float(0.5, lo=0.0, lo_open=True),
               "scale": Choice("grad_along_e", SLICE_SCALES),
               "slices": StrList(list(SLICE_KINDS), choices=SLICE_KINDS),
@@ -84,9 +84,6 @@ def resolve_settings(settings: Mapping | None = None, where: str = "[analysis]")
             out[name] = check_section(given.get(name, {}), SCHEMA[name], f"{where[:-1]}.{name}]")
     except RecipeError as exc:
         raise AnalysisError(str(exc)) from None
-    if out["interepoch"]["loss"] not in out["losses"] and out["interepoch"]["fixed_batches"]:
-        raise AnalysisError(f"[analysis.interepoch] loss = {out['interepoch']['loss']!r} is not among "
-                            f"[analysis] losses = {out['losses']}")
     return out
 
 

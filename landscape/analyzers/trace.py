@@ -18,16 +18,14 @@ from __future__ import annotations
 
 from landscape.analyzers._common import Point, make_operator, probe_seed
 from landscape.analyzers.tidy import row
-from landscape.curvature.params import layer_of
 
 NAME = "trace"
-VERSION = 2
+VERSION = 3
 
 
-def _estimate(point: Point, loss: str, params, cfg: dict, seed: int) -> dict:
+def _estimate(op, cfg: dict, seed: int) -> dict:
     s = cfg[NAME]
-    H = make_operator(point, loss, params, s["curvature"])
-    est = H.trace(method=s["method"], max_matvecs=s["max_matvecs"], rtol=s["rtol"], seed=seed)
+    est = op.trace(method=s["method"], max_matvecs=s["max_matvecs"], rtol=s["rtol"], seed=seed)
     return {"value": float(est.value), "stderr": float(est.stderr), "n_matvecs": int(est.n_matvecs),
             "converged": bool(est.converged), "probe_seed": seed, "curvature": s["curvature"]}
 
@@ -35,18 +33,14 @@ def _estimate(point: Point, loss: str, params, cfg: dict, seed: int) -> dict:
 def analyze(point: Point, cfg: dict) -> list[dict]:
     from landscape.curvature import mean_loss
 
-    names = point.param_names()
     seed = probe_seed(point, NAME, cfg[NAME]["seed"])
     rows = []
     for loss in point.available(cfg["losses"]):
-        fn = point.loss(loss)
-        rows.append(row(point.meta, loss=loss, metric="trace", **_estimate(point, loss, names, cfg, seed)))
-        rows.append(row(point.meta, loss=loss, metric="loss_value", value=mean_loss(point.model, fn, point.batches)))
+        op = make_operator(point, loss, cfg[NAME]["curvature"])
+        rows.append(row(point.meta, loss=loss, metric="trace", **_estimate(op, cfg, seed)))
+        rows.append(row(point.meta, loss=loss, metric="loss_value",
+                        value=float(mean_loss(point.model, point.loss(loss), point.batches))))
         if cfg[NAME]["per_layer"]:
-            layers: dict[str, list[str]] = {}
-            for name in names:
-                layers.setdefault(layer_of(name), []).append(name)
-            for layer, params in layers.items():
-                rows.append(row(point.meta, loss=loss, layer=layer, metric="trace",
-                                **_estimate(point, loss, params, cfg, seed)))
+            for layer, block in op.layers().items():  # views: one graph for every layer
+                rows.append(row(point.meta, loss=loss, layer=layer, metric="trace", **_estimate(block, cfg, seed)))
     return rows

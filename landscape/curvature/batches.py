@@ -20,7 +20,6 @@ mean over all samples is ``Σ_b n_b L_b / Σ_b n_b``.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
