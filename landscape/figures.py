@@ -293,24 +293,51 @@ def _symlog_x(ax, span: float, lo: float, hi: float) -> None:
     ax.set_xlim(lo - 0.02 * span, hi + 0.02 * span)
 
 
-def _density_panel(ax, dens: pd.DataFrame, ritz: pd.DataFrame, series: list, span: float) -> None:
-    """Smoothed densities (mean over seeds) and their Ritz values as stems along the bottom."""
-    lo, hi = float(dens["x"].min()), float(dens["x"].max())
+#: Kernel width of the drawn densities, in units of asinh(x/c) (c: the symlog axis's linear range).
+DENSITY_BANDWIDTH = 0.15
+
+
+def _symlog_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, c: float) -> np.ndarray:
+    r"""The Ritz values' spectral density smoothed on the scale of a symmetric-log axis.
+
+    With u = asinh(x/c), a Gaussian kernel of width h in u gives
+    φ(x) = Σ_i w_i 𝒩(u(x); u(θ_i), h²) · du/dx,   du/dx = 1 / √(x² + c²),
+    a density in x (it integrates to Σ w_i) that resolves the bulk near 0, the negative part and
+    the far tail alike — a width fixed in x (1 % of the range) blurs everything below it.
+    """
+    u, ui = np.arcsinh(grid / c), np.arcsinh(nodes / c)
+    h = DENSITY_BANDWIDTH
+    k = np.exp(-0.5 * ((u[:, None] - ui[None, :]) / h) ** 2) / (h * np.sqrt(2 * np.pi))
+    return (k * weights[None, :]).sum(axis=1) / np.sqrt(grid ** 2 + c ** 2)
+
+
+def _density_panel(ax, ritz: pd.DataFrame, series: list, span: float, drawn: list) -> None:
+    """Each series' density from its Ritz values (all seeds pooled, each seed weighing 1/n) and the
+    Ritz values themselves as stems along the bottom (height ∝ quadrature weight, log scale)."""
+    c = max(span * 1e-2, 1e-12)
+    lo, hi = float(ritz["x"].min()), float(ritz["x"].max())
+    pad = 0.05 * (hi - lo + c)
+    u = np.linspace(np.arcsinh((lo - pad) / c), np.arcsinh((hi + pad) / c), 600)
+    grid = c * np.sinh(u)
     ymax = 0.0
     for key, color, dashes, label in series:
-        d = dens[key(dens)]
-        m = d.groupby("x")["value"].mean()
-        ax.plot(m.index, m.values, color=color, dashes=dashes or (None, None), linewidth=1.6, label=label)
-        ymax = max(ymax, float(m.max()) if len(m) else 0.0)
+        r = ritz[key(ritz)]
+        if r.empty:
+            continue
+        n_seeds = max(r["seed"].fillna(-1).nunique(), 1)
+        y = _symlog_density(r["x"].to_numpy(float), r["value"].to_numpy(float) / n_seeds, grid, c)
+        ax.plot(grid, y, color=color, dashes=dashes or (None, None), linewidth=1.6, label=label)
+        drawn.append(pd.DataFrame({"series": label, "x": grid, "density": y}))
+        ymax = max(ymax, float(y.max()))
     ax.set_yscale("log")
     floor = ymax * 1e-6 if ymax > 0 else 1e-12
     ax.set_ylim(floor, ymax * 3 if ymax > 0 else 1)
     for i, (key, color, _, _) in enumerate(series):
         r = ritz[key(ritz)]
-        if len(r):  # stems: one per Ritz value, height ∝ its quadrature weight (log scale)
+        if len(r):
             h = floor * (ymax / floor) ** (0.08 + 0.1 * i + 0.25 * (r["value"] / r["value"].max()))
-            ax.vlines(r["x"], floor, h, color=color, linewidth=0.6, alpha=0.7)
-    _symlog_x(ax, span, lo, hi)
+            ax.vlines(r["x"], floor, h, color=color, linewidth=0.5, alpha=0.45)
+    _symlog_x(ax, span, lo - pad, hi + pad)
     ax.set_xlabel("eigenvalue")
     ax.grid(True, alpha=0.3)
 
@@ -327,34 +354,38 @@ def fig_density(tables: dict, roles: dict, styler: _Runs):
     df = df[df["run"].isin(runs)]
     last = df.groupby("run")["epoch"].transform("max")
     df = df[df["epoch"] == last]
-    dens, ritz = df[df["metric"] == "density"], df[df["metric"] == "ritz"]
-    if dens.empty:
+    ritz = df[df["metric"] == "ritz"]
+    if ritz.empty:
         return None
-    ggn_run = roles["zq"] if ((dens["curvature"] == "ggn") & (dens["run"] == roles["zq"])).any() else None
+    ggn_run = roles["zq"] if ((ritz["curvature"] == "ggn") & (ritz["run"] == roles["zq"])).any() else None
     panels = [(run, "hessian") for run in runs] + ([(ggn_run, "ggn")] if ggn_run else [])
-    span = float(np.nanmax(np.abs(dens["x"])))
+    span = float(np.nanmax(np.abs(ritz["x"])))
+    drawn: list[pd.DataFrame] = []
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
     for ax, (run, mode) in zip(axes[0], panels):
-        dr, rr = dens[dens["run"] == run], ritz[ritz["run"] == run]
+        rr = ritz[ritz["run"] == run]
         if mode == "hessian":
             series = [((lambda t, l=loss: (t["loss"] == l) & (t["curvature"] == "hessian")), LOSS_COLORS.get(loss, "#CC79A7"),
-                       LOSS_DASHES.get(loss), LOSS_LABELS.get(loss, loss)) for loss in sorted(dr["loss"].unique(), key=lambda l: (l != "ce", l))]
-            title = f"{styler.label(run)}, epoch {int(dr['epoch'].max())}"
+                       LOSS_DASHES.get(loss), LOSS_LABELS.get(loss, loss)) for loss in sorted(rr["loss"].unique(), key=lambda l: (l != "ce", l))]
+            title = f"{styler.label(run)}, epoch {int(rr['epoch'].max())}"
         else:
             series = []
-            for loss in sorted(dr["loss"].unique(), key=lambda l: (l != "ce", l)):
+            for loss in sorted(rr["loss"].unique(), key=lambda l: (l != "ce", l)):
                 for curv, dashes in (("hessian", ""), ("ggn", (2, 1.5))):
                     series.append(((lambda t, l=loss, c=curv: (t["loss"] == l) & (t["curvature"] == c)),
                                    LOSS_COLORS.get(loss, "#CC79A7"), dashes,
                                    f"{LOSS_LABELS.get(loss, loss)} {'Hessian' if curv == 'hessian' else 'GGN'}"))
             title = f"{styler.label(run)}: Hessian vs Gauss-Newton"
-        _density_panel(ax, dr, rr, series, span)
+        before = len(drawn)
+        _density_panel(ax, rr, series, span, drawn)
+        for d in drawn[before:]:
+            d.insert(0, "panel", title)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("density (SLQ, smoothed; stems: Ritz values)")
+    axes[0][0].set_ylabel("spectral density (SLQ; stems: Ritz values)")
     fig.suptitle("Curvature spectrum: a long tail of large eigenvalues = sharp", fontsize=10)
     fig.tight_layout()
-    return fig, df
+    return fig, pd.concat(drawn, ignore_index=True)
 
 
 def fig_interepoch(tables: dict, roles: dict, styler: _Runs):

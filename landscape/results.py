@@ -117,23 +117,28 @@ def replace_blocks(text: str, blocks: Mapping[str, str]) -> str:
     return _BLOCK_RE.sub(sub, text)
 
 
-def publish_results(results: str | Path, readme: str | Path, copy_to: str | Path | None = "docs/results.md") -> None:
-    """Copy the results file's blocks into ``readme``'s markers, and into ``copy_to`` (created
-    from the results file when absent; a block it holds that this run did not write is kept)."""
+def publish_results(results: str | Path, readme: str | Path, copy_to: str | Path | None = None) -> None:
+    """Copy the results file's blocks into ``readme``'s markers and into the markers of every
+    ``docs/*.md`` beside it, and into ``copy_to`` (created from the results file when absent;
+    a block it holds that this run did not write is kept; default ``docs/results.md`` beside
+    the README)."""
     blocks = read_blocks(Path(results).read_text(encoding="utf-8"))
     readme = Path(readme)
+    copy_to = Path(copy_to) if copy_to else readme.parent / "docs" / "results.md"
+    docs = [p for p in sorted((readme.parent / "docs").glob("*.md"))
+            if "<!-- results:" in p.read_text(encoding="utf-8") and p.resolve() != copy_to.resolve()]
     missing = [b for b in blocks if f"<!-- results:{b} -->" not in readme.read_text(encoding="utf-8")]
     if missing:
         raise ValueError(f"{readme} has no marker for the results block(s) {missing}; add "
                          f"'<!-- results:NAME -->' / '<!-- /results:NAME -->' lines where they belong")
-    for target in [readme] + ([Path(copy_to)] if copy_to else []):
+    for target in [readme, *docs, copy_to]:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(results, target)
             continue
         old = target.read_text(encoding="utf-8")
         new = replace_blocks(old, blocks)
-        if target != readme:
+        if target == copy_to:
             for name in blocks:
                 if f"<!-- results:{name} -->" not in new:
                     new += f"\n## {name}\n\n<!-- results:{name} -->\n{blocks[name]}<!-- /results:{name} -->\n"

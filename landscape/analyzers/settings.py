@@ -53,7 +53,7 @@ SCHEMA: dict[str, Any] = {
     "losses": StrList(["ce", "kl"], nonempty=True),
     "cosine": {**_placement(), "per_layer": Bool(True)},
     "trace": {**_placement(), "method": Choice("hutchinson", ("hutchinson", "hutch++")),
-              "max_matvecs": Int(20, lo=3), "rtol": Float(0.05, lo=0.0, lo_open=True, optional=True),
+              "max_matvecs": Int(30, lo=3), "rtol": Float(0.15, lo=0.0, lo_open=True, optional=True),
               "seed": Int(0, lo=0), "per_layer": Bool(False), "curvature": Choice("hessian", CURVATURES)},
     "eigen": {**_placement(4), "method": Choice("lanczos", ("lanczos", "power")),
               "tol": Float(1e-3, lo=0.0, lo_open=True), "max_iter": Int(30, lo=1), "seed": Int(0, lo=0),
