@@ -45,3 +45,64 @@ def test_every_subcommand_parses():
     assert parser.parse_args(["analyze", "a", "b", "--analyses", "trace"]).run_dirs == ["a", "b"]
     assert parser.parse_args(["plot"]).tables == "figures/tables"
     assert parser.parse_args(["figures"]).recipe == "analyses/default.toml"
+
+
+def test_debug_is_accepted_anywhere_on_the_line():
+    with pytest.raises(Exception, match="no-such-recipe"):
+        main(["train", "no-such-recipe.toml", "--debug"])
+
+
+def test_version_and_python_dash_m(capsys):
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"landscape {version('landscape')}"
+    proc = subprocess.run([sys.executable, "-m", "landscape", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("landscape ")
+
+
+def test_a_misspelt_command_gets_the_closest_one(capsys):
+    assert main(["analyse", "x"]) == 2
+    line = _one_error_line(capsys)
+    assert "unknown command 'analyse'" in line and "did you mean 'analyze'" in line
+
+
+def test_every_option_says_its_default_or_has_none(capsys):
+    parser = build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest not in ("help", "debug"):
+                assert action.help, (name, action.dest)
+                text = sub.formatter_class(name)._get_help_string(action)
+                assert "default" in text or action.default in (None, False), (name, action.dest, text)
+
+
+def test_report_prints_best_and_final(tmp_path, capsys):
+    from landscape.zsq.tables import METRICS_COLUMNS, append_rows
+
+    run = tmp_path / "kd-seed0"
+    run.mkdir()
+    rows = [{c: 0.0 for c in METRICS_COLUMNS} | {"epoch": e, "phase": "train", "test_acc": a, "best_acc": b,
+                                                  "teacher_acc": 97.0} for e, a, b in ((1, 90.0, 90.0), (2, 88.0, 90.0))]
+    append_rows(run / "metrics.csv", rows, METRICS_COLUMNS)
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "90.00" in out and "88.00" in out
+
+
+def test_analyze_takes_a_settings_file(tmp_path, capsys):
+    bad = tmp_path / "s.toml"
+    bad.write_text("[analysis.trace]\nmax_matvec = 3\n")
+    (tmp_path / "run").mkdir()
+    assert main(["analyze", str(tmp_path / "run"), "--settings", str(bad)]) == 2
+    assert "did you mean 'max_matvecs'" in _one_error_line(capsys)
+    assert main(["analyze", str(tmp_path / "run"), "--settings", str(tmp_path / "none.toml")]) == 2
+    assert "none.toml" in _one_error_line(capsys)
+
+
+def test_figures_takes_the_checkpoint_folder_seeds_and_jobs():
+    args = build_parser().parse_args(["figures", "r.toml", "--checkpoints", "ck", "--seeds", "0", "1", "--jobs", "1"])
+    assert (args.checkpoints, args.seeds, args.jobs) == ("ck", [0, 1], 1)
