@@ -18,6 +18,7 @@ from landscape.analyzers.tidy import row
 from landscape.curvature import cosine_rows, layer_slices
 
 NAME = "cosine"
+PAIRWISE = False
 VERSION = 2
 
 

@@ -22,6 +22,7 @@ from landscape.analyzers._common import Point, make_operator, probe_seed
 from landscape.analyzers.tidy import row
 
 NAME = "density"
+PAIRWISE = False
 VERSION = 3
 
 

@@ -36,6 +36,7 @@ from landscape.analyzers._common import Point, flat_gradient, make_operator, pro
 from landscape.analyzers.tidy import row
 
 NAME = "eigen"
+PAIRWISE = False
 VERSION = 2
 
 

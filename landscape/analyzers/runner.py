@@ -227,7 +227,7 @@ class _Job:
             mod = MODULES[n]
             sel = select_epochs(cfg[n]["epochs"], avail, f"[analysis.{n}] epochs")
             csett = cache_settings(cfg, n)
-            pairwise = getattr(mod, "PAIRWISE", False)
+            pairwise = mod.PAIRWISE
             for e in sel:
                 prev = None
                 if pairwise:

@@ -20,6 +20,7 @@ from landscape.analyzers._common import Point, make_operator, probe_seed
 from landscape.analyzers.tidy import row
 
 NAME = "trace"
+PAIRWISE = False
 VERSION = 3
 
 
