@@ -71,7 +71,7 @@ class Context:
         return self.world_size > 1
 
 
-_STATE: dict[str, Any] = {"context": Context(), "control": None, "owned": False}
+_STATE: dict[str, Any] = {"context": Context(), "control": None, "owned": False, "in_main": False}
 
 
 def launched() -> bool:
@@ -186,7 +186,7 @@ def shutdown() -> None:
     dist = torch.distributed
     if _STATE["owned"] and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    _STATE.update(context=Context(), control=None, owned=False)
+    _STATE.update(context=Context(), control=None, owned=False, in_main=False)
 
 
 # ----------------------------------------------------------------------------- coordination
@@ -243,18 +243,23 @@ def on_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
     If it raises, every rank raises the same exception (marked :func:`agreed`), so that a bad
     input found by rank 0 (a locked run folder, a recipe clash) ends every rank with one message.
+    Inside ``fn`` (rank 0 alone) a nested ``on_main`` simply calls its function.
     """
     ctx = current()
-    if not ctx.distributed:
+    if not ctx.distributed or _STATE.get("in_main"):
         return fn(*args, **kwargs)
     payload: Any = None
     if ctx.is_main:
+        _STATE["in_main"] = True
         try:
             payload = ("ok", fn(*args, **kwargs))
         except Exception as exc:  # noqa: BLE001 - handed to every rank, then raised here too
             payload = ("error", _pickled(exc))
+            _STATE["in_main"] = False
             broadcast_object(payload)
             raise _mark(exc)
+        finally:
+            _STATE["in_main"] = False
     payload = broadcast_object(payload)
     if payload[0] == "ok":
         return payload[1]
@@ -306,9 +311,15 @@ def launch(argv: Sequence[str], nproc: int) -> int:
         env.setdefault("OMP_NUM_THREADS", "1")  # each process sets its own torch threads
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "landscape", *argv]
+        proc = subprocess.Popen(cmd, env=env)
         try:
-            rc = subprocess.call(cmd, env=env)
-        except KeyboardInterrupt:
+            rc = proc.wait()
+        except KeyboardInterrupt:  # torchrun got the same Ctrl-C and stops its workers: let it
+            try:
+                proc.wait(timeout=60)
+            except (KeyboardInterrupt, subprocess.TimeoutExpired):
+                proc.terminate()
+                proc.wait()
             return 130
         found = {}
         for path in Path(codes).glob("rank*"):
