@@ -25,6 +25,7 @@ run folder; 130 interrupted (completed epochs are saved; a rerun resumes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import os
 import sys
@@ -127,10 +128,13 @@ def _figures(args: argparse.Namespace) -> None:
     from landscape.distributed import world_size
     from landscape.pipeline import run_figures
 
+    from landscape.distributed import is_main
+
     jobs = 1 if world_size() > 1 else args.jobs  # with --nproc the ranks share each job instead
-    tables = run_figures(recipe=args.recipe, data_root=args.data_root, device=args.device, force=args.force,
-                         out=args.out, seeds=args.seeds, jobs=jobs, checkpoints=args.checkpoints,
-                         publish=args.publish)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(sys.stdout if is_main() else quiet):
+        tables = run_figures(recipe=args.recipe, data_root=args.data_root, device=args.device, force=args.force,
+                             out=args.out, seeds=args.seeds, jobs=jobs, checkpoints=args.checkpoints,
+                             publish=args.publish)
     _problems(tables, args.keep_going)
 
 

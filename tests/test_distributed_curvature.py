@@ -72,6 +72,13 @@ def _numbers(rank, world, out):
     res["empty"] = Hessian(model, cross_entropy(), mine if rank == 0 else []) @ _probe(N_PARAMS)[:, 0]
     # every rank holding all the data: the same matrix (a shard-average of identical shards)
     res["full_everywhere"] = Hessian(model, cross_entropy(), every) @ _probe(N_PARAMS)[:, 0]
+    # freshness per rank: a change of the weights after a product rebuilds each rank's graphs
+    H = Hessian(model, cross_entropy(), mine)
+    H @ _probe(N_PARAMS)[:, 0]
+    with torch.no_grad():
+        model.fc.weight.mul_(1.5)
+    res["changed"] = H @ _probe(N_PARAMS)[:, 0]
+    res["rebuilds"] = torch.tensor(H.n_rebuilds)
     torch.save(res, out / f"rank{rank}.pt")
 
 
@@ -124,6 +131,16 @@ def test_uneven_and_empty_shards_are_weighted_by_samples(ranks):
     torch.testing.assert_close(ranks[0]["full_everywhere"], full, rtol=1e-10, atol=1e-12)
 
 
+def test_freshness_holds_on_every_rank(ranks):
+    model = make_model(0)
+    with torch.no_grad():
+        model.fc.weight.mul_(1.5)
+    ref = Hessian(model, cross_entropy(), make_batches(SIZES)) @ _probe(N_PARAMS)[:, 0]
+    for r in (0, 1):
+        assert int(ranks[r]["rebuilds"]) == 2
+        torch.testing.assert_close(ranks[r]["changed"], ref, rtol=1e-10, atol=1e-12)
+
+
 def test_process_group_false_keeps_each_rank_to_its_own_batches(ranks):
     model = make_model(0)
     every = make_batches(SIZES)
@@ -165,7 +182,20 @@ def _failures(rank, world, out):
         H @ _probe(N_PARAMS)[:, 0]
     except CurvatureError as exc:
         msgs["product"] = f"{type(exc).__name__}: {exc}"
-    # 2. a rank fails outside any reduction and never comes: the others hear of it by the timeout
+    # 2. a loader that reshuffles on one rank: its determinism check fails there, every rank stops
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = torch.cat([b[0] for b in mine])
+    y = torch.cat([b[1] for b in mine])
+    loader = DataLoader(TensorDataset(x, y), batch_size=3, shuffle=rank == 1,
+                        generator=torch.Generator().manual_seed(0))
+    H = Hessian(model, cross_entropy(), loader, cache_graph=False)
+    H @ _probe(N_PARAMS)[:, 0]
+    try:
+        H @ _probe(N_PARAMS)[:, 0]
+    except CurvatureError as exc:
+        msgs["shuffled"] = f"{type(exc).__name__}: {exc}"
+    # 3. a rank fails outside any reduction and never comes: the others hear of it by the timeout
     t0 = time.monotonic()
     if rank == 1:
         time.sleep(6.0)  # alive but elsewhere (e.g. stuck in its own error handling)
@@ -184,6 +214,9 @@ def test_a_failing_rank_stops_every_rank_with_a_clear_error(tmp_path):
     assert r1["product"].startswith("CurvatureError: loss_fn raised on batch 0: ValueError: boom on purpose")
     assert r0["product"].startswith("ReductionError: rank 0 of 2: a hessian product stopped because rank 1: "
                                     "CurvatureError: loss_fn raised on batch 0: ValueError: boom on purpose")
+    assert r1["shuffled"].startswith("CurvatureError: the batches changed between two passes")
+    assert r0["shuffled"].startswith("ReductionError: rank 0 of 2: a hessian product stopped because rank 1: "
+                                     "CurvatureError: the batches changed between two passes")
     assert "ReductionError: rank 0 of 2: the all-reduce of a mean loss failed: another rank stopped or did not " \
            "reach it within the process group's timeout" in r0["timeout"]
     assert r0["waited"] < 6.0  # the timeout (3 s) ended the wait, not rank 1's return
