@@ -11,7 +11,7 @@ import torch
 
 from conftest import make_batches, make_model
 from distributed_helpers import run_ranks
-from landscape.curvature import (GGN, CurvatureError, Hessian, ReductionError, default_process_group, gradient,
+from landscape.curvature import (GGN, CurvatureError, Hessian, default_process_group, gradient,
                                  gradient_cosine, hutchinson, hutchpp, lanczos, loss_slice, mean_loss,
                                  power_iteration, slq)
 from landscape.losses import cross_entropy

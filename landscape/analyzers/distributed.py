@@ -107,14 +107,8 @@ def analyze_distributed(run_dirs, analyses=None, force: bool = False, settings: 
                             "checkpoint on one rank) or 'data' (each checkpoint on every rank, batches shared out)")
     names = check_analyses(analyses)
     cfg = resolve_settings(settings)
-    if isinstance(run_dirs, (str, os.PathLike)):
-        run_dirs = [run_dirs]
-    run_dirs = [Path(r) for r in run_dirs]
-    if not run_dirs:
-        raise AnalysisError("no run folder given")
-    for r in run_dirs:
-        if not r.is_dir():
-            raise AnalysisError(f"run folder {str(r)!r} does not exist (train it first: landscape train RECIPE)")
+    # bad run folders are refused by analyze_runs itself, on every rank alike (or by rank 0's gathering pass)
+    run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else run_dirs)]
     device = _device(device, ctx)
     kw = dict(analyses=analyses, settings=settings, device=device, threads=threads)
     if mode == "checkpoints":

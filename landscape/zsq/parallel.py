@@ -30,7 +30,12 @@ from torch import nn
 from landscape.distributed import Context
 from landscape.models import evaluate
 
-__all__ = ["DataParallel"]
+__all__ = ["DataParallel", "batch_record"]
+
+
+def batch_record(world_size: int, batch_size: int) -> dict:
+    """What config.json and every checkpoint of a data-parallel run say about its batch."""
+    return {"world_size": world_size, "batch_per_rank": batch_size, "effective_batch": world_size * batch_size}
 
 
 class DataParallel:

@@ -38,16 +38,16 @@ from typing import Iterable
 
 import torch
 
+from landscape import distributed
 from landscape.checkpoints import (CONFIG_NAME, CheckpointError, CheckpointMismatch,
                                    checkpoint_path, config_hash, list_checkpoints, load_checkpoint,
                                    read_run_config, remove_orphans, sha256_file, write_text_atomic)
-from landscape import distributed
 from landscape.config import RecipeError, check_overrides, load_recipe, resolve_run, validate_run
 from landscape.data import load_dataset
 from landscape.errors import LandscapeError, storage_error
 from landscape.locking import exclusive_lock
 from landscape.zsq import tables
-from landscape.zsq.parallel import DataParallel
+from landscape.zsq.parallel import DataParallel, batch_record
 from landscape.zsq.teacher import get_teacher, teacher_settings
 from landscape.zsq.trainer import Run, StepHook
 
@@ -70,8 +70,7 @@ def _resolved_config(recipe: dict, cfg: dict, seed: int, teacher_ref: dict, spec
               "model": recipe["model"], "model_spec": spec, "quant": recipe["quant"],
               "teacher": teacher_settings(recipe), "teacher_file": teacher_ref, "train": cfg}
     if world_size > 1 and cfg["source"] != "none":  # the effective batch is part of the run
-        config["distributed"] = {"world_size": world_size, "batch_per_rank": cfg["batch_size"],
-                                 "effective_batch": world_size * cfg["batch_size"]}
+        config["distributed"] = batch_record(world_size, cfg["batch_size"])
     return config
 
 
@@ -188,8 +187,7 @@ def _train_one(cfg: dict, config: dict, recipe: dict, data, t_file: dict, teache
         return
     first, target = (0, 0) if cfg["source"] == "none" else (1, cfg["epochs"])
     with ExitStack() as lock:  # rank 0 holds the run folder's lock until training ends
-        prepared = distributed.on_main(_prepare, run_dir, config, first, target, lock) if ctx.distributed \
-            else _prepare(run_dir, config, first, target, lock)
+        prepared = distributed.on_main(_prepare, run_dir, config, first, target, lock)
         if prepared is None:
             return
         done, last = prepared

@@ -45,7 +45,7 @@ from landscape.zsq import tables
 from landscape.zsq.epoch_grad import GradientMean
 from landscape.zsq.generator import BNStatsLoss, Generator
 from landscape.zsq.gi import InundatedSGD, param_groups
-from landscape.zsq.parallel import DataParallel
+from landscape.zsq.parallel import DataParallel, batch_record
 
 StepHook = Callable[[str, int, int], None]
 
@@ -134,13 +134,8 @@ class Run:
             "temperature": cfg["temperature"], "kl_reduction": cfg["kl_reduction"],
             "metrics": {k: v for k, v in metrics.items() if k != "seconds"},  # no wall clock
             "epoch_grad": epoch_grad,
-            **({"distributed": self.distributed_info()} if self.par.active else {}),
+            **({"distributed": batch_record(self.par.world, cfg["batch_size"])} if self.par.active else {}),
         })
-
-    def distributed_info(self) -> dict:
-        """How a data-parallel run was trained: ranks, per-rank and effective batch."""
-        b = self.cfg["batch_size"]
-        return {"world_size": self.par.world, "batch_per_rank": b, "effective_batch": self.par.global_size(b)}
 
     def shared_state(self) -> dict:
         """What must be the same on every rank: the student (weights, activation ranges) and the
