@@ -168,3 +168,22 @@ def test_cli_nproc_survives_a_kill_of_every_process(ddp, tmp_path):
     one = _cli(["train", str(TINY), "--runs", "ait", "--epochs", "13", "--out", str(tmp_path / "b")])
     _, err = one.communicate(timeout=120)
     assert one.returncode == 2 and "different configuration (distributed: " in err, err
+
+
+def test_cli_figures_nproc_trains_analyses_and_draws_once(ddp, tmp_path):
+    """The whole pipeline on 2 ranks: the runs the fixture trained on 2 ranks are reused, the
+    others trained data-parallel (PTQ by rank 0), the sweep shared out, rank 0 draws."""
+    import json
+
+    shutil.copytree(ddp / "whole", tmp_path / "ck")
+    done = _cli(["figures", str(TINY), "--nproc", "2", "--checkpoints", str(tmp_path / "ck"), "--out",
+                 str(tmp_path / "fig")])
+    out, err = done.communicate(timeout=600)
+    assert done.returncode == 0, err
+    assert out.count("== train") == 1 and out.count("== plot") == 1, out  # rank 0 alone prints
+    assert list((tmp_path / "fig").glob("*.png")) and (tmp_path / "fig" / "README.md").is_file()
+    kl = json.loads((tmp_path / "ck" / "digits_tiny" / "kl-seed0" / "config.json").read_text())
+    assert kl["distributed"]["world_size"] == 2
+    assert "distributed" not in json.loads((tmp_path / "ck" / "digits_tiny" / "ptq-seed0" / "config.json").read_text())
+    runs = set(pd.read_csv(tmp_path / "fig" / "tables" / "training.csv").run)
+    assert runs == {"ptq", "kd", "gdfq", "kl", "ait"}
