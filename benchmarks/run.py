@@ -20,7 +20,11 @@ Everything is measured in one run, on one machine, with ``torch.set_num_threads(
     traces from views of one operator, and of per-layer traces with one operator per layer;
 (g) the GGN-vector product (ours, cached) ÷ gradient beside the HVP's in (a), and curvlinops'
     ``GGNLinearOperator`` product if curvlinops imports (it is not a dependency: install it with
-    ``pip install --no-deps curvlinops-for-pytorch einops einconv opt-einsum linear_operator``).
+    ``pip install --no-deps curvlinops-for-pytorch einops einconv opt-einsum linear_operator``);
+(h) data-parallel products: Hessian-vector products per second on the CNN's batch split into 8
+    batches of 32, one process × 2 threads against 2 processes × 1 thread (torchrun, gloo, 4
+    batches each), launched alternately; and the share of a product's time in its all-reduce
+    (``benchmarks/dist_products.py``).
 
 The machine may be shared: timings are medians of interleaved repeats. ``BENCH_QUICK=1``
 shrinks the repeat counts for a smoke run.
@@ -76,6 +80,7 @@ TRACE_REF = 30 if QUICK else 150
 COVERAGE_SEEDS = 20 if QUICK else 100
 MEM_PRODUCTS = 100 if QUICK else 1000
 PEAK_PROBES = 4 if QUICK else 10
+DIST_ROUNDS, DIST_PER_ROUND, DIST_LAUNCHES = (3, 2, 1) if QUICK else (9, 4, 2)
 
 
 def rss_mib() -> float:
@@ -367,6 +372,50 @@ def bench_peak_memory(summary: dict) -> None:
         summary["peak"] = res
 
 
+# ---------------------------------------------------------------------------------- (h)
+def _dist_run(world: int) -> dict | None:
+    import json
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_products.py")
+    args = ["--rounds", str(DIST_ROUNDS), "--per-round", str(DIST_PER_ROUND)]
+    if world == 1:
+        cmd = [sys.executable, script, "--threads", "2", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", script,
+               "--threads", "1", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    found = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode or not found:
+        tail = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
+        line(f"    {world} process(es): failed ({tail})")
+        return None
+    return json.loads(found[0][7:])
+
+
+def bench_distributed(summary: dict) -> None:
+    line(f"(h) products/s over 8 batches of 32 (small CNN): 1 process x 2 threads vs 2 processes x 1 thread (gloo), "
+         f"{DIST_ROUNDS} rounds of {DIST_PER_ROUND} products, {DIST_LAUNCHES} launch(es) each, alternating")
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    for i in range(DIST_LAUNCHES):
+        for world in ((1, 2) if i % 2 == 0 else (2, 1)):
+            r = _dist_run(world)
+            if r is not None:
+                runs[world].append(r)
+    if not runs[1] or not runs[2]:
+        return
+    one = statistics.median(r["products_per_s"] for r in runs[1])
+    two = statistics.median(r["products_per_s"] for r in runs[2])
+    share = statistics.median(r["allreduce_share"] for r in runs[2])
+    comm = statistics.median(r["comm_share"] for r in runs[2])
+    comm_ms = 1e3 * statistics.median(r["comm_s"] for r in runs[2])
+    line(f"    1 process x 2 threads: {one:6.2f} products/s; 2 processes x 1 thread: {two:6.2f} products/s "
+         f"(x{two / one:.2f})")
+    line(f"    all-reduce inside a product (waiting for the other rank included): {100 * share:.1f} % of its time; "
+         f"the all-reduce alone ({runs[2][0]['n_params']} + 2 floats): {comm_ms:.2f} ms = {100 * comm:.1f} %")
+    summary["dist"] = {"one": one, "two": two, "share": share, "comm": comm}
+
+
 def main() -> None:
     torch.set_num_threads(2)
     t_start = time.perf_counter()
@@ -380,6 +429,7 @@ def main() -> None:
     bench_memory(summary)
     bench_freshness(summary)
     bench_peak_memory(summary)
+    bench_distributed(summary)
     line()
     line("summary")
     line(f"    HVP / gradient: ours {summary['hvp_ratio']:.2f} (per-round median {summary['hvp_ratio_per_round']:.2f}; target <= 1.6), "
@@ -397,6 +447,11 @@ def main() -> None:
         pk = summary["peak"]
         line(f"    peak RSS, per-layer traces: views {pk['views']:.0f} MiB vs whole-model trace {pk['whole']:.0f} MiB "
              f"(one operator per layer: {pk['separate']:.0f} MiB)")
+    if "dist" in summary:
+        d = summary["dist"]
+        line(f"    data-parallel products over 8 batches: 2 processes x 1 thread {d['two']:.2f}/s vs 1 process x 2 threads "
+             f"{d['one']:.2f}/s (x{d['two'] / d['one']:.2f}); all-reduce {100 * d['share']:.1f} % of a product "
+             f"({100 * d['comm']:.1f} % communication alone)")
     line(f"    load average now {os.getloadavg()[0]:.2f}; total {time.perf_counter() - t_start:.0f} s")
 
 

@@ -1,10 +1,15 @@
 """The ``landscape`` command line: train, analyze, plot, figures, report.
 
-    landscape train RECIPE [--runs NAME ...] [--epochs N] [--out DIR] [--seed S] [--threads T]
-    landscape analyze RUN_DIR... [--analyses NAME ...] [--settings FILE] [--force] [--keep-going]
+    landscape train RECIPE [--runs NAME ...] [--epochs N] [--out DIR] [--seed S] [--threads T] [--nproc N]
+    landscape analyze RUN_DIR... [--analyses NAME ...] [--settings FILE] [--force] [--keep-going] [--nproc N]
     landscape plot [--tables DIR] [--out DIR]
-    landscape figures [RECIPE] [--seeds S ...] [--jobs N] [--checkpoints DIR] [--publish README]
+    landscape figures [RECIPE] [--seeds S ...] [--jobs N] [--checkpoints DIR] [--publish README] [--nproc N]
     landscape report RUN_OR_RECIPE_DIR...
+
+``--nproc N`` runs the command as N processes on this machine: it relaunches itself through
+``torchrun`` (``python -m torch.distributed.run --standalone``); under torchrun (``RANK`` and
+``WORLD_SIZE`` set, e.g. ``torchrun --nnodes 2 --nproc-per-node 8 ... -m landscape train R``)
+the process group is joined as it is. See docs/distributed.md.
 
 Each sub-command is a thin shell over one library function, so everything the CLI does can
 be done from Python too. A bad input (a missing file, a recipe typo, a corrupt checkpoint)
@@ -20,7 +25,9 @@ run folder; 130 interrupted (completed epochs are saved; a rerun resumes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -45,18 +52,29 @@ def _version() -> str:
 
 
 def _problems(tables, keep_going: bool) -> None:
+    from landscape.distributed import is_main
+
     problems = getattr(tables, "problems", [])
     if not problems:
         return
-    print(f"{len(problems)} thing(s) could not be analysed:", file=sys.stderr)
-    for p in problems:
-        print(f"  - {p}", file=sys.stderr)
-    if not keep_going:
+    if is_main():
+        print(f"{len(problems)} thing(s) could not be analysed:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+    if not keep_going:  # every rank holds the same problems: the same exit everywhere
         raise _Incomplete(f"{len(problems)} checkpoint(s)/analyses skipped (listed above); fix them or rerun "
                           "with --keep-going to accept partial tables")
 
 
 # ----------------------------------------------------------------------------- commands
+
+
+def _out(text) -> None:
+    """Print on rank 0 only (every rank of a --nproc run holds the same result)."""
+    from landscape.distributed import is_main
+
+    if is_main():
+        print(text)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -66,7 +84,7 @@ def _train(args: argparse.Namespace) -> None:
     run_dirs = train_recipe(args.recipe, runs=args.runs, epochs=args.epochs, out=args.out, seed=args.seed,
                             data_root=args.data_root, device=args.device, **kwargs)
     for run_dir in run_dirs:
-        print(run_dir)
+        _out(run_dir)
 
 
 def _load_settings(path: str | None) -> dict | None:
@@ -94,8 +112,8 @@ def _analyze(args: argparse.Namespace) -> None:
     tables = analyze_runs(args.run_dirs, analyses=args.analyses, force=args.force, settings=_load_settings(args.settings),
                           out_dir=args.out, device=args.device, threads=args.threads)
     for name, table in tables.items():
-        print(f"{name}: {len(table)} rows -> {Path(args.out) / (name + '.csv')}")
-    print(f"{tables.computed} result(s) computed, the others read from the cache")
+        _out(f"{name}: {len(table)} rows -> {Path(args.out) / (name + '.csv')}")
+    _out(f"{tables.computed} result(s) computed, the others read from the cache")
     _problems(tables, args.keep_going)
 
 
@@ -107,11 +125,16 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def _figures(args: argparse.Namespace) -> None:
+    from landscape.distributed import world_size
     from landscape.pipeline import run_figures
 
-    tables = run_figures(recipe=args.recipe, data_root=args.data_root, device=args.device, force=args.force,
-                         out=args.out, seeds=args.seeds, jobs=args.jobs, checkpoints=args.checkpoints,
-                         publish=args.publish)
+    from landscape.distributed import is_main
+
+    jobs = 1 if world_size() > 1 else args.jobs  # with --nproc the ranks share each job instead
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(sys.stdout if is_main() else quiet):
+        tables = run_figures(recipe=args.recipe, data_root=args.data_root, device=args.device, force=args.force,
+                             out=args.out, seeds=args.seeds, jobs=jobs, checkpoints=args.checkpoints,
+                             publish=args.publish)
     _problems(tables, args.keep_going)
 
 
@@ -158,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads (default: the recipe's threads); the numbers depend on it")
     p.add_argument("--data-root", default=None, help="folder holding the data (CIFAR, Fashion-MNIST)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="processes on this machine (relaunches through torchrun; default: 1, or torchrun's)")
     p.set_defaults(func=_train)
 
     p = command("analyze", "run the loss-landscape analyses over run folders into tidy CSV tables")
@@ -172,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="figures/tables", help="where the tidy CSV tables go")
     p.add_argument("--threads", type=int, default=1, help="torch threads; the numbers depend on it")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="processes on this machine (relaunches through torchrun; default: 1, or torchrun's)")
     p.set_defaults(func=_analyze)
 
     p = command("plot", "redraw every figure from the tables (no recomputation)")
@@ -192,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute cached analyses")
     p.add_argument("--data-root", default=None, help="folder holding the data (CIFAR, Fashion-MNIST)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="processes on this machine (relaunches through torchrun; default: 1, or torchrun's)")
     p.set_defaults(func=_figures)
 
     p = command("report", "best and final test accuracy of run folders (mean ± std over seeds, and per seed)")
@@ -225,14 +254,72 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BAD_INPUT
     args = build_parser().parse_args(argv)
     args.debug = debug
+    from landscape import distributed
+
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and nproc < 1:
+        print(f"landscape: --nproc {nproc}: expected a number of processes >= 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not distributed.launched():
+        if nproc and nproc > 1:  # become N processes: torchrun runs this same command line in each
+            return distributed.launch(_without_nproc(argv) + (["--debug"] if debug else []), nproc)
+        return _execute(args, debug)[0]
+    return _execute_rank(args, debug, nproc)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line without ``--nproc N`` (torchrun would read it as its own --nproc-per-node;
+    under torchrun the ranks see WORLD_SIZE instead)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _execute_rank(args: argparse.Namespace, debug: bool, nproc: int | None) -> int:
+    """One rank under torchrun: join the group, run the command, leave the exit code for the
+    launcher. A failure every rank shares (rank 0 found it and told the others) exits 0 towards
+    torchrun, so that it stays quiet; the launcher returns the real code."""
+    from landscape import distributed
+
+    try:
+        ctx = distributed.init(device=getattr(args, "device", None))
+        if nproc is not None and nproc != ctx.local_world_size:
+            raise distributed.DistributedError(
+                f"--nproc {nproc} but torchrun started {ctx.local_world_size} process(es) per node; "
+                "give the same number, or leave --nproc out under torchrun")
+    except LandscapeError as exc:
+        print(f"landscape: {type(exc).__name__}: {exc}", file=sys.stderr)
+        distributed.write_exit_code(EXIT_BAD_INPUT)
+        return EXIT_BAD_INPUT
+    try:
+        if args.command in ("plot", "report") and not ctx.is_main:
+            code, shared = EXIT_OK, True  # nothing to share out: rank 0 does it
+        else:
+            code, shared = _execute(args, debug)
+    finally:
+        distributed.shutdown()
+    distributed.write_exit_code(code)
+    return 0 if shared and os.environ.get(distributed.ENV_EXIT_DIR) else code
+
+
+def _execute(args: argparse.Namespace, debug: bool) -> tuple[int, bool]:
+    """Run the command; ``(exit code, whether every rank ended the same way)``."""
+    from landscape.distributed import agreed
+
     try:
         args.func(args)
     except KeyboardInterrupt:
-        print("landscape: interrupted; completed epochs are saved and a rerun resumes.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        _error("landscape: interrupted; completed epochs are saved and a rerun resumes.", None)
+        return EXIT_INTERRUPTED, False
     except _Incomplete as exc:
-        print(f"landscape: {exc}", file=sys.stderr)
-        return EXIT_INCOMPLETE
+        _error(f"landscape: {exc}", exc, shared=True)
+        return EXIT_INCOMPLETE, True
     except (LandscapeError, ValueError, FileNotFoundError, RuntimeError, KeyError, OSError) as exc:
         if debug:
             raise
@@ -242,9 +329,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             from landscape.errors import storage_error
 
             message = storage_error(exc, exc.filename)
-        print(f"landscape: {type(exc).__name__}: {message}\n(rerun with --debug for the traceback)", file=sys.stderr)
-        return code
-    return EXIT_OK
+        _error(f"landscape: {type(exc).__name__}: {message}\n(rerun with --debug for the traceback)", exc)
+        return code, agreed(exc)
+    return EXIT_OK, True
+
+
+def _error(text: str, exc: BaseException | None, shared: bool = False) -> None:
+    """An error line on stderr: rank 0 prints it; another rank only when the error is its own."""
+    from landscape.distributed import agreed, current
+
+    rank = current().rank
+    if rank == 0:
+        print(text, file=sys.stderr)
+    elif not (shared or (exc is not None and agreed(exc))):
+        print(text.replace("landscape:", f"landscape[rank {rank}]:", 1), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,10 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
                               out_dir=tables_dir, device=device, threads=threads)
         computed += tables.computed
     warm = computed == 0 and _checkpoint_files(root) == before
+    from landscape.distributed import is_main
+
+    if not is_main():  # figures --nproc N: every rank trained and analysed; rank 0 draws and writes
+        return tables
     with clock.stage("plot"):
         paths = plot_all(tables_dir, out, roles=roles)
     timings = dict(clock.wall)

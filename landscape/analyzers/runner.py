@@ -119,7 +119,8 @@ class _Progress:
 
 def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping | None = None,
                  out_dir="figures/tables", device=None, *, threads: int | None = None,
-                 progress: bool | str | None = None) -> AnalysisTables:
+                 progress: bool | str | None = None, cache: Cache | None = None,
+                 loader: CheckpointLoader | None = None) -> AnalysisTables:
     """Run the chosen analyses over every checkpoint of each run folder.
 
     Parameters
@@ -134,12 +135,20 @@ def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping
                the same tables on any machine. None leaves torch's setting alone.
     progress:  None = a bar on a terminal and one line per checkpoint elsewhere (a log, CI);
                ``"lines"`` = always lines; False = silent.
+    cache, loader: the results cache (default ``<out_dir>/.cache``) and the checkpoint loader, for
+               :mod:`landscape.analyzers.distributed`, which takes over under ``torch.distributed``
+               (torchrun, ``landscape analyze --nproc N``): the ranks share the sweep out.
 
     Returns :class:`AnalysisTables`: ``{analysis: DataFrame}`` (tidy; also written as
     ``<out_dir>/<analysis>.csv``) plus ``"training"`` (the runs' ``metrics.csv`` in long form,
     ``training.csv``), with ``.problems`` listing what was skipped and why (each also warned
     as an :class:`AnalysisWarning`).
     """
+    from landscape.analyzers import distributed
+
+    if distributed.takes_over():
+        return distributed.analyze_distributed(run_dirs, analyses, force, settings, out_dir, device, threads=threads,
+                                               progress=progress)
     names = check_analyses(analyses)
     cfg = resolve_settings(settings)
     if threads is not None:
@@ -155,8 +164,8 @@ def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping
         if not r.is_dir():
             raise AnalysisError(f"run folder {str(r)!r} does not exist (train it first: landscape train RECIPE)")
     out_dir = Path(out_dir)
-    job = _Job(names, cfg, Cache(out_dir / ".cache"), CheckpointLoader(_default_device(device), cfg["max_batches"]),
-               force, progress)
+    job = _Job(names, cfg, cache or Cache(out_dir / ".cache"),
+               loader or CheckpointLoader(_default_device(device), cfg["max_batches"]), force, progress)
     idents = [run_identity(r) for r in run_dirs]
     known = {i["run"] for i in idents}
     for n in names:

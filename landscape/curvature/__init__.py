@@ -8,6 +8,10 @@ training. Estimators (trace, eigenpairs, density) work on any object with ``@`` 
     H @ v, H.trace(), H.eigenpairs(k=1), H.density()
     H.layers()["conv1"].trace()                   # a diagonal block sharing H's cached graph
     GGN(model, loss_fn, batches).density()        # the same interface, positive semi-definite
+
+Under ``torch.distributed`` (launched by ``torchrun``) ``batches`` are this rank's shard and
+every product, gradient and mean loss is over the union of the shards, the same on every rank
+(``process_group=``: another group, or ``False`` for none; see :mod:`.reduction`).
 """
 
 from .base import CurvatureOperator
@@ -23,6 +27,7 @@ from .lanczos import eigsh, lanczos, lanczos_tridiagonal
 from .layers import cosine, cosine_rows, layer_of, layer_slices
 from .params import resolve_params
 from .power import power_iteration
+from .reduction import ReductionError, default_process_group
 from .results import Eigenpairs, SpectralDensity, TraceEstimate
 from .slices import loss_slice, loss_surface, mean_loss, random_direction
 from .slq import slq
@@ -61,4 +66,6 @@ __all__ = [
     "resolve_params",
     "CurvatureError",
     "CurvatureWarning",
+    "ReductionError",
+    "default_process_group",
 ]

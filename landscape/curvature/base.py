@@ -42,11 +42,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batches import BatchSource, reduce_over_batches
+from .batches import BatchSource, reduce_over_batches, shard_failure
 from .errors import CurvatureError, CurvatureWarning
 from .graph_cache import GraphCache
 from .layers import layer_of
 from .params import resolve_params
+from .reduction import resolve_group
 from .results import Eigenpairs, SpectralDensity, TraceEstimate
 from .state import StateTracker, tracked_modules
 
@@ -102,13 +103,15 @@ class _Core:
     """State shared by an operator and its views: the model, the batches, the cache, the tracker."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, batches: Any, names: list[str], params: list[torch.Tensor],
-                 eval_mode: bool, cache_graph: bool | str, memory_budget: int | None, build: Callable):
+                 eval_mode: bool, cache_graph: bool | str, memory_budget: int | None, build: Callable,
+                 group: Any = None):
         self.model = model
+        self.group = group  # a resolved torch.distributed group, or None (see curvature.reduction)
         self.loss_fn = loss_fn
         self.names = names
         self.params = params
         self.eval_mode = eval_mode
-        self.source = BatchSource(batches)
+        self.source = BatchSource(batches, allow_empty=group is not None)
         self.device = params[0].device
         self.cache = GraphCache(self.source, build, self.device, cache_graph, memory_budget)
         self.tracker = StateTracker(tracked_modules(model, loss_fn))
@@ -232,6 +235,12 @@ class CurvatureOperator:
         Keep each batch's graph between products (see :mod:`~landscape.curvature.graph_cache`).
     memory_budget : int, optional
         Bytes for ``cache_graph="auto"``.
+    process_group : None, False or a ``torch.distributed`` ProcessGroup
+        Data-parallel products (see :mod:`~landscape.curvature.reduction`). ``None``: when
+        ``torch.distributed`` is initialized with several ranks, ``batches`` are this rank's shard
+        and every product is the mean over the union of all ranks' shards (one ``all_reduce`` per
+        product; every rank gets the same result; a rank may hold no batch); otherwise no
+        reduction. ``False``: this rank's batches are all the batches. A group: reduce over it.
 
     ``A @ v`` takes a 1-D tensor of length ``A.shape[0]`` (same dtype and device as the
     parameters), ``A @ V`` an ``(n, m)`` block of columns. ``A.n_matvecs`` counts products.
@@ -250,6 +259,7 @@ class CurvatureOperator:
         eval_mode: bool = True,
         cache_graph: bool | str = "auto",
         memory_budget: int | None = None,
+        process_group: Any = None,
     ):
         if not callable(loss_fn):
             raise CurvatureError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
@@ -273,7 +283,7 @@ class CurvatureOperator:
                 )
         self._check_loss(loss_fn)
         self._core = _Core(model, loss_fn, batches, names, tensors, bool(eval_mode), cache_graph, memory_budget,
-                           self._build)
+                           self._build, resolve_group(process_group))
         self._select(list(range(len(names))))
 
     def _check_loss(self, loss_fn: LossFn) -> None:
@@ -433,23 +443,30 @@ class CurvatureOperator:
         V = self._check_vector(V)
         return self._apply(V if V.dim() == 2 else V[:, None])
 
+    @property
+    def process_group(self) -> Any:
+        """The ``torch.distributed`` group products are reduced over, or None (this rank's batches only)."""
+        return self._core.group
+
     def _apply(self, V: torch.Tensor) -> torch.Tensor:
         core = self._core
-        core.refresh()
         n, m = V.shape
         out = torch.zeros(m, n, dtype=self.dtype, device=self.device)
-        Vt = V.T.contiguous()  # rows contiguous: grad_outputs shaped like the parameters without copies
-        cols = [self.split(Vt[j]) for j in range(m)]
         count = 0.0
-        fresh_any = False
-        for item, weight, fresh in core.cache.items(self._index):
-            self._products(item, cols, out, weight, retain=not fresh)
-            count += weight
-            fresh_any |= fresh
-        if fresh_any:
-            core.tracker.refresh_versions()
+        with shard_failure(core.group) as failed:  # under a group: every rank hears of a failure here
+            core.refresh()
+            Vt = V.T.contiguous()  # rows contiguous: grad_outputs shaped like the parameters without copies
+            cols = [self.split(Vt[j]) for j in range(m)]
+            fresh_any = False
+            for item, weight, fresh in core.cache.items(self._index):
+                self._products(item, cols, out, weight, retain=not fresh)
+                count += weight
+                fresh_any |= fresh
+            if fresh_any:
+                core.tracker.refresh_versions()
         self.n_matvecs += m
-        return reduce_over_batches(out, count).T
+        return reduce_over_batches(out, count, unit=core.cache.unit, group=core.group, what=f"a {self.kind} product",
+                                   failure=failed[0] if failed else None).T
 
     def _rows(self) -> list[int]:
         """Positions (in this operator's layout) of the parameters whose rows can be computed."""

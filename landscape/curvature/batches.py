@@ -35,16 +35,17 @@ __all__ = [
     "evaluate_loss",
     "model_mode",
     "reduce_over_batches",
+    "shard_failure",
 ]
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
-def as_batches(batches: Any) -> Iterable[Any]:
+def as_batches(batches: Any, allow_empty: bool = False) -> Iterable[Any]:
     """Return a re-iterable of batches; a one-shot iterator is materialised into a list.
 
     A single ``(x, y)`` tuple of tensors is *not* accepted silently as a list of two batches:
-    pass ``[(x, y)]``.
+    pass ``[(x, y)]``. An empty list is an error unless ``allow_empty`` (a rank's empty shard).
     """
     if batches is None:
         raise CurvatureError("batches is None: pass a list of (x, y) batches or a DataLoader")
@@ -62,7 +63,7 @@ def as_batches(batches: Any) -> Iterable[Any]:
         raise CurvatureError(f"batches must be iterable (a list or a DataLoader), got {type(batches).__name__}") from None
     if it is batches:  # generator / iterator: can only be walked once
         batches = list(it)
-    if hasattr(batches, "__len__") and len(batches) == 0:
+    if hasattr(batches, "__len__") and len(batches) == 0 and not allow_empty:
         raise CurvatureError("no batches: the batch list (or DataLoader) is empty")
     return batches
 
@@ -172,8 +173,9 @@ class BatchSource:
     nothing extra and holds for every pass, including those after a rebuild.)
     """
 
-    def __init__(self, batches: Any):
-        self.batches = as_batches(batches)
+    def __init__(self, batches: Any, allow_empty: bool = False):
+        self.allow_empty = allow_empty
+        self.batches = as_batches(batches, allow_empty)
         self.fixed = isinstance(self.batches, (list, tuple))
         self._prints: list[tuple] | None = None
         self._n_total: int | None = None
@@ -189,7 +191,7 @@ class BatchSource:
         """
         if self.fixed:
             yield from iterate(self.batches if start == 0 else self.batches[start:], device, start=start,
-                               allow_empty=start > 0)
+                               allow_empty=start > 0 or self.allow_empty)
             return
         prints = self._prints if self._prints is not None else []
         first = self._prints is None
@@ -212,7 +214,7 @@ class BatchSource:
             self._n_total = n
         elif n != self._n_total:
             raise self._changed(n)
-        if n == 0 and start == 0:
+        if n == 0 and start == 0 and not self.allow_empty:
             raise CurvatureError("no batches: the batch list (or DataLoader) yielded nothing")
 
     def _changed(self, index: int) -> CurvatureError:
@@ -273,14 +275,44 @@ def model_mode(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
                     b.data.copy_(saved)
 
 
-def reduce_over_batches(total: torch.Tensor, count: float) -> torch.Tensor:
+def reduce_over_batches(total: torch.Tensor, count: float, *, unit: float = 1.0, group: Any = None,
+                        what: str = "a mean over batches", failure: BaseException | None = None) -> torch.Tensor:
     """Turn a size-weighted sum over batches into the mean: ``total / count``.
 
-    ``total`` is ``Σ_b w_b · q_b`` for the batches this process saw and ``count`` is ``Σ_b w_b``.
-    This is the single reduction point of the engine: for data-parallel analysis (each
-    ``torchrun`` rank holding a shard of the batches) an ``all_reduce`` of ``total`` and
-    ``count`` goes here, and nothing else changes.
+    ``total`` is ``Σ_b w_b · q_b`` for the batches this process saw and ``count`` is ``Σ_b w_b``,
+    with weights ``w_b = n_b / unit`` (``unit``: the size the weights are relative to, e.g. the
+    first batch's). This is the single reduction point of the engine. Without a ``group`` it is
+    ``total / count``. With a ``group`` (a resolved ``torch.distributed`` group, see
+    :mod:`~landscape.curvature.reduction`) each rank holds a shard of the batches and the mean is
+    over all of them,
+
+        Σ_r unit_r · total_r / Σ_r unit_r · count_r       (one all_reduce),
+
+    so uneven shards are weighted by their samples; ``failure`` (an exception this rank met
+    while forming its sums) makes every rank stop with an error naming it instead of waiting.
     """
-    if count <= 0:
-        raise CurvatureError("no batches: nothing to average over")
-    return total / count
+    if group is None:
+        if failure is not None:
+            raise failure
+        if count <= 0:
+            raise CurvatureError("no batches: nothing to average over")
+        return total / count
+    from .reduction import all_reduce_mean
+
+    scaled = total if unit == 1.0 else total * unit
+    return all_reduce_mean(scaled, count * unit, group, what, failure)
+
+
+@contextlib.contextmanager
+def shard_failure(group: Any) -> Iterator[list]:
+    """Catch an exception of this rank's local sums when reducing over ``group``, so that it can
+    be handed to :func:`reduce_over_batches` (which makes every rank raise); without a group the
+    exception propagates at once. Yields a list that holds the exception, if any."""
+    caught: list = []
+    if group is None:
+        yield caught
+        return
+    try:
+        yield caught
+    except Exception as exc:  # noqa: BLE001 - re-raised by reduce_over_batches on this rank
+        caught.append(exc)

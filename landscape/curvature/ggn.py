@@ -15,7 +15,8 @@ with an output-space matrix ``M_b`` (block-diagonal over samples) that depends o
 * :class:`Fisher` (the true Fisher): ``M_b = E_{y∼π}[κ (π − e_y)(π − e_y)ᵀ]`` under the model's
   own predictive distribution π (``mc_samples=None``: the exact expectation over classes;
   an integer: that many sampled labels per sample, drawn once per batch from ``seed``, so the
-  matrix is fixed). For softmax losses (CE, KL to a teacher) it equals the GGN;
+  matrix is fixed; data-parallel, the draws also depend on the rank, so the MC Fisher over
+  shards equals the single-process one in distribution, the exact one exactly). For softmax losses (CE, KL to a teacher) it equals the GGN;
 * :class:`EmpiricalFisher`: ``M_b = (1/B) Σ_i ℓ'_i ℓ'_iᵀ`` with ``ℓ'_i = ∂ℓ_i/∂f_i`` the gradient of
   sample i's loss (``ℓ_i`` such that the batch loss is their mean) at the *observed* label:
   ``A = (1/N) Σ_i ∇ℓ_i ∇ℓ_iᵀ``. Not a curvature in general (it is not the Fisher away from the
@@ -47,6 +48,7 @@ from torch import nn
 from .base import CurvatureOperator
 from .batches import model_mode
 from .errors import CurvatureError
+from .reduction import group_rank
 
 __all__ = ["GGN", "Fisher", "EmpiricalFisher"]
 
@@ -159,7 +161,8 @@ class Fisher(_JMJ):
 
     ``mc_samples=None``: the exact expectation over the classes (equal to the GGN for CE and KL);
     an integer S: S labels sampled per sample from the model's distribution, with a generator
-    seeded from ``seed`` and the batch index (one fixed matrix, whatever is cached).
+    seeded from ``seed``, the batch index and (data-parallel) the rank: one fixed matrix, whatever
+    is cached.
     """
 
     kind = "fisher"
@@ -183,7 +186,8 @@ class Fisher(_JMJ):
             )
         gen = None
         if self.mc_samples is not None:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index
+                                                + group_rank(self._core.group) * 1_000_000_007)
         return _FactorMatrix(M.fisher_factors(self.mc_samples, gen))
 
 

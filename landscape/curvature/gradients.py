@@ -21,10 +21,11 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .batches import as_batches, evaluate_loss, iterate, model_mode, reduce_over_batches
+from .batches import as_batches, evaluate_loss, iterate, model_mode, reduce_over_batches, shard_failure
 from .errors import CurvatureWarning
 from .layers import cosine_rows, layer_slices
 from .params import resolve_params
+from .reduction import resolve_group
 
 __all__ = ["gradient", "gradient_cosine"]
 
@@ -37,14 +38,18 @@ def gradient(
     *,
     eval_mode: bool = True,
     return_loss: bool = False,
+    process_group: Any = None,
 ) -> torch.Tensor | tuple[torch.Tensor, float]:
     """Flat gradient of the size-weighted mean loss (and the loss itself if ``return_loss``).
 
     No side effects: mode restored, ``.grad`` untouched. Parameters without a gradient get
-    zeros and one :class:`CurvatureWarning`.
+    zeros and one :class:`CurvatureWarning`. ``process_group`` as for the operators (see
+    :mod:`~landscape.curvature.reduction`): under ``torch.distributed`` the batches are this
+    rank's shard and the gradient (and loss) is that of the mean over every rank's samples.
     """
     names, tensors = resolve_params(model, params)
-    batches = as_batches(batches)
+    group = resolve_group(process_group)
+    batches = as_batches(batches, allow_empty=group is not None)
     device, dtype = tensors[0].device, tensors[0].dtype
     n = sum(p.numel() for p in tensors)
     total = torch.zeros(n, dtype=dtype, device=device)
@@ -52,8 +57,8 @@ def gradient(
     count = 0.0
     unused: set[str] = set()
     n_ref = None
-    with torch.enable_grad(), model_mode(model, eval_mode):
-        for i, batch, size in iterate(batches, device):
+    with shard_failure(group) as failed, torch.enable_grad(), model_mode(model, eval_mode):
+        for i, batch, size in iterate(batches, device, allow_empty=group is not None):
             n_ref = n_ref or size
             w = size / n_ref
             loss = evaluate_loss(loss_fn, model, batch, i)
@@ -73,9 +78,11 @@ def gradient(
             CurvatureWarning,
             stacklevel=2,
         )
-    g = reduce_over_batches(total, count)
+    failure = failed[0] if failed else None
+    unit = float(n_ref or 1)
+    g = reduce_over_batches(total, count, unit=unit, group=group, what="a gradient", failure=failure)
     if return_loss:
-        return g, float(reduce_over_batches(loss_sum, count))
+        return g, float(reduce_over_batches(loss_sum, count, unit=unit, group=group, what="a mean loss"))
     return g
 
 
@@ -89,21 +96,24 @@ def gradient_cosine(
     eval_mode: bool = True,
     per_layer: bool = True,
     names: tuple[str, str] | None = None,
+    process_group: Any = None,
 ) -> list[dict[str, Any]]:
     """Tidy rows ``{"loss", "layer", "metric", "value"}`` comparing the gradients of two losses.
 
     ``names`` label the losses (default: their ``name`` attributes, e.g. ``"ce"`` and ``"kl"``,
     or ``"a"`` and ``"b"``). Rows: ``grad_norm`` of each loss (``layer="all"``), and ``cosine``
     with ``loss="<a>|<b>"`` for ``layer="all"`` and, with ``per_layer``, for every layer.
+    ``process_group`` as for :func:`gradient` (both gradients are over every rank's samples).
     """
     if names is None:
         na, nb = getattr(loss_a, "name", "a"), getattr(loss_b, "name", "b")
         names = (na, nb) if isinstance(na, str) and isinstance(nb, str) and na != nb else ("a", "b")
     pnames, tensors = resolve_params(model, params)
-    batches = as_batches(batches)
+    group = resolve_group(process_group)
+    batches = as_batches(batches, allow_empty=group is not None)
     grads = {
-        names[0]: gradient(model, loss_a, batches, tensors, eval_mode=eval_mode),
-        names[1]: gradient(model, loss_b, batches, tensors, eval_mode=eval_mode),
+        names[0]: gradient(model, loss_a, batches, tensors, eval_mode=eval_mode, process_group=False if group is None else group),
+        names[1]: gradient(model, loss_b, batches, tensors, eval_mode=eval_mode, process_group=False if group is None else group),
     }
     sizes = {n: p.numel() for n, p in zip(pnames, tensors)}
     return cosine_rows(grads, layer_slices(sizes, pnames) if per_layer else None)

@@ -83,6 +83,11 @@ class GraphCache:
     def filled(self) -> bool:
         return self.items_cached is not None
 
+    @property
+    def unit(self) -> float:
+        """The batch size the weights are relative to (the first batch's; 1 before any batch)."""
+        return float(self._n_ref) if self._n_ref else 1.0
+
     def _weight(self, size: int) -> float:
         if self._n_ref is None:
             self._n_ref = size

@@ -28,10 +28,11 @@ from typing import Any, Callable, ContextManager, Iterable, Sequence
 import torch
 from torch import nn
 
-from .batches import as_batches, evaluate_loss, iterate, model_mode, reduce_over_batches
+from .batches import as_batches, evaluate_loss, iterate, model_mode, reduce_over_batches, shard_failure
 from .errors import CurvatureError
 from .operators import _generator
 from .params import resolve_params
+from .reduction import resolve_group
 
 __all__ = ["loss_slice", "loss_surface", "random_direction", "mean_loss"]
 
@@ -68,24 +69,33 @@ def _check_direction(d: Any, n: int, like: torch.Tensor, what: str) -> torch.Ten
     return d.detach()
 
 
-def mean_loss(model: nn.Module, loss_fn: Callable, batches: Iterable[Any], *, eval_mode: bool = True) -> float:
-    """Size-weighted mean of ``loss_fn`` over the batches, without gradients."""
+def mean_loss(model: nn.Module, loss_fn: Callable, batches: Iterable[Any], *, eval_mode: bool = True,
+              process_group: Any = None) -> float:
+    """Size-weighted mean of ``loss_fn`` over the batches, without gradients.
+
+    ``process_group`` as for the operators: under ``torch.distributed`` the batches are this
+    rank's shard and the mean is over every rank's samples (the same number on every rank).
+    """
     device = next(model.parameters()).device
-    total = torch.zeros((), dtype=torch.float64)
+    group = resolve_group(process_group)
+    total = torch.zeros((), dtype=torch.float64, device=device if group is not None else "cpu")
     count = 0.0
-    with torch.no_grad(), model_mode(model, eval_mode):
-        for i, batch, size in iterate(batches, device):
+    with shard_failure(group) as failed, torch.no_grad(), model_mode(model, eval_mode):
+        for i, batch, size in iterate(batches, device, allow_empty=group is not None):
             total += size * float(evaluate_loss(loss_fn, model, batch, i, need_grad=False))
             count += size
-    return float(reduce_over_batches(total, count))
+    return float(reduce_over_batches(total, count, group=group, what="a mean loss",
+                                     failure=failed[0] if failed else None))
 
 
 Context = Callable[[], ContextManager[Any]]
 
 
-def _grid(model, loss_fn, batches, params, directions, coords, eval_mode, context: Context | None) -> torch.Tensor:
+def _grid(model, loss_fn, batches, params, directions, coords, eval_mode, context: Context | None,
+          process_group: Any = None) -> torch.Tensor:
     _, tensors = resolve_params(model, params)
-    batches = as_batches(batches)
+    group = resolve_group(process_group)
+    batches = as_batches(batches, allow_empty=group is not None)
     n = sum(p.numel() for p in tensors)
     dirs = [_check_direction(d, n, tensors[0], f"direction {i + 1}") for i, d in enumerate(directions)]
     if context is not None and not callable(context):
@@ -108,7 +118,8 @@ def _grid(model, loss_fn, batches, params, directions, coords, eval_mode, contex
                         for k, d in zip(ks, dirs):
                             new.add_(d[offsets[j] : offsets[j + 1]].view_as(p0), alpha=float(k))
                         p.copy_(new)
-                out[idx] = mean_loss(model, loss_fn, batches, eval_mode=eval_mode)
+                out[idx] = mean_loss(model, loss_fn, batches, eval_mode=eval_mode,
+                                     process_group=False if group is None else group)
         finally:
             with torch.no_grad():
                 for p, p0 in zip(tensors, saved):
@@ -126,8 +137,11 @@ def loss_slice(
     *,
     eval_mode: bool = True,
     context: Context | None = None,
+    process_group: Any = None,
 ) -> torch.Tensor:
     """``[L(θ + k·d) for k in ks]`` (mean loss over the batches) as a 1-D float64 tensor.
+
+    ``process_group`` as for :func:`mean_loss` (every point is the mean over every rank's samples).
 
     ``context``: optional zero-argument callable returning a context manager, entered once while
     the parameters are still at θ (before any move) and exited after they are restored -- e.g.
@@ -138,7 +152,7 @@ def loss_slice(
     deployed model's loss: piecewise constant in k). See the module docstring.
     """
     ks = [float(k) for k in ks]
-    return _grid(model, loss_fn, batches, params, [direction], [(k,) for k in ks], eval_mode, context)
+    return _grid(model, loss_fn, batches, params, [direction], [(k,) for k in ks], eval_mode, context, process_group)
 
 
 def loss_surface(
@@ -153,12 +167,15 @@ def loss_surface(
     *,
     eval_mode: bool = True,
     context: Context | None = None,
+    process_group: Any = None,
 ) -> torch.Tensor:
     """``L(θ + a·d₁ + b·d₂)`` on the grid ``ks1 × ks2``: a float64 tensor of shape ``(len(ks1), len(ks2))``.
 
-    ``context`` as in :func:`loss_slice` (entered once at θ, exited after the restore).
+    ``context`` and ``process_group`` as in :func:`loss_slice` (the context is entered once at θ,
+    exited after the restore).
     """
     ks1 = [float(k) for k in ks1]
     ks2 = [float(k) for k in ks2]
-    flat = _grid(model, loss_fn, batches, params, [d1, d2], [(a, b) for a in ks1 for b in ks2], eval_mode, context)
+    flat = _grid(model, loss_fn, batches, params, [d1, d2], [(a, b) for a in ks1 for b in ks2], eval_mode, context,
+                 process_group)
     return flat.reshape(len(ks1), len(ks2))

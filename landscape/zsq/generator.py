@@ -47,12 +47,17 @@ class Generator(nn.Module):
         h = self.block1(F.interpolate(h, scale_factor=2))
         return self.block2(F.interpolate(h, scale_factor=2))
 
-    def sample(self, n: int, generator: torch.Generator | None = None):
-        """Draw (z, y) on the CPU from ``generator`` (so CPU and CUDA runs draw the same), then
-        move them to the generator's device and return ``(G(z, y), y)``."""
+    def draw(self, n: int, generator: torch.Generator | None = None):
+        """``(z, y)`` for n samples, drawn on the CPU from ``generator`` (so CPU and CUDA runs draw
+        the same) and moved to the generator's device."""
         device = self.l1.weight.device
         z = torch.randn(n, self.latent_dim, generator=generator).to(device)
         y = torch.randint(0, self.num_classes, (n,), generator=generator).to(device)
+        return z, y
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        """``(G(z, y), y)`` for n samples drawn by :meth:`draw`."""
+        z, y = self.draw(n, generator)
         return self(z, y), y
 
 

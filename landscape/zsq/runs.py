@@ -17,6 +17,14 @@ Run folder: ``<out>/<recipe name>/<run>-seed<S>/`` (see docs/run-folder.md). For
 
 A folder written with a different configuration is an error, never overwritten. A run
 killed at any point and resumed gives byte-identical checkpoints (same device and threads).
+
+Under ``torchrun`` (``landscape train RECIPE --nproc N``) every rank calls this with the same
+arguments: rank 0 takes the lock, checks and prepares the folder and loads the resume point,
+then hands the checkpoint to every rank (:func:`landscape.distributed.on_main`; no shared file
+system needed); all ranks train the run together (:mod:`landscape.zsq.parallel`), rank 0
+writes. config.json then records ``distributed = {world_size, batch_per_rank,
+effective_batch}``, so a folder trained on N ranks resumes only on N ranks. The PTQ run (no
+training) is done by rank 0 alone.
 """
 
 from __future__ import annotations
@@ -24,12 +32,13 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
+from landscape import distributed
 from landscape.checkpoints import (CONFIG_NAME, CheckpointError, CheckpointMismatch,
                                    checkpoint_path, config_hash, list_checkpoints, load_checkpoint,
                                    read_run_config, remove_orphans, sha256_file, write_text_atomic)
@@ -38,6 +47,7 @@ from landscape.data import load_dataset
 from landscape.errors import LandscapeError, storage_error
 from landscape.locking import exclusive_lock
 from landscape.zsq import tables
+from landscape.zsq.parallel import DataParallel, batch_record
 from landscape.zsq.teacher import get_teacher, teacher_settings
 from landscape.zsq.trainer import Run, StepHook
 
@@ -54,11 +64,14 @@ def run_dir_for(out: str | Path, recipe_name: str, run: str, seed: int) -> Path:
 
 
 def _resolved_config(recipe: dict, cfg: dict, seed: int, teacher_ref: dict, spec: dict,
-                     threads: int) -> dict:
-    return {"recipe": recipe["name"], "run": cfg["name"], "seed": seed, "threads": threads,
-            "data": {k: v for k, v in recipe["data"].items() if k != "root"},
-            "model": recipe["model"], "model_spec": spec, "quant": recipe["quant"],
-            "teacher": teacher_settings(recipe), "teacher_file": teacher_ref, "train": cfg}
+                     threads: int, world_size: int = 1) -> dict:
+    config = {"recipe": recipe["name"], "run": cfg["name"], "seed": seed, "threads": threads,
+              "data": {k: v for k, v in recipe["data"].items() if k != "root"},
+              "model": recipe["model"], "model_spec": spec, "quant": recipe["quant"],
+              "teacher": teacher_settings(recipe), "teacher_file": teacher_ref, "train": cfg}
+    if world_size > 1 and cfg["source"] != "none":  # the effective batch is part of the run
+        config["distributed"] = batch_record(world_size, cfg["batch_size"])
+    return config
 
 
 def _differences(old: dict, new: dict, prefix="") -> list[str]:
@@ -146,28 +159,48 @@ def _os_errors_name(path: Path):
         raise storage_error(exc, path) from None
 
 
-def _train_one(cfg: dict, config: dict, recipe: dict, data, t_file: dict, teacher_ref: dict,
-               run_dir: Path, seed: int, device, threads: int, step_hook, progress) -> None:
-    first, target = (0, 0) if cfg["source"] == "none" else (1, cfg["epochs"])
+def _prepare(run_dir: Path, config: dict, first: int, target: int, lock: ExitStack):
+    """Check and prepare a run folder for training; None if the run is finished, else
+    ``(done, last)``: the resume point and its checkpoint. Takes the folder's lock into ``lock``."""
     if _is_finished(run_dir, config, first, target):
-        return
-    with exclusive_lock(run_dir / LOCK_NAME, f"run folder {run_dir}"), _os_errors_name(run_dir):
+        return None
+    lock.enter_context(exclusive_lock(run_dir / LOCK_NAME, f"run folder {run_dir}"))
+    with _os_errors_name(run_dir):
         remove_orphans(run_dir)
         old = _check_same_config(run_dir, config)
         if old != json.loads(json.dumps(config)):
             write_text_atomic(json.dumps(config, indent=2, sort_keys=True), run_dir / CONFIG_NAME)
         done, last = _resume_point(run_dir, first, target)
         if done >= target:
-            return
+            return None
         _prepare_logs(run_dir, first, done)
-        run = Run(cfg, recipe, data, t_file, teacher_ref, run_dir, seed, device,
-                  recipe_hash=config_hash(config), threads=threads)
-        if cfg["source"] == "none":
-            run.post_training_quantization()
+    return done, last
+
+
+def _train_one(cfg: dict, config: dict, recipe: dict, data, t_file: dict, teacher_ref: dict,
+               run_dir: Path, seed: int, device, threads: int, step_hook, progress,
+               ctx: distributed.Context | None = None) -> None:
+    ctx = ctx or distributed.Context()
+    if ctx.distributed and cfg["source"] == "none":  # nothing to share out: rank 0 does it
+        distributed.on_main(_train_one, cfg, config, recipe, data, t_file, teacher_ref, run_dir, seed,
+                            device, threads, step_hook, progress)
+        return
+    first, target = (0, 0) if cfg["source"] == "none" else (1, cfg["epochs"])
+    with ExitStack() as lock:  # rank 0 holds the run folder's lock until training ends
+        prepared = distributed.on_main(_prepare, run_dir, config, first, target, lock)
+        if prepared is None:
             return
-        if last is not None:
-            run.restore(last)
-        run.fit(done + 1, cfg["epochs"], step_hook=step_hook, progress=progress)
+        done, last = prepared
+        with _os_errors_name(run_dir):
+            run = Run(cfg, recipe, data, t_file, teacher_ref, run_dir, seed, device,
+                      recipe_hash=config_hash(config), threads=threads,
+                      parallel=DataParallel(ctx) if ctx.distributed else None)
+            if cfg["source"] == "none":
+                run.post_training_quantization()
+                return
+            if last is not None:
+                run.restore(last)
+            run.fit(done + 1, cfg["epochs"], step_hook=step_hook, progress=progress)
 
 
 def train_recipe(recipe: str | Path | dict, runs: Iterable[str] | None = None,
@@ -185,6 +218,10 @@ def train_recipe(recipe: str | Path | dict, runs: Iterable[str] | None = None,
     ``threads`` intra-op threads for the whole call (restored afterwards), so the numbers do
     not depend on OMP_NUM_THREADS or the core count. ``step_hook(run, epoch, step)`` is
     called after every iteration (tests use it to interrupt a run).
+
+    Under ``torch.distributed`` (torchrun) every rank calls it with the same arguments and the
+    runs are trained data-parallel (see the module docstring); ``device="cuda"`` means each
+    rank's own GPU.
     """
     if not isinstance(recipe, dict):
         recipe = load_recipe(recipe)
@@ -197,6 +234,9 @@ def train_recipe(recipe: str | Path | dict, runs: Iterable[str] | None = None,
     device = device or default_device()
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    ctx = distributed.current()
+    if ctx.distributed and str(device) == "cuda":
+        device = ctx.device  # cuda:<LOCAL_RANK>
     cfgs = []
     for name in runs or list(recipe["runs"]):
         cfg = resolve_run(recipe, name)
@@ -212,15 +252,16 @@ def train_recipe(recipe: str | Path | dict, runs: Iterable[str] | None = None,
         data = load_dataset(data_cfg["name"], data_root or data_cfg["root"] or None,
                             data_cfg["test_fraction"], data_cfg["split_seed"])
         t_path, t_file = get_teacher(recipe, data, out, seed, device, progress)
-        t_sha = sha256_file(t_path)
+        t_sha = distributed.on_main(sha256_file, t_path)
         run_dirs = []
         for cfg in cfgs:
             run_dir = run_dir_for(out, recipe["name"], cfg["name"], seed)
             teacher_ref = {"path": os.path.relpath(t_path, run_dir), "sha256": t_sha,
                            "test_acc": t_file["test_acc"]}
-            config = _resolved_config(recipe, cfg, seed, teacher_ref, t_file["model_spec"], threads)
+            config = _resolved_config(recipe, cfg, seed, teacher_ref, t_file["model_spec"], threads,
+                                      ctx.world_size)
             _train_one(cfg, config, recipe, data, t_file, teacher_ref, run_dir, seed, device,
-                       threads, step_hook, progress)
+                       threads, step_hook, progress, ctx)
             run_dirs.append(run_dir)
     finally:
         torch.set_num_threads(previous_threads)

@@ -128,7 +128,15 @@ def _teacher_file(recipe, data, model, spec, seed, source) -> dict:
 def get_teacher(recipe: dict, data: Dataset, out: Path, seed: int, device="cpu",
                 progress=True) -> tuple[Path, dict]:
     """The cached teacher file (trained, or loaded from ``[teacher] weights``, first if
-    absent): ``(path, teacher-file dict)``. Written under the cache file's lock."""
+    absent): ``(path, teacher-file dict)``. Written under the cache file's lock. Under
+    ``torch.distributed`` rank 0 makes or reads it and hands it to every rank."""
+    from landscape.distributed import on_main
+
+    return on_main(_get_teacher, recipe, data, out, seed, device, progress)
+
+
+def _get_teacher(recipe: dict, data: Dataset, out: Path, seed: int, device="cpu",
+                 progress=True) -> tuple[Path, dict]:
     path = teacher_path(recipe, out, seed)
     if not path.is_file():
         with exclusive_lock(path.with_suffix(".lock"), f"teacher cache {path}"):

@@ -16,6 +16,12 @@
 The checkpoint is the commit point: on resume, CSV rows of epochs after the last checkpoint
 are dropped and the epoch is redone from the saved state (RNG states included), which gives
 the same weights as an uninterrupted run on the same device.
+
+On N ranks (``landscape train RECIPE --nproc N``) the same loop runs on every rank with
+``self.par`` (:class:`~landscape.zsq.parallel.DataParallel`): each rank takes its block of the
+global batch of N × batch_size samples, DistributedDataParallel averages the gradients, losses
+and accuracy are global, and rank 0 alone writes the logs and checkpoints. In one process every
+``self.par`` call is the identity.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from landscape.zsq import tables
 from landscape.zsq.epoch_grad import GradientMean
 from landscape.zsq.generator import BNStatsLoss, Generator
 from landscape.zsq.gi import InundatedSGD, param_groups
+from landscape.zsq.parallel import DataParallel, batch_record
 
 StepHook = Callable[[str, int, int], None]
 
@@ -72,8 +79,9 @@ class Run:
 
     def __init__(self, cfg: dict, recipe: dict, data: Dataset, teacher_file: dict,
                  teacher_ref: dict, run_dir: Path, seed: int, device, recipe_hash: str = "",
-                 threads: int = 1):
+                 threads: int = 1, parallel: DataParallel | None = None):
         self.cfg, self.recipe, self.data = cfg, recipe, data
+        self.par = parallel or DataParallel()
         self.run_dir, self.seed, self.device = Path(run_dir), seed, torch.device(device)
         self.teacher_ref, self.recipe_hash, self.threads = teacher_ref, recipe_hash, threads
         self.teacher_acc = teacher_file["test_acc"]
@@ -100,6 +108,9 @@ class Run:
                                 rho=cfg["rho"] if cfg["gi"] else None,
                                 kappa_max=cfg["kappa_max_warmup"], bisect_steps=cfg["bisect_steps"],
                                 form=cfg["gi_form"])
+        # what the forward passes of training go through (DDP wrappers on N ranks)
+        self.student_model = self.par.wrap(self.student)
+        self.generator_model = self.par.wrap(self.generator) if self.generator is not None else None
 
     # ------------------------------------------------------------------ checkpoint state
 
@@ -123,7 +134,16 @@ class Run:
             "temperature": cfg["temperature"], "kl_reduction": cfg["kl_reduction"],
             "metrics": {k: v for k, v in metrics.items() if k != "seconds"},  # no wall clock
             "epoch_grad": epoch_grad,
+            **({"distributed": batch_record(self.par.world, cfg["batch_size"])} if self.par.active else {}),
         })
+
+    def shared_state(self) -> dict:
+        """What must be the same on every rank: the student (weights, activation ranges) and the
+        generator's weights (its BatchNorm running statistics are each rank's own)."""
+        out = {"student": self.student.state_dict()}
+        if self.generator is not None:
+            out["generator"] = dict(self.generator.named_parameters())
+        return out
 
     def restore(self, ckpt: dict) -> None:
         self.student.load_state_dict(ckpt["student_state"])
@@ -137,8 +157,9 @@ class Run:
     # ------------------------------------------------------------------ one epoch
 
     def real_batches(self, n_steps: int):
-        """n_steps real training batches, reshuffled each pass (order from the run's sampler)."""
-        bs = self.cfg["batch_size"]
+        """n_steps real training batches, reshuffled each pass (order from the run's sampler);
+        on N ranks the global batches of N × batch_size (each rank keeps its block)."""
+        bs = self.par.global_size(self.cfg["batch_size"])
         while True:
             for batch in iterate_batches(self.data.x_train, self.data.y_train, bs, self.sampler,
                                          drop_last=len(self.data.y_train) >= bs):
@@ -174,31 +195,39 @@ class Run:
             if self.generator is not None:  # generator step on CE(teacher(G(z, y)), y) + BNS
                 bns.clear()
                 self.generator.train()
-                x, y = self.generator.sample(cfg["batch_size"], self.sampler)
+                z, y = self.generator.draw(self.par.global_size(cfg["batch_size"]), self.sampler)
+                z, y = self.par.local(z), self.par.local(y)
+                x = self.generator_model(z, y)
                 t_logits = self.teacher(x)
                 loss_bns = bns.loss()
                 loss_g = ce(t_logits, y) + cfg["bns_scale"] * loss_bns
-                self._check(loss_g, "generator loss", epoch, step, last_good)
+                seen = self.par.mean({"loss_g": loss_g, "loss_bns": loss_bns})
+                self._check(seen["loss_g"], "generator loss", epoch, step, last_good)
                 self.gen_opt.zero_grad(set_to_none=True)
                 loss_g.backward()
                 self.gen_opt.step()
                 x, t_logits = x.detach(), t_logits.detach()
-                losses.update(loss_g=loss_g, loss_bns=loss_bns)
+                x_all = self.par.gather(x) if calib else x
+                losses.update(seen)
             else:
-                x, y = next(real)
-                x, y = x.to(self.device), y.to(self.device)
+                x_all, y = next(real)
+                x, y = self.par.local(x_all).to(self.device), self.par.local(y).to(self.device)
                 with torch.no_grad():
                     t_logits = self.teacher(x)
-            with calibrating(self.student, calib), torch.set_grad_enabled(not warm):
-                s_logits = self.student(x)
+            if calib and self.par.active:  # ranges from the global batch, as one process would
+                with calibrating(self.student, True), torch.no_grad():
+                    self.student(x_all.to(self.device))
+            with calibrating(self.student, calib and not self.par.active), torch.set_grad_enabled(not warm):
+                s_logits = self.student_model(x)
                 loss, loss_ce, loss_kl = self.student_loss(s_logits, t_logits, y)
-            self._check(loss, "student loss", epoch, step, last_good)
+            seen = self.par.mean({"loss_ce": loss_ce, "loss_kl": loss_kl, "loss_total": loss})
+            self._check(seen["loss_total"], "student loss", epoch, step, last_good)
             if not warm:
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 log.grad_mean.add()  # the raw gradient: before κ, weight decay and momentum
                 self.opt.step()
-            losses.update(loss_ce=loss_ce, loss_kl=loss_kl, loss_total=loss)
+            losses.update(seen)
             log.after_step(step, losses, x, y, [] if warm else self.opt.last_records)
             if step_hook is not None:
                 step_hook(cfg["name"], epoch, i + 1)
@@ -218,27 +247,31 @@ class Run:
         cfg = self.cfg
         bns = BNStatsLoss(self.teacher) if self.generator is not None else None
         bar = tqdm(range(start_epoch, epochs + 1), desc=f"{cfg['name']}-seed{self.seed}",
-                   disable=not progress, leave=False, initial=start_epoch - 1, total=epochs)
+                   disable=not progress or not self.par.is_main, leave=False, initial=start_epoch - 1,
+                   total=epochs)
         try:
             for epoch in bar:
                 t0 = time.perf_counter()
                 last = checkpoint_path(self.run_dir, epoch - 1)
                 last_good = str(last) if last.exists() else "none (no epoch finished yet)"
                 log = self.train_epoch(epoch, bns, step_hook, last_good)
-                acc = evaluate(self.student, self.data.x_test, self.data.y_test)
+                acc = self.par.accuracy(self.student, self.data.x_test, self.data.y_test)
                 self.best_acc = max(self.best_acc, acc)
                 group = self.opt.param_groups[0]
                 row = tables.metrics_row(epoch, "warmup" if log.warm else "train", acc,
                                          self.best_acc, self.teacher_acc, log.means(),
                                          log.crossings, lr=group["lr"], rho=group["rho"] or 0.0,
                                          seconds=time.perf_counter() - t0)
-                log.warn_if_capped(self.run_dir, row["kappa_capped"])
-                tables.append_rows(self.run_dir / "metrics.csv", [row], tables.METRICS_COLUMNS)
-                tables.append_rows(self.run_dir / "crossings.csv", log.crossings,
-                                   tables.CROSSING_COLUMNS)
                 epoch_grad = log.grad_mean.result() if log.grad_mean is not None else None
-                save_atomic(self.checkpoint(epoch, row["phase"], log.kept, row, epoch_grad),
-                            checkpoint_path(self.run_dir, epoch))
+                self.par.fingerprint_check(self.shared_state(), f"run {cfg['name']}-seed{self.seed}, "
+                                           f"epoch {epoch}")
+                if self.par.is_main:
+                    log.warn_if_capped(self.run_dir, row["kappa_capped"])
+                    tables.append_rows(self.run_dir / "metrics.csv", [row], tables.METRICS_COLUMNS)
+                    tables.append_rows(self.run_dir / "crossings.csv", log.crossings,
+                                       tables.CROSSING_COLUMNS)
+                    save_atomic(self.checkpoint(epoch, row["phase"], log.kept, row, epoch_grad),
+                                checkpoint_path(self.run_dir, epoch))
                 bar.set_postfix(acc=f"{acc:.2f}", best=f"{self.best_acc:.2f}", phase=row["phase"])
         finally:
             if bns is not None:
