@@ -108,6 +108,10 @@ def _load_settings(path: str | None) -> dict | None:
 
 def _analyze(args: argparse.Namespace) -> None:
     from landscape.analyzers import analyze_runs
+    from landscape.analyzers.distributed import ENV_MODE
+
+    if args.data_parallel:  # under --nproc: every checkpoint on all ranks, its batches shared out
+        os.environ[ENV_MODE] = "data"
 
     tables = analyze_runs(args.run_dirs, analyses=args.analyses, force=args.force, settings=_load_settings(args.settings),
                           out_dir=args.out, device=args.device, threads=args.threads)
@@ -125,10 +129,8 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def _figures(args: argparse.Namespace) -> None:
-    from landscape.distributed import world_size
+    from landscape.distributed import is_main, world_size
     from landscape.pipeline import run_figures
-
-    from landscape.distributed import is_main
 
     jobs = 1 if world_size() > 1 else args.jobs  # with --nproc the ranks share each job instead
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(sys.stdout if is_main() else quiet):
@@ -199,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="processes on this machine (relaunches through torchrun; default: 1, or torchrun's)")
+    p.add_argument("--data-parallel", action="store_true",
+                   help="with several processes: analyse every checkpoint on all of them, its batches shared "
+                        "out (default: each checkpoint on one process)")
     p.set_defaults(func=_analyze)
 
     p = command("plot", "redraw every figure from the tables (no recomputation)")

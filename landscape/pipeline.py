@@ -100,11 +100,12 @@ class _Clock:
             self.cpu[name] = self._cpu() - c0
 
 
-def _provenance(recipe: Mapping, seeds, threads: int, jobs: int) -> dict:
+def _provenance(recipe: Mapping, seeds, threads: int, jobs: int, ranks: int = 1) -> dict:
     import torch
 
+    where = {"processes": jobs} if ranks <= 1 else {"torch.distributed ranks": ranks}
     return {"recipe": recipe.get("name"), "seeds": " ".join(map(str, seeds)), "torch threads per process": threads,
-            "processes": jobs, "torch": torch.__version__, "python": platform.python_version()}
+            **where, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def _checkpoint_files(root: str) -> set:
@@ -138,6 +139,7 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
     """
     from landscape.analyzers import analyze_runs
     from landscape.config import load_recipe
+    from landscape.distributed import is_main, world_size
     from landscape.figures import plot_all
     from landscape.findings.readme import write_readme
     from landscape.results import publish_results, write_results
@@ -157,8 +159,8 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
     root = str(Path(checkpoints) if checkpoints else DEFAULT_OUT)
     set_threads(threads)
     tables_dir = out / "tables"
-    print(f"recipe {recipe['name']}: seeds {seeds}, {len(recipe['runs'])} runs, {jobs} process(es) × "
-          f"{threads} torch thread(s)", flush=True)
+    print(f"recipe {recipe['name']}: seeds {seeds}, {len(recipe['runs'])} runs, "
+          f"{jobs if world_size() <= 1 else world_size()} process(es) × {threads} torch thread(s)", flush=True)
 
     before = _checkpoint_files(root)
     with clock.stage("train"):
@@ -178,15 +180,13 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
                               out_dir=tables_dir, device=device, threads=threads)
         computed += tables.computed
     warm = computed == 0 and _checkpoint_files(root) == before
-    from landscape.distributed import is_main
-
     if not is_main():  # figures --nproc N: every rank trained and analysed; rank 0 draws and writes
         return tables
     with clock.stage("plot"):
         paths = plot_all(tables_dir, out, roles=roles)
     timings = dict(clock.wall)
     with clock.stage("findings"):
-        provenance = _provenance(recipe, seeds, threads, jobs)
+        provenance = _provenance(recipe, seeds, threads, jobs, world_size())
         timings["total"] = time.perf_counter() - start
         readme = write_readme(tables_dir, out, roles=roles, figures=paths, timings=timings,
                               recipe=str(recipe_path) if not isinstance(recipe_path, Mapping) else recipe.get("name"),
