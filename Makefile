@@ -34,7 +34,7 @@ plot: $(STAMP)
 	$(PY) -m landscape plot
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py --publish README.md
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

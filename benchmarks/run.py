@@ -73,6 +73,8 @@ def _counted_hvp(gradsH, params, v):
 sys.modules["pyhessian.hessian"].hessian_vector_product = _counted_hvp  # count PyHessian's products (its single-batch path)
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+#: ``run.py --publish README.md``: copy this run's table into that file's ``bench`` block.
+PUBLISH = sys.argv[sys.argv.index("--publish") + 1] if "--publish" in sys.argv[:-1] else None
 ROUNDS = 3 if QUICK else 9
 EIG_REPEATS = 1 if QUICK else 5
 TRACE_SEEDS = 1 if QUICK else 2
@@ -419,6 +421,7 @@ def bench_distributed(summary: dict) -> None:
 def main() -> None:
     torch.set_num_threads(2)
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
     line(f"landscape curvature benchmark vs PyHessian 0.1 | torch {torch.__version__} | threads {torch.get_num_threads()} | "
          f"load average {os.getloadavg()[0]:.2f} | quick={QUICK}")
     summary: dict = {}
@@ -436,7 +439,7 @@ def main() -> None:
          f"PyHessian cached {summary['pyhessian_ratio']:.2f}, plain double backward {summary['plain_ratio']:.2f}; FLOP ratio {summary['flop_ratio']:.2f}")
     line(f"    top eigenvalue time ours/PyHessian: Lanczos {summary['eig_ratio_lanczos']:.2f}, power {summary['eig_ratio_power']:.2f} (target <= 0.67); "
          f"relative errors " + ", ".join(f"{k} {v:.1e}" for k, v in summary["eig_err"].items()))
-    line(f"    trace error at PyHessian's product count (CNN, mean over seeds): " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in summary["trace_cnn"].items()))
+    line("    trace error at PyHessian's product count (CNN, mean over seeds): " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in summary["trace_cnn"].items()))
     line(f"    stopping-rule coverage (3 stderr): Hutchinson {100 * summary['coverage_hutchinson']:.0f} %, Hutch++ {100 * summary['coverage_hutch++']:.0f} % (target >= 95 %)")
     line(f"    memory growth 10 -> {MEM_PRODUCTS} products: {100 * summary['mem_growth']:+.2f} % (target < 5 %)")
     line(f"    GGN product / gradient: ours {summary['ggn_ratio']:.2f} (per-round median {summary['ggn_ratio_per_round']:.2f}), "
@@ -453,6 +456,59 @@ def main() -> None:
              f"{d['one']:.2f}/s (x{d['two'] / d['one']:.2f}); all-reduce {100 * d['share']:.1f} % of a product "
              f"({100 * d['comm']:.1f} % communication alone)")
     line(f"    load average now {os.getloadavg()[0]:.2f}; total {time.perf_counter() - t_start:.0f} s")
+    path = write_results(summary, load=(load_start, os.getloadavg()[0]), seconds=time.perf_counter() - t_start)
+    line(f"    written to {path}")
+    if PUBLISH and not QUICK:
+        from landscape.results import publish_results
+
+        publish_results(path, PUBLISH, copy_to=path)
+        line(f"    and published into {PUBLISH}")
+
+
+def _table(summary: dict) -> str:
+    """The README's performance table, from this run's summary."""
+    s = summary
+    rows = [
+        ("one HVP ÷ one gradient", f"{s['hvp_ratio']:.2f} (median of per-round ratios {s['hvp_ratio_per_round']:.2f})",
+         f"PyHessian cached {s['pyhessian_ratio']:.2f}; plain double backward {s['plain_ratio']:.2f}; FLOP ratio "
+         f"{s['flop_ratio']:.2f}", "≤ 1.6"),
+        ("one GGN product ÷ one gradient", f"{s['ggn_ratio']:.2f} (per round {s['ggn_ratio_per_round']:.2f})",
+         f"curvlinops `GGNLinearOperator` {s['curvlinops_ggn_ratio']:.2f}" if math.isfinite(s["curvlinops_ggn_ratio"])
+         else "curvlinops not installed", ""),
+        ("time to the top eigenvalue at 1e-3, ours ÷ PyHessian", f"Lanczos {s['eig_ratio_lanczos']:.2f}, power "
+         f"{s['eig_ratio_power']:.2f}", "relative errors " + ", ".join(f"{k} {v:.1e}" for k, v in s["eig_err"].items()),
+         "≤ 0.67"),
+        ("trace error at PyHessian's product count (CNN)", ", ".join(f"{k} {100 * v:.1f} %" for k, v in s["trace_cnn"].items()),
+         "ours reports its standard error", ""),
+        ("coverage of the rtol stopping rule (100 seeds, 3 s.e.)", f"Hutchinson {100 * s['coverage_hutchinson']:.0f} %, "
+         f"Hutch++ {100 * s['coverage_hutch++']:.0f} %", "", "≥ 95 %"),
+        ("resident memory, 1,000 vs 10 products", f"{100 * s['mem_growth']:+.2f} %", "", "< 5 %"),
+        ("freshness check ÷ HVP", f"{100 * s['fresh_cnn']:.2f} % (CNN); {100 * s['fresh_worst']:.1f} % worst case "
+         "(6.3M parameters, batch 8)", "", "≤ 2 %"),
+    ]
+    if "peak" in s:
+        pk = s["peak"]
+        rows.append(("peak RSS of per-layer traces", f"views of one operator {pk['views']:.0f} MiB = whole-model trace "
+                     f"{pk['whole']:.0f} MiB", f"one operator per layer {pk['separate']:.0f} MiB", ""))
+    if "dist" in s:
+        d = s["dist"]
+        rows.append(("products/s over 8 batches (torch.distributed, gloo)", f"2 processes × 1 thread {d['two']:.2f}, "
+                     f"1 process × 2 threads {d['one']:.2f} (×{d['two'] / d['one']:.2f})",
+                     f"all-reduce {100 * d['share']:.1f} % of a product ({100 * d['comm']:.1f} % communication alone)", ""))
+    lines = ["| measure | ours | beside it | target |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {t} |" for a, b, c, t in rows]
+    return "\n".join(lines)
+
+
+def write_results(summary: dict, load: tuple[float, float], seconds: float) -> str:
+    """``benchmarks/results.md``: this run's table in a ``bench`` block (``make bench`` publishes it
+    into README.md, so no number there is typed by hand)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md")
+    body = (_table(summary) + f"\n\n(`make bench`, {seconds:.0f} s, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, load average {load[0]:.2f} at the start and {load[1]:.2f} at the end.)\n")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("# Results of `make bench`\n\n<!-- results:bench -->\n" + body + "<!-- /results:bench -->\n")
+    return path
 
 
 if __name__ == "__main__":

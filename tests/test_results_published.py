@@ -24,3 +24,10 @@ def test_readme_and_docs_carry_the_published_blocks():
         for name, body in read_blocks(doc.read_text(encoding="utf-8")).items():
             assert body == published[name], f"{doc.name}'s block {name!r} differs from docs/results.md"
     assert "supported" in published["findings"] and "| ait |" in published["accuracy"]
+
+
+def test_readme_carries_the_published_benchmark():
+    published = read_blocks((ROOT / "benchmarks" / "results.md").read_text(encoding="utf-8"))
+    readme = read_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert "bench" in published and readme["bench"] == published["bench"]
+    assert "HVP ÷ one gradient" in published["bench"]
