@@ -89,6 +89,12 @@ def _median_difference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.median(x, axis=-1) - np.median(y, axis=-1)
 
 
+def _median_and_gap(main: pd.DataFrame, ref: pd.DataFrame) -> tuple[Interval, Interval]:
+    """The median over epochs of a run's values (mean over seeds), and its difference from a
+    reference run's, each with its bootstrap interval (claims 1 and 5)."""
+    return bootstrap(_by_seed(main), _median), bootstrap([_by_seed(main), _by_seed(ref)], _median_difference)
+
+
 def _seed_note(interval: Interval) -> str:
     return "" if interval.n > 1 else " (1 seed: the interval is over epochs of that run only)"
 
@@ -146,8 +152,7 @@ def claim_1(tables: Tables, roles: Mapping) -> Claim:
     if zq.empty or kd.empty:
         missing = "ZQ" if zq.empty else "KD"
         return Claim(1, TEXT_1, f"no cosine rows for the {missing} run", NO_DATA, RULE_1)
-    a = bootstrap(_by_seed(zq), _median)
-    b = bootstrap([_by_seed(zq), _by_seed(kd)], _median_difference)
+    a, b = _median_and_gap(zq, kd)
     verdict = weakest(judge(a, 0.1, "below"), judge(b, 0.0, "below"))
     number = (f"median cos: ZQ [{roles['zq']}] {a.text(fmt)}; ZQ − KD [{roles['kd']}] {b.text(fmt)}"
               f"{_seed_note(a)}")
@@ -408,8 +413,7 @@ def claim_5(tables: Tables, roles: Mapping) -> Claim:
     if klo.empty or kd.empty:
         missing = "KL-only" if klo.empty else "KD"
         return Claim(5, TEXT_5, f"no epoch-mean inter-epoch cosine for the {missing} run", NO_DATA, RULE_5)
-    a = bootstrap(_by_seed(klo), _median)
-    b = bootstrap([_by_seed(klo), _by_seed(kd)], _median_difference)
+    a, b = _median_and_gap(klo, kd)
     verdict = weakest(judge(a, 0.5, "above"), judge(b, 0.0, "above"))
     number = f"median: KL-only [{roles['kl_only']}] {a.text(fmt)}; KL-only − KD [{roles['kd']}] {b.text(fmt)}"
     ait = _rows(tables, "interepoch", "interepoch_cosine", roles["ait"])
