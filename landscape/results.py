@@ -75,7 +75,8 @@ def accuracy_table(tables_dir: str | Path, roles: Mapping | None = None) -> str:
 
 def _timings(wall: Mapping[str, float], cpu: Mapping[str, float]) -> str:
     lines = ["| stage | wall (s) | CPU time, all processes (s) |", "|---|---|---|"]
-    lines += [f"| {k} | {v:.0f} | {cpu.get(k, math.nan):.0f} |" for k, v in wall.items()]
+    lines += [f"| {k} | {v:.0f} | {cpu[k]:.0f} |" if math.isfinite(cpu.get(k, math.nan)) else f"| {k} | {v:.0f} | — |"
+              for k, v in wall.items()]
     return "\n".join(lines)
 
 
