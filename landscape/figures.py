@@ -223,7 +223,8 @@ def fig_trace(tables: dict, roles: dict, styler: _Runs):
 
 def fig_slices(tables: dict, roles: dict, styler: _Runs):
     """Fig. 3: L(θ + k·e·ĝ) − L(θ) along each loss's top eigenvector: re-quantized (solid) and
-    with rounding offsets frozen at θ (dotted), a grid of epochs; mean over seeds."""
+    with rounding offsets frozen at θ (dotted), a grid of epochs; mean over seeds, shaded from the
+    lowest to the highest seed's curve."""
     df = tables.get("eigen")
     if df is None:
         return None
@@ -252,7 +253,12 @@ def fig_slices(tables: dict, roles: dict, styler: _Runs):
             d = sl[(sl["run"] == run) & (sl["epoch"] == epoch)]
             ax.axvline(0, color="0.6", linewidth=0.6, zorder=0)
             for (loss, kind), g in d.groupby(["loss", "slice"]):
-                m = g.groupby("k")["delta"].mean()
+                per_seed = g.pivot_table(index="k", columns="seed", values="delta", aggfunc="mean").sort_index()
+                m = per_seed.mean(axis=1)
+                if per_seed.shape[1] > 1:
+                    ax.fill_between(per_seed.index, per_seed.min(axis=1), per_seed.max(axis=1),
+                                    color=LOSS_COLORS.get(loss, "#CC79A7"), alpha=0.15 if kind == "requantized" else 0.08,
+                                    linewidth=0)
                 ax.plot(m.index, m.values, color=LOSS_COLORS.get(loss, "#CC79A7"),
                         linestyle="-" if kind == "requantized" else ":", linewidth=1.8 if kind == "requantized" else 1.4,
                         marker=LOSS_MARKERS.get(loss) if kind == "requantized" else None, markersize=3,
@@ -312,7 +318,8 @@ def _symlog_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, c:
 
 
 def _density_panel(ax, ritz: pd.DataFrame, series: list, span: float, drawn: list) -> None:
-    """Each series' density from its Ritz values (all seeds pooled, each seed weighing 1/n) and the
+    """Each series' density from its Ritz values (the mean of the seeds' densities, i.e. all seeds
+    pooled with each seed weighing 1/n, shaded from the lowest to the highest seed's), and the
     Ritz values themselves as stems along the bottom (height ∝ quadrature weight, log scale)."""
     c = max(span * 1e-2, 1e-12)
     lo, hi = float(ritz["x"].min()), float(ritz["x"].max())
@@ -324,10 +331,14 @@ def _density_panel(ax, ritz: pd.DataFrame, series: list, span: float, drawn: lis
         r = ritz[key(ritz)]
         if r.empty:
             continue
-        n_seeds = max(r["seed"].fillna(-1).nunique(), 1)
-        y = _symlog_density(r["x"].to_numpy(float), r["value"].to_numpy(float) / n_seeds, grid, c)
+        per_seed = np.stack([_symlog_density(g["x"].to_numpy(float), g["value"].to_numpy(float), grid, c)
+                             for _, g in r.groupby(r["seed"].fillna(-1))])
+        y = per_seed.mean(axis=0)   # = the density of all seeds' Ritz values pooled, each seed weighing 1/n
+        if len(per_seed) > 1:
+            ax.fill_between(grid, per_seed.min(axis=0), per_seed.max(axis=0), color=color, alpha=0.12, linewidth=0)
         ax.plot(grid, y, color=color, dashes=dashes or (None, None), linewidth=1.6, label=label)
-        drawn.append(pd.DataFrame({"series": label, "x": grid, "density": y}))
+        drawn.append(pd.DataFrame({"series": label, "x": grid, "density": y, "density_min": per_seed.min(axis=0),
+                                   "density_max": per_seed.max(axis=0)}))
         ymax = max(ymax, float(y.max()))
     ax.set_yscale("log")
     floor = ymax * 1e-6 if ymax > 0 else 1e-12

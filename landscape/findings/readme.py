@@ -43,10 +43,13 @@ BANDS = {
     "fig2_trace": ("band: 95 % interval over seeds; error bars: ±2 Hutchinson standard errors (probe noise; "
                    "probes are drawn afresh for every checkpoint, so these errors are independent across epochs "
                    "and shared by CE and KL at one checkpoint)"),
-    "fig3_slices": "one curve per seed (no band: slices are exact evaluations on the stored batches)",
-    "fig4_density": "one curve per seed; stems: Ritz values of every SLQ probe vector",
+    "fig3_slices": ("curve: mean over seeds; shaded: from the lowest to the highest seed's curve (training-run "
+                    "variation; the slices themselves are exact evaluations on the stored batches)"),
+    "fig4_density": ("curve: mean of the seeds' densities; shaded: from the lowest to the highest seed's; stems: "
+                     "Ritz values of every SLQ probe vector of every seed"),
     "fig5_interepoch": "band: 95 % bootstrap interval over seeds",
-    "fig6_crossings": "no band (mean over seeds)",
+    "fig6_crossings": ("no band: a heatmap of the mean over seeds (each seed's cells are in the CSV; the spread "
+                       "over seeds is in the findings table, claim 6)"),
     "fig7_accuracy": "band: 95 % bootstrap interval over seeds",
 }
 
