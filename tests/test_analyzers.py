@@ -397,3 +397,15 @@ def test_two_analyses_of_the_same_folder_do_the_work_once(tiny_runs, tmp_path):
     assert sum(computed) == 4  # 2 analyses × 2 epochs, each computed by one process only
     a, b = (pd.read_csv(tmp_path / "t" / "trace.csv") for _ in range(2))
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_off_a_terminal_each_checkpoint_prints_one_line(tiny_runs, tmp_path, capsys):
+    """In a log or CI (no TTY: pytest captures stderr) tqdm is silent, so the analysis says one
+    line per analysed checkpoint instead of nothing for minutes."""
+    from landscape.checkpoints import list_checkpoints
+
+    analyze_runs([tiny_runs["kd"]], analyses=["cosine"], settings=SETTINGS, out_dir=tmp_path, device="cpu")
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.strip().startswith("analyze ")]
+    n = len(list_checkpoints(tiny_runs["kd"]))
+    assert len(lines) == n
+    assert all("cosine" in l for l in lines) and lines[-1].split("(")[1].startswith(f"{n}/{n}")

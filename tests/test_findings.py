@@ -96,3 +96,46 @@ def test_readme_prints_the_rule_each_claim_function_holds(tmp_path):
         n = fn.__name__.split("_")[1]
         assert getattr(module, f"RULE_{n}") in text
     assert "Scale-free verdict" in text and text.count("**supported**") >= 7
+
+
+def _claims_of(tmp_path, tables):
+    return {c["id"]: c for c in claims(write_tables(tmp_path / "t", tables))}
+
+
+def test_claim_3_needs_two_sliced_epochs_and_its_own_unit_slice(tmp_path):
+    """The rule text says it: effect B needs two sliced epochs, and the scale-free verdict needs
+    the unit-step slice — without them 'no data', never a verdict on half the evidence."""
+    t = make_tables()
+    eigen = t["eigen"]
+    first = eigen["epoch"].min()
+    one_epoch = dict(t, eigen=eigen[eigen["epoch"] == first])
+    got = _claims_of(tmp_path / "a", one_epoch)[3]
+    assert got["verdict"] == NO_DATA and got["scale_free_verdict"] == NO_DATA
+    no_unit = dict(t, eigen=eigen[eigen["slice"].fillna("") != "requantized_unit"])
+    got = _claims_of(tmp_path / "b", no_unit)[3]
+    assert got["verdict"] == SUPPORTED and got["scale_free_verdict"] == NO_DATA
+
+
+def test_a_verdict_resting_on_an_unconverged_estimate_says_so(tmp_path):
+    t = make_tables()
+    tr = t["trace"].copy()
+    zq_trace = (tr["run"] == "gdfq") & (tr["metric"] == "trace") & (tr["epoch"] == 2)
+    tr.loc[zq_trace, "converged"] = False
+    eig = t["eigen"].copy()
+    eig.loc[(eig["run"] == "gdfq") & (eig["metric"] == "top_eigenvalue") & (eig["epoch"] == 1), "converged"] = False
+    got = _claims_of(tmp_path, dict(t, trace=tr, eigen=eig))
+    n_trace, n_eig = int(zq_trace.sum()), 2 * 3  # CE and KL, three seeds
+    assert f"rests on {n_trace} unconverged estimate(s)" in got[2]["number"]
+    assert f"rests on {n_eig} unconverged estimate(s)" in got[3]["number"]
+    assert any("unconverged" in n for n in got[2]["notes"])
+    clean = verdicts(tmp_path / "clean")
+    assert "unconverged" not in clean[2]["number"] and "unconverged" not in clean[3]["number"]
+
+
+def test_findings_do_not_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = "import sys, landscape.findings, landscape.tables; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -3,7 +3,7 @@
     from landscape.findings import claims
     claims("figures/tables")   # -> [{id, claim, number, verdict, scale_free_verdict, rule, ...}]
 
-Each claim is one function in :mod:`.claims` with its rule written next to it; levels are
+Each claim is one function in :mod:`.rules` with its rule written next to it; levels are
 ``supported``, ``suggestive``, ``not supported`` and ``no data`` (:mod:`.verdicts`); intervals
 come from a hierarchical bootstrap over seeds and epochs, Hutchinson standard errors, SLQ
 probe vectors and paired t-intervals over seeds (:mod:`.stats`). Nothing here recomputes an

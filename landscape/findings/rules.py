@@ -223,9 +223,9 @@ TEXT_3 = "§2.3 Along the top eigenvector, KL's loss surface is flatter than CE'
 RULE_3 = ("rise = mean of L(θ ± k_max·e·ĝ) − L(θ) on the paper's (re-quantized) slice. Effect A = mean over "
           "sliced epochs of log(rise_CE / rise_KL) (> 0: KL flatter); effect B = that log ratio at the last "
           "sliced epoch minus at the first (> 0: more so late), over seeds. Supported if both intervals lie "
-          "above 0; suggestive if both estimates do")
-RULE_3_SF = ("the same on the relative rise rise/L(θ) of a re-quantized slice with a unit step along e "
-             "(k_max·e, the same step for both losses), and A only if that slice is missing; "
+          "above 0; suggestive if both estimates do; no data with a single sliced epoch (B needs two)")
+RULE_3_SF = ("the same two effects on the relative rise rise/L(θ) of a re-quantized slice with a unit step along e "
+             "(k_max·e, the same step for both losses); no data if that slice is missing; "
              "λ_max/L is shown beside it")
 
 
