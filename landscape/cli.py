@@ -1,7 +1,7 @@
 """The ``landscape`` command line: train, analyze, plot, figures, report.
 
     landscape train RECIPE [--runs NAME ...] [--epochs N] [--out DIR] [--seed S] [--threads T] [--nproc N]
-    landscape analyze RUN_DIR... [--analyses NAME ...] [--settings FILE] [--force] [--keep-going] [--nproc N]
+    landscape analyze RUN_DIR... [--analyses NAME ...] [--settings FILE] [--force] [--keep-going] [--nproc N [--data-parallel]]
     landscape plot [--tables DIR] [--out DIR]
     landscape figures [RECIPE] [--seeds S ...] [--jobs N] [--checkpoints DIR] [--publish README] [--nproc N]
     landscape report RUN_OR_RECIPE_DIR...
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the recipe's seed)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: the recipe's threads); the numbers depend on it")
-    p.add_argument("--data-root", default=None, help="folder holding the data (CIFAR, Fashion-MNIST)")
+    p.add_argument("--data-root", default=None, help="folder holding the data (CIFAR, Fashion-MNIST; default: the recipe's [data] root, else Fashion-MNIST's Debian folder; mnist5k and digits need none)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="processes on this machine (relaunches through torchrun; default: 1, or torchrun's)")
@@ -212,17 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_plot)
 
     p = command("figures", "train or reuse, analyze, draw and judge the paper's claims: the whole job")
-    p.add_argument("recipe", nargs="?", default="analyses/default.toml", help="a recipe TOML")
+    p.add_argument("recipe", nargs="?", default="analyses/default.toml", help="a recipe TOML (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to train (default: the recipe's seeds)")
     p.add_argument("--jobs", type=int, default=None,
                    help="worker processes (default: the usable cores); changes the time, never the numbers")
     p.add_argument("--checkpoints", default=None, metavar="DIR", help="checkpoint root (default: checkpoints/)")
     p.add_argument("--out", default="figures", help="where figures, tables and README.md go")
     p.add_argument("--publish", metavar="README", default=None,
-                   help="also copy the results blocks into this Markdown file (and docs/results.md)")
+                   help="also copy the results blocks into this Markdown file (and docs/results.md; default: publish nowhere)")
     p.add_argument("--keep-going", action="store_true", help="exit 0 even when something could not be analysed")
     p.add_argument("--force", action="store_true", help="recompute cached analyses")
-    p.add_argument("--data-root", default=None, help="folder holding the data (CIFAR, Fashion-MNIST)")
+    p.add_argument("--data-root", default=None, help="folder holding the data (CIFAR, Fashion-MNIST; default: the recipe's [data] root, else Fashion-MNIST's Debian folder; mnist5k and digits need none)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="processes on this machine (relaunches through torchrun; default: 1, or torchrun's)")

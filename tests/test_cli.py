@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from landscape.cli import build_parser, main
@@ -64,6 +66,21 @@ def test_version_and_python_dash_m(capsys):
     assert proc.returncode == 0 and proc.stdout.startswith("landscape ")
 
 
+def test_one_version_everywhere():
+    """landscape.__version__, setup.cfg (the installed metadata) and the CHANGELOG's newest entry agree."""
+    import configparser
+    import re
+    from pathlib import Path
+
+    import landscape
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    newest = re.search(r"^## (\S+)", (root / "CHANGELOG.md").read_text(), re.M).group(1)
+    assert landscape.__version__ == cfg["metadata"]["version"] == newest
+
+
 def test_a_misspelt_command_gets_the_closest_one(capsys):
     assert main(["analyse", "x"]) == 2
     line = _one_error_line(capsys)
@@ -74,10 +91,12 @@ def test_every_option_says_its_default_or_has_none(capsys):
     parser = build_parser()
     for name, sub in parser._subparsers._group_actions[0].choices.items():
         for action in sub._actions:
-            if action.option_strings and action.dest not in ("help", "debug"):
-                assert action.help, (name, action.dest)
-                text = sub.formatter_class(name)._get_help_string(action)
-                assert "default" in text or action.default in (None, False), (name, action.dest, text)
+            if action.dest in ("help", "debug") or action.required:
+                continue  # a required argument (RECIPE, RUN_DIR...) has no default
+            assert action.help, (name, action.dest)
+            text = sub.formatter_class(name)._get_help_string(action)
+            # a switch's default is 'off'; every other option says what it is when not given
+            assert "default" in text or action.default is False, (name, action.dest, text)
 
 
 def test_report_prints_best_and_final(tmp_path, capsys):
@@ -101,6 +120,29 @@ def test_analyze_takes_a_settings_file(tmp_path, capsys):
     assert "did you mean 'max_matvecs'" in _one_error_line(capsys)
     assert main(["analyze", str(tmp_path / "run"), "--settings", str(tmp_path / "none.toml")]) == 2
     assert "none.toml" in _one_error_line(capsys)
+
+
+def test_data_parallel_selects_the_data_mode_of_the_distributed_analysis(tmp_path, monkeypatch, capsys):
+    """``analyze --data-parallel`` is the documented switch to ``LANDSCAPE_ANALYZE_MODE=data`` (each
+    checkpoint on all ranks; tested under two ranks in test_distributed_analyze)."""
+    import landscape.analyzers as analyzers
+    from landscape.analyzers.distributed import ENV_MODE
+    from landscape.analyzers.runner import AnalysisTables
+
+    seen = {}
+
+    def fake(*a, **k):
+        seen["mode"] = os.environ.get(ENV_MODE)
+        return AnalysisTables()
+
+    monkeypatch.delenv(ENV_MODE, raising=False)
+    monkeypatch.setattr(analyzers, "analyze_runs", fake)
+    (tmp_path / "run").mkdir()
+    main(["analyze", str(tmp_path / "run"), "--data-parallel", "--keep-going"])
+    assert seen == {"mode": "data"}
+    monkeypatch.delenv(ENV_MODE, raising=False)
+    main(["analyze", str(tmp_path / "run"), "--keep-going"])
+    assert seen == {"mode": None}
 
 
 def test_figures_takes_the_checkpoint_folder_seeds_and_jobs():
