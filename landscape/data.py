@@ -24,6 +24,7 @@ import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,7 @@ class Dataset:
 
 # ----------------------------------------------------------------------------- helpers
 
-def stratified_split(y: np.ndarray, test_fraction: float, seed: int):
+def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, test): each class split in the same proportion, seeded, shuffled."""
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -270,7 +271,7 @@ def load_dataset(name: str, root: str | Path | None = None, test_fraction: float
 
 def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
                     generator: torch.Generator | None = None, shuffle: bool = True,
-                    drop_last: bool = False):
+                    drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) mini-batches; the order comes from ``generator`` (resumable, seeded)."""
     n = len(y)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)

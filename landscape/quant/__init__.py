@@ -14,6 +14,7 @@ import copy
 import warnings
 from collections import Counter, OrderedDict
 from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -127,7 +128,7 @@ def integer_codes(student: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def calibrating(student: nn.Module, on: bool = True):
+def calibrating(student: nn.Module, on: bool = True) -> Iterator[nn.Module]:
     """Within the block, activation quantizers update their EMA range (or stay frozen)."""
     quantizers = [m for _, m in act_quantizers(student)]
     before = [q.calibrating for q in quantizers]

@@ -65,7 +65,8 @@ def qrange(bits: int) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
-def scale_zero_point(lo: torch.Tensor, hi: torch.Tensor, bits: int, zero_point: str = "float"):
+def scale_zero_point(lo: torch.Tensor, hi: torch.Tensor, bits: int,
+                     zero_point: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
     """Step s and zero point z of the grid for a range [lo, hi] (tensors broadcastable to x).
 
     ``zero_point="float"``: z = −lo/s − 2^(b−1); ``"integral"``: z = −round(lo/s) − 2^(b−1).
@@ -96,7 +97,7 @@ def weight_range(w: torch.Tensor):
     return flat.min(dim=1).values.reshape(shape), flat.max(dim=1).values.reshape(shape)
 
 
-def weight_qparams(w: torch.Tensor, bits: int, zero_point: str = "integral"):
+def weight_qparams(w: torch.Tensor, bits: int, zero_point: str = "integral") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-output-channel (step s, zero point z) of a weight, shaped to broadcast against it."""
     lo, hi = weight_range(w)
     return scale_zero_point(lo, hi, bits, zero_point)
