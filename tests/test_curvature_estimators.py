@@ -88,6 +88,17 @@ def test_power_stops_on_relative_residual():
     assert not power_iteration(A, tol=1e-6, max_iter=3).converged
 
 
+class _Counting:
+    """A dense operator that counts the products taken with it (columns of a block count one each)."""
+
+    def __init__(self, A):
+        self.A, self.shape, self.dtype, self.n = A, A.shape, A.dtype, 0
+
+    def __matmul__(self, X):
+        self.n += 1 if X.dim() == 1 else X.shape[1]
+        return self.A @ X
+
+
 @pytest.mark.parametrize("method", ["power", "lanczos", "eigsh"])
 def test_tol_and_max_iter_mean_the_same_in_every_solver(method):
     """tol = relative residual, max_iter = cap on products, converged/residual reported alike."""
@@ -100,13 +111,20 @@ def test_tol_and_max_iter_mean_the_same_in_every_solver(method):
     assert pairs.converged and float(true_rel.max()) <= 1.01e-7
     assert torch.allclose(lam, torch.tensor([3.0, 2.9], dtype=torch.float64), rtol=1e-9)
     assert pairs.residual == float(pairs.relative_residuals.max()) and pairs.tol == 1e-7
+    assert pairs.n_matvecs <= 3000
     hard = sym_matrix([1.0 - 1e-3 * i for i in range(200)], seed=5)  # clustered: needs many products
-    if method == "eigsh":  # ARPACK returns no unconverged pairs: a clear refusal instead
-        with pytest.raises(CurvatureError, match="max_iter=40"):
-            eigenpairs(hard, k=2, method=method, tol=1e-12, max_iter=40)
-    else:
-        capped = eigenpairs(hard, k=2, method=method, tol=1e-12, max_iter=40)
-        assert not capped.converged and capped.n_matvecs <= 40
+    for cap in (40, 41, 100):  # max_iter is a hard cap on the products really taken, for every solver
+        counted = _Counting(hard)
+        if method == "eigsh":  # ARPACK returns no unconverged pairs: a clear refusal instead
+            with pytest.raises(CurvatureError, match=f"max_iter={cap}"):
+                eigenpairs(counted, k=2, method=method, tol=1e-12, max_iter=cap)
+        else:
+            capped = eigenpairs(counted, k=2, method=method, tol=1e-12, max_iter=cap)
+            assert not capped.converged and capped.n_matvecs == counted.n <= cap
+        assert 0 < counted.n <= cap, (method, cap, counted.n)
+    counted = _Counting(A)
+    again = eigenpairs(counted, k=2, method=method, tol=1e-7, max_iter=pairs.n_matvecs)
+    assert again.n_matvecs == counted.n <= pairs.n_matvecs  # n_matvecs: the products really taken
     with pytest.raises(CurvatureError, match="max_iter"):
         eigenpairs(A, k=2, method=method, max_iter=0)
     with pytest.raises(CurvatureError, match="tol"):

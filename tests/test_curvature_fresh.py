@@ -1,20 +1,25 @@
 """Never stale: every product answers for the model as it is now, or refuses clearly.
 
 Each mutation is checked exactly against a freshly built operator (float64), for the Hessian
-and the GGN, including ``.dense()`` and ``eigenpairs`` after the change; non-deterministic
-loaders, zero-sample batches, dropout with ``eval_mode=False`` and a once-differentiable STE
-get one clear error or warning.
+and the GGN, including ``.dense()`` and ``eigenpairs`` after the change, and so is every change
+of the loss (a teacher however the loss holds it, its temperature, reduction or other settings);
+non-deterministic loaders (shuffling, noise, random flips), zero-sample batches, dropout with
+``eval_mode=False`` and a once-differentiable STE get one clear error or warning.
 """
 
+import dataclasses
+import functools
 import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import make_batches, make_model
 from landscape.curvature import GGN, CurvatureError, CurvatureWarning, Hessian
-from landscape.losses import cross_entropy, kl_to_teacher
+from landscape.curvature.batches import _fingerprint, _same
+from landscape.losses import CrossEntropy, ce, cross_entropy, distillation, kl_divergence, kl_to_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,6 +117,180 @@ def test_teacher_change_is_seen(model, teacher):
     assert rel(H @ v, Hessian(model, loss, batches) @ v) < 1e-12
 
 
+# a teacher wherever a user's loss keeps it: KL(teacher(x) ‖ model(x)) at temperature 2
+def _kd(model, batch, teacher, temperature=2.0):
+    x = batch[0]
+    with torch.no_grad():
+        t = teacher(x)
+    return kl_divergence(model(x), t, temperature)
+
+
+_GLOBAL_TEACHER = None
+
+
+def _kd_global(model, batch):
+    return _kd(model, batch, _GLOBAL_TEACHER)
+
+
+class _Distiller:
+    def __init__(self, teacher):
+        self.nets = {"teacher": [teacher]}  # nested in containers
+
+    def loss(self, model, batch):
+        return _kd(model, batch, self.nets["teacher"][0])
+
+
+def _closure(teacher):
+    return lambda model, batch: _kd(model, batch, teacher)
+
+
+def _default_arg(teacher):
+    return lambda model, batch, t=teacher: _kd(model, batch, t)
+
+
+def _partial(teacher):
+    return functools.partial(_kd, teacher=teacher)
+
+
+def _bound_method(teacher):
+    return _Distiller(teacher).loss
+
+
+def _partial_of_method(teacher):
+    return functools.partial(_Distiller(teacher).loss)
+
+
+def _module_global(teacher):
+    global _GLOBAL_TEACHER
+    _GLOBAL_TEACHER = teacher
+    return _kd_global
+
+
+class _KDModule(nn.Module):
+    def __init__(self, teacher, temperature=2.0):
+        super().__init__()
+        self.teacher = teacher
+        self.temperature = temperature
+
+    def forward(self, model, batch):
+        return _kd(model, batch, self.teacher, self.temperature)
+
+
+LOSS_FORMS = [_closure, _default_arg, _partial, _bound_method, _partial_of_method, _module_global, _KDModule]
+
+
+@pytest.mark.parametrize("form", LOSS_FORMS, ids=lambda f: f.__name__.strip("_"))
+def test_teacher_reachable_from_the_loss_is_watched(model, teacher, form):
+    batches = make_batches([5, 3])
+    loss = form(teacher)
+    H = Hessian(model, loss, batches)
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    before = H @ v
+    assert rel(H @ v, before) == 0 and H.n_rebuilds == 1  # nothing changed: no rebuild
+    teacher.fc.weight.data.mul_(3.0)  # in place, through .data
+    fresh = Hessian(model, loss, batches) @ v
+    assert rel(fresh, before) > 1e-3  # the change matters
+    assert rel(H @ v, fresh) < 1e-12
+    assert H.n_rebuilds == 2
+    teacher.train()  # the engine puts only the model in eval mode: the teacher's mode is the loss's
+    fresh = Hessian(model, loss, batches) @ v
+    assert rel(H @ v, fresh) < 1e-12 and H.n_rebuilds == 3
+
+
+# a loss's plain settings: every change gives the fresh answer
+@dataclasses.dataclass
+class _WeightedCE(CrossEntropy):
+    weight: float = 1.0
+
+    def on_outputs(self, outputs, batch):
+        return self.weight * ce(outputs, batch[1])
+
+    def output_hessian(self, outputs, batch):
+        M = super().output_hessian(outputs, batch)
+        M.scale *= self.weight
+        return M
+
+
+def _temperature(teacher):
+    loss = kl_to_teacher(teacher, temperature=2.0)
+    return loss, lambda: setattr(loss, "temperature", 4.0)
+
+
+def _reduction(teacher):
+    loss = kl_to_teacher(teacher, temperature=2.0)
+    return loss, lambda: setattr(loss, "reduction", "mean")
+
+
+def _kd_scale(teacher):
+    loss = distillation(teacher, temperature=3.0, kd_scale=1.0)
+    return loss, lambda: setattr(loss, "kd_scale", 2.5)
+
+
+def _dataclass_field(teacher):
+    loss = _WeightedCE(weight=1.0)
+    return loss, lambda: setattr(loss, "weight", 0.3)
+
+
+def _other_teacher(teacher):
+    loss = kl_to_teacher(teacher, temperature=2.0)
+    return loss, lambda: setattr(loss, "teacher", make_model(5))
+
+
+def _partial_keyword(teacher):
+    loss = functools.partial(_kd, teacher=teacher, temperature=2.0)
+    return loss, lambda: loss.keywords.update(temperature=4.0)
+
+
+def _closure_value(teacher):
+    T = 2.0
+
+    def loss(model, batch):
+        return _kd(model, batch, teacher, T)
+
+    def change():
+        nonlocal T
+        T = 4.0
+
+    return loss, change
+
+
+def _module_attribute(teacher):
+    loss = _KDModule(teacher)
+    return loss, lambda: setattr(loss, "temperature", 4.0)
+
+
+def _criterion_setting(teacher):
+    crit = nn.CrossEntropyLoss()
+    return (lambda model, batch: crit(model(batch[0]), batch[1])), lambda: setattr(crit, "label_smoothing", 0.2)
+
+
+def _class_weights_tensor(teacher):
+    w = torch.ones(4, dtype=torch.float64)
+    scale = torch.tensor([3.0, 1.0, 0.5, 1.0], dtype=torch.float64)
+    return (lambda model, batch: F.cross_entropy(model(batch[0]), batch[1], weight=w)), lambda: w.data.mul_(scale)
+
+
+SPLIT = [_temperature, _reduction, _kd_scale, _dataclass_field]  # split at the outputs: the GGN's too
+SETTINGS = SPLIT + [_other_teacher, _partial_keyword, _closure_value, _module_attribute, _criterion_setting,
+                    _class_weights_tensor]
+
+
+@pytest.mark.parametrize(("op", "setting"), [(Hessian, f) for f in SETTINGS] + [(GGN, f) for f in SPLIT],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_a_change_of_the_loss_gives_the_fresh_answer(model, teacher, op, setting):
+    batches = make_batches([5, 3])
+    loss, change = setting(teacher)
+    A = op(model, loss, batches)
+    v = torch.randn(A.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    before = A @ v
+    assert rel(A @ v, before) == 0 and A.n_rebuilds == 1
+    change()
+    fresh = op(model, loss, batches) @ v
+    assert rel(fresh, before) > 1e-3  # the change matters
+    assert rel(A @ v, fresh) < 1e-12
+    assert A.n_rebuilds == 2
+
+
 def test_same_value_in_place_write_does_not_break_the_cached_graph(model):
     H = Hessian(model, cross_entropy(), make_batches([6]))
     v = torch.randn(H.shape[0], dtype=torch.float64)
@@ -159,10 +338,11 @@ def test_deleted_parameter_is_a_clear_error(model):
 
 
 # ------------------------------------------------------------------ batches
-def _loader(shuffle, seed=0, augment=False):
+def _loader(shuffle, seed=0, augment=False, flip=False):
     b = make_batches([4, 4, 4])
     x = torch.cat([t[0] for t in b])
     y = torch.cat([t[1] for t in b])
+    coin = torch.Generator().manual_seed(seed + 1)
 
     class Aug(torch.utils.data.Dataset):
         def __len__(self):
@@ -170,16 +350,37 @@ def _loader(shuffle, seed=0, augment=False):
 
         def __getitem__(self, i):
             noise = torch.randn(x[i].shape, dtype=x.dtype) * 0.1 if augment else 0.0
-            return x[i] + noise, y[i]
+            xi = x[i]
+            if flip and bool(torch.rand((), generator=coin) < 0.5):  # random horizontal flip
+                xi = xi.flip(-1)
+            return xi + noise, y[i]
 
     g = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(Aug(), batch_size=4, shuffle=shuffle, generator=g)
 
 
+def test_random_flips_change_the_products_and_the_fingerprint(model):
+    """A flip keeps every sum of the batch (Σx, Σx²) but not the products: the fingerprint must see it."""
+    x, y = make_batches([4])[0]
+    xf = x.clone()
+    xf[1] = xf[1].flip(-1)
+    assert torch.allclose(xf.sum(), x.sum()) and torch.allclose((xf * xf).sum(), (x * x).sum())
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    Hv, Hfv = (Hessian(model, cross_entropy(), [(a, y)]) @ v for a in (x, xf))
+    assert rel(Hfv, Hv) > 1e-2
+    fp = _fingerprint((x, y))
+    assert _same(fp, _fingerprint((x.clone(), y.clone())))
+    assert not _same(fp, _fingerprint((xf, y)))  # a value moved within a sample
+    assert not _same(fp, _fingerprint((x, y.flip(0))))  # labels re-paired with other inputs
+    assert _same(fp, _fingerprint((x.flip(0), y.flip(0))))  # same samples in another order: same mean loss
+    assert not _same(fp, _fingerprint((x[:, [1, 0]], y)))  # channels swapped
+    assert not _same(fp, _fingerprint((x.float(), y)))  # another dtype
+
+
 @pytest.mark.parametrize("cache", ["partial", False, "rebuild"])
-@pytest.mark.parametrize("kind", ["shuffle", "augment"])
+@pytest.mark.parametrize("kind", ["shuffle", "augment", "flip"])
 def test_nondeterministic_loader_is_refused(model, cache, kind):
-    loader = _loader(shuffle=kind == "shuffle", augment=kind == "augment")
+    loader = _loader(shuffle=kind == "shuffle", augment=kind == "augment", flip=kind == "flip")
     if cache == "partial":
         probe = Hessian(model, cross_entropy(), make_batches([4, 4, 4]))
         probe @ torch.zeros(probe.shape[0], dtype=torch.float64)

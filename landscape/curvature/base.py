@@ -7,11 +7,12 @@ to take products with it; this class does the rest:
 
 * **layout**: the selected parameters, flattened in order (``names``, ``split``, ``flatten``);
 * **never stale**: before every product the model's parameters and buffers (and those of any
-  module the loss holds, e.g. a teacher) are compared with the state the cached graphs were
-  built from (:class:`~landscape.curvature.state.StateTracker`); after any change -- ``.data``
-  writes, re-assignment, ``load_state_dict``, ``vector_to_parameters``, ``.to()``, BatchNorm
-  statistics -- the graphs are rebuilt, so every product, ``dense()`` and every estimator
-  answers for the model as it is at that moment. A parameter that is no longer in the model
+  module the loss reaches, e.g. a teacher in an attribute, a closure or a ``functools.partial``,
+  with the loss's own settings such as a temperature) are compared with the state the cached
+  graphs were built from (:class:`~landscape.curvature.state.StateTracker`); after any change --
+  ``.data`` writes, re-assignment, ``load_state_dict``, ``vector_to_parameters``, ``.to()``,
+  BatchNorm statistics, a loss attribute -- the graphs are rebuilt, so every product,
+  ``dense()`` and every estimator answers for the model as it is at that moment. A parameter that is no longer in the model
   (a replaced module) is looked up again by name, or refused with a clear error;
 * **batches** (:class:`~landscape.curvature.batches.BatchSource`): a loader that reshuffles
   or augments at random is refused on its second pass;
@@ -49,7 +50,7 @@ from .layers import layer_of
 from .params import resolve_params
 from .reduction import resolve_group
 from .results import Eigenpairs, SpectralDensity, TraceEstimate
-from .state import StateTracker, tracked_modules
+from .state import StateTracker
 
 __all__ = ["CurvatureOperator", "no_curvature_indices"]
 
@@ -114,7 +115,7 @@ class _Core:
         self.source = BatchSource(batches, allow_empty=group is not None)
         self.device = params[0].device
         self.cache = GraphCache(self.source, build, self.device, cache_graph, memory_budget)
-        self.tracker = StateTracker(tracked_modules(model, loss_fn))
+        self.tracker = StateTracker(model, loss_fn)
         self.n_fills = 0
         self.unused: set[int] = set()
         self.no_curvature: set[int] = set()

@@ -156,6 +156,10 @@ def lanczos(
     )
 
 
+class _OutOfProducts(Exception):
+    """Raised inside ARPACK's callback when it asks for more products than ``max_iter`` leaves."""
+
+
 def eigsh(
     A: Any,
     k: int = 1,
@@ -167,11 +171,14 @@ def eigsh(
     """Top-``k`` eigenpairs by ``scipy.sparse.linalg.eigsh`` (implicitly restarted Lanczos, ARPACK).
 
     ``tol`` is ARPACK's own rule, the relative residual ``‖A v − λ v‖ ≤ tol·|λ|`` (as for every
-    solver here); ``tol=0`` means machine precision. ``max_iter`` caps the products: ARPACK counts
-    restarts, each costing up to ``ncv`` products (``ncv = min(n, max(2k + 1, 20))``), so it is
-    given ``max(1, max_iter // ncv)`` restarts (default: scipy's 10·n restarts);
-    ``n_matvecs`` reports the products really spent.
-    ``residuals`` are measured with k extra products, and ``converged`` says that ARPACK converged
+    solver here); ``tol=0`` means machine precision. ``max_iter`` is a hard cap on the products,
+    as for ``lanczos`` and ``power_iteration``, the k products that measure the residuals
+    included: ARPACK gets ``max_iter − k`` of them (its basis size ``ncv = min(n, max(2k + 1,
+    20))`` shrunk to fit) and is stopped when it asks for more; a run stopped before every wanted
+    pair converged is refused with a :class:`CurvatureError` naming ``max_iter`` (ARPACK keeps
+    no usable unconverged pairs). Default: ``10·n·ncv`` (scipy's 10·n restarts).
+    ``n_matvecs`` reports the products really spent (never more than ``max_iter``).
+    ``residuals`` are measured with those k products, and ``converged`` says that ARPACK converged
     *and* every measured relative residual is within ``tol`` (with a floor of 100 machine epsilons).
     Products go through NumPy on the CPU. Needs ``k < n`` (use ``lanczos`` otherwise).
     """
@@ -183,6 +190,14 @@ def eigsh(
     n, dtype, device, which, max_iter = check_eigen_args(A, k, which, tol, max_iter, default_max_iter=10 * n * ncv)
     if k >= n:
         raise CurvatureError(f"k={k} must be smaller than the dimension n={n} for eigsh (use method='lanczos')")
+    budget = max_iter - k  # ARPACK's share; the last k products measure the residuals
+    if budget <= k:
+        raise CurvatureError(
+            f"max_iter={max_iter} is too small for eigsh with k={k}: ARPACK needs more than k products for its "
+            f"basis, plus k to measure the residuals (max_iter >= {2 * k + 1}); raise max_iter or use "
+            "method='lanczos'"
+        )
+    ncv = min(ncv, budget)
     count = [0]
     if hasattr(A, "as_linear_operator"):
         inner = A.as_linear_operator()
@@ -194,14 +209,22 @@ def eigsh(
         inner = LinearOperator((n, n), matvec=mv, rmatvec=mv, dtype=np.float64)
 
     def counted(x):
-        count[0] += 1 if x.ndim == 1 or x.shape[1] == 1 else x.shape[1]
+        m = 1 if x.ndim == 1 or x.shape[1] == 1 else x.shape[1]
+        if count[0] + m > budget:
+            raise _OutOfProducts
+        count[0] += m
         return inner.matvec(x)
 
     op = LinearOperator((n, n), matvec=counted, rmatvec=counted, dtype=inner.dtype)
     v0 = rademacher(n, 1, _generator(seed), torch.float64, torch.device("cpu"))[:, 0].numpy()
     arpack_ok = True
-    try:
-        vals, vecs = _eigsh(op, k=k, which=which, tol=tol, maxiter=max(1, max_iter // ncv), ncv=ncv, v0=v0)
+    try:  # restarts: at least one product each, so the product budget is what stops ARPACK
+        vals, vecs = _eigsh(op, k=k, which=which, tol=tol, maxiter=budget, ncv=ncv, v0=v0)
+    except _OutOfProducts:
+        raise CurvatureError(
+            f"eigsh (ARPACK) did not converge to k={k} eigenpairs within max_iter={max_iter} products "
+            f"({count[0]} spent, {k} kept for the residuals); raise max_iter or use method='lanczos'"
+        ) from None
     except ArpackNoConvergence as exc:
         arpack_ok = False
         vals, vecs = exc.eigenvalues, exc.eigenvectors

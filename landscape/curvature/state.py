@@ -1,4 +1,4 @@
-r"""Has the model changed since a graph was built? One exact answer, for every kind of change.
+r"""Has the model -- or the loss -- changed since a graph was built? One exact answer, for every kind of change.
 
 A cached first-order graph holds references to the parameters' storage, not copies of their
 values: if the values change behind autograd's back, later products silently mix the old
@@ -7,7 +7,8 @@ and ``load_state_dict``, but not writes through ``.data`` (``p.data.mul_(…)``)
 storage under a fresh version counter.
 
 :class:`StateTracker` therefore keeps, for every parameter and floating-point buffer of the
-model (and of any ``nn.Module`` the loss holds, e.g. a distillation teacher):
+model and of every ``nn.Module`` reachable from the loss (a distillation teacher, wherever the
+loss keeps it -- see :func:`loss_state`), and for every tensor the loss holds outside a module:
 
 * its identity, layout and version counter (the tensor object, storage pointer, dtype,
   device, shape, ``_version``): catches re-assignment (``p.data = t``,
@@ -17,29 +18,189 @@ model (and of any ``nn.Module`` the loss holds, e.g. a distillation teacher):
 * a snapshot of its values, compared exactly (``torch.equal``) on every check: catches every
   write, through ``.data`` or not, including BatchNorm running statistics.
 
-The snapshot costs one copy of the model's state in memory and one read of it per check;
+and, for the loss, the plain values its result depends on: scalar and string attributes (a
+KL's ``temperature`` and ``reduction``, dataclass fields, a ``functools.partial``'s keywords, a
+closure's captured numbers) and the train/eval mode of every module reachable from it (the
+engine puts only the model in eval mode). These are compared by value on every check, and
+the loss is walked anew each time, so re-pointing it at another teacher counts too.
+
+The snapshot costs one copy of the tracked tensors in memory and one read of them per check;
 ``make bench`` prints the check's time as a fraction of a Hessian-vector product. Counters
 (integer buffers such as BatchNorm's ``num_batches_tracked``, which a train-mode forward
 increments and which no forward output depends on) are left out.
+
+Not watched: the model's own plain attributes (e.g. a quantizer's bit width, a BatchNorm's
+``eps``) and, with ``eval_mode=False``, its modules' train/eval modes -- build a new operator
+after changing those.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
+import itertools
+import types
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["StateTracker", "tracked_modules"]
+__all__ = ["StateTracker", "tracked_modules", "loss_state"]
+
+MAX_DEPTH = 6
+"""How many references deep :func:`loss_state` follows from the loss callable."""
+
+MAX_ITEMS = 64
+"""Containers (lists, tuples, dicts) with more items than this are not walked into."""
+
+_ATOMS = (bool, int, float, complex, str, bytes, type(None), enum.Enum, torch.dtype, torch.device, np.generic)
+# objects of these libraries are not walked into (their state is not the loss's)
+_OPAQUE = frozenset({"torch", "numpy", "scipy", "builtins", "functools", "typing", "collections", "abc",
+                     "threading", "logging", "pathlib", "os", "sys", "re", "io"})
+
+
+def _opaque(obj: Any) -> bool:
+    module = getattr(obj, "__module__", None) or ""
+    return module.split(".", 1)[0] in _OPAQUE
+
+
+@functools.lru_cache(maxsize=256)
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """Names a code object (and the functions, lambdas and comprehensions nested in it) reads as globals."""
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.extend(_global_names(const))
+    return tuple(dict.fromkeys(names))
+
+
+def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
+        list[tuple[str, nn.Module]], list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
+    """What a loss callable's result depends on besides the model and the batch.
+
+    Walks the references the loss holds -- attributes of loss objects (``vars`` / ``__slots__``
+    / dataclass fields), closure cells, default arguments and the globals a function reads, a
+    ``functools.partial``'s function, arguments and keywords, a bound method's ``__self__``, and
+    the items of small containers -- at most :data:`MAX_DEPTH` references deep, each object once.
+    Returns ``(modules, tensors, values)``, each a list of ``(path, object)`` with paths such as
+    ``"loss_fn.teacher"`` or ``"loss_fn.keywords['temperature']"``:
+
+    * ``modules``: every ``nn.Module`` reached (the model excepted; not walked into further,
+      except for the public attributes of a module that is itself the loss);
+    * ``tensors``: every tensor reached outside those modules;
+    * ``values``: every scalar, string, ``None``, enum, dtype or device reached, and the plain
+      public attributes of every submodule of the modules reached (``training``, a criterion's
+      ``reduction`` or ``label_smoothing``).
+
+    Objects of library types (torch, numpy, ...) other than modules and tensors, classes and
+    Python modules are not walked into.
+    """
+    modules: list[tuple[str, nn.Module]] = []
+    tensors: list[tuple[str, torch.Tensor]] = []
+    values: list[tuple[str, Any]] = []
+    seen: set[int] = {id(model)} if model is not None else set()
+
+    def attributes(obj: Any) -> Iterable[tuple[str, Any]]:
+        d = getattr(obj, "__dict__", None)
+        if isinstance(d, dict):
+            yield from d.items()
+        for cls in type(obj).__mro__:
+            slots = cls.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name in ("__dict__", "__weakref__"):
+                    continue
+                try:
+                    yield name, getattr(obj, name)
+                except Exception:  # noqa: BLE001 - an unset slot, or a descriptor that refuses
+                    continue
+
+    def walk(obj: Any, path: str, depth: int) -> None:
+        if isinstance(obj, _ATOMS):
+            values.append((path, obj))
+            return
+        if id(obj) in seen or depth > MAX_DEPTH:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            tensors.append((path, obj))
+        elif isinstance(obj, nn.Module):
+            modules.append((path, obj))
+            for name, m in obj.named_modules():  # modes, and plain settings (a criterion's reduction)
+                prefix = f"{path}.{name}" if name else path
+                for key, value in vars(m).items():
+                    if not key.startswith("_") and isinstance(value, _ATOMS):
+                        values.append((f"{prefix}.{key}", value))
+            if depth == 0:  # the loss itself is a module: what its public attributes reach is the loss's
+                for key, value in list(vars(obj).items()):
+                    if not key.startswith("_") and not isinstance(value, _ATOMS):
+                        walk(value, f"{path}.{key}", depth + 1)
+        elif isinstance(obj, (type, types.ModuleType, types.BuiltinFunctionType, types.BuiltinMethodType)):
+            return
+        elif isinstance(obj, functools.partial):
+            walk(obj.func, f"{path}.func", depth + 1)
+            for i, a in enumerate(obj.args):
+                walk(a, f"{path}.args[{i}]", depth + 1)
+            for k, a in obj.keywords.items():
+                walk(a, f"{path}.keywords[{k!r}]", depth + 1)
+        elif isinstance(obj, types.MethodType):
+            walk(obj.__self__, f"{path}.__self__", depth + 1)
+            walk(obj.__func__, path, depth)
+        elif isinstance(obj, types.FunctionType):
+            if _opaque(obj):
+                return
+            code = obj.__code__
+            for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
+                try:
+                    content = cell.cell_contents
+                except ValueError:  # an empty cell (a name assigned later)
+                    continue
+                walk(content, f"{path}.{name}", depth + 1)
+            for i, a in enumerate(obj.__defaults__ or ()):
+                walk(a, f"{path}.__defaults__[{i}]", depth + 1)
+            for k, a in (obj.__kwdefaults__ or {}).items():
+                walk(a, f"{path}.__kwdefaults__[{k!r}]", depth + 1)
+            g = obj.__globals__
+            for name in _global_names(code):
+                if name in g:
+                    walk(g[name], f"{path}.{name}", depth + 1)
+        elif isinstance(obj, (list, tuple, dict)):
+            if len(obj) > MAX_ITEMS:
+                return
+            items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+            for k, a in list(items):
+                walk(a, f"{path}[{k!r}]", depth + 1)
+        elif isinstance(obj, (set, frozenset)):
+            if len(obj) <= MAX_ITEMS and all(isinstance(a, _ATOMS) for a in obj):
+                values.append((path, frozenset(obj)))
+        elif _opaque(type(obj)):
+            return
+        else:  # a loss object (a dataclass's fields are its attributes)
+            for key, value in list(attributes(obj)):
+                walk(value, f"{path}.{key}", depth + 1)
+
+    walk(loss_fn, "loss_fn", 0)
+    return modules, tensors, values
 
 
 def tracked_modules(model: nn.Module, loss_fn: Any) -> list[tuple[str, nn.Module]]:
-    """The model and every ``nn.Module`` the loss object holds as an attribute (e.g. ``teacher``)."""
+    """The model and every ``nn.Module`` reachable from the loss (see :func:`loss_state`): a teacher held as an
+    attribute, captured by a closure or a lambda's default argument, bound into a ``functools.partial``, or
+    the ``__self__`` of a bound method. Submodules of a module already listed are left out."""
+    return _distinct_modules(model, loss_state(loss_fn, model)[0])
+
+
+def _distinct_modules(model: nn.Module, found: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
     out = [("model", model)]
-    for key, value in sorted(vars(loss_fn).items()) if hasattr(loss_fn, "__dict__") else []:
-        if isinstance(value, nn.Module) and value is not model:
-            out.append((f"loss_fn.{key}", value))
+    if not found:
+        return out
+    inner = {id(m) for m in model.modules()}
+    for _, top in found:
+        inner.update(id(m) for m in top.modules() if m is not top)
+    for name, m in found:
+        if id(m) not in inner:
+            out.append((name, m))
+            inner.add(id(m))
     return out
 
 
@@ -48,13 +209,16 @@ def _is_counter(name: str, t: torch.Tensor) -> bool:
 
 
 def _entries(modules: Iterable[tuple[str, nn.Module]]) -> list[tuple[str, torch.Tensor]]:
-    out = []
+    """``(name, tensor)`` for the parameters and non-counter buffers of the modules, each tensor once
+    (a loss that holds a wrapper of the model and the teacher shares the model's tensors)."""
+    out: list[tuple[str, torch.Tensor]] = []
+    have: set[int] = set()
     for prefix, m in modules:
-        for name, p in m.named_parameters():
-            out.append((f"{prefix}.{name}", p))
-        for name, b in m.named_buffers():
-            if not _is_counter(name, b):
-                out.append((f"{prefix}.{name}", b))
+        tensors = itertools.chain(m.named_parameters(), ((n, b) for n, b in m.named_buffers() if not _is_counter(n, b)))
+        for name, t in tensors:
+            if id(t) not in have:
+                have.add(id(t))
+                out.append((f"{prefix}.{name}", t))
     return out
 
 
@@ -89,19 +253,46 @@ def _layout(t: torch.Tensor) -> tuple:
 
 
 class StateTracker:
-    """Snapshot of a set of modules' parameters and buffers; :meth:`changed` says whether they moved."""
+    """Snapshot of what the products depend on besides the vector and the batches; :meth:`changed` says
+    whether it moved.
 
-    def __init__(self, modules: list[tuple[str, nn.Module]]):
-        self.modules = modules
+    Tracked: the parameters and (non-counter) buffers of ``model`` and of every module reachable
+    from ``loss_fn``, the tensors the loss holds outside modules, and the loss's plain values
+    (see :func:`loss_state`). The loss is walked again on every check.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Any = None):
+        self.model = model
+        self.loss_fn = loss_fn
         self._names: list[str] = []
         self._layouts: list[tuple] = []
         self._values: list[torch.Tensor] = []
+        self._plain: list[tuple[str, Any]] = []
+
+    @property
+    def modules(self) -> list[tuple[str, nn.Module]]:
+        """The model and the modules reachable from the loss, as they are now."""
+        return tracked_modules(self.model, self.loss_fn)
+
+    def _current(self) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
+        if self.loss_fn is None:
+            return _entries([("model", self.model)]), []
+        found, loose, plain = loss_state(self.loss_fn, self.model)
+        entries = _entries(_distinct_modules(self.model, found))
+        if loose:
+            have = {id(t) for _, t in entries}
+            for name, t in loose:
+                if id(t) not in have:
+                    have.add(id(t))
+                    entries.append((name, t))
+        return entries, plain
 
     def snapshot(self) -> None:
         """Record the current state (call right after building a graph from it)."""
-        entries = _entries(self.modules)
+        entries, plain = self._current()
         self._names = [n for n, _ in entries]
         self._layouts = [_layout(t) for _, t in entries]
+        self._plain = plain
         with torch.no_grad():
             self._values = [t.detach().clone() for _, t in entries]
 
@@ -109,19 +300,33 @@ class StateTracker:
         """Re-record the version counters after the operator's own forward passes (a train-mode
         BatchNorm bumps its running statistics' counters; their values are restored by
         :func:`~landscape.curvature.batches.model_mode`)."""
-        entries = _entries(self.modules)
+        entries, _ = self._current()
         if len(entries) == len(self._layouts):
             self._layouts = [_layout(t) for _, t in entries]
 
     def clear(self) -> None:
-        self._names, self._layouts, self._values = [], [], []
+        """Forget the snapshot."""
+        self._names, self._layouts, self._values, self._plain = [], [], [], []
 
     def changed(self) -> str | None:
         """``None`` if nothing changed since :meth:`snapshot`, else the name of the first change."""
-        entries = _entries(self.modules)
+        entries, plain = self._current()
+        if len(plain) != len(self._plain):
+            return "the loss's attributes"
+        for (name, value), (old_name, old) in zip(plain, self._plain):
+            if name != old_name or not _same_value(value, old):
+                return name
         if len(entries) != len(self._names):
             return "the set of parameters and buffers"
         for (name, t), old_name, layout in zip(entries, self._names, self._layouts):
             if name != old_name or _layout(t) != layout:
                 return name
         return _values_changed(entries, self._values)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (float, complex, np.floating, np.complexfloating)) and a != a and b != b:  # NaN
+        return True
+    return bool(a == b)
