@@ -8,14 +8,15 @@ from landscape.zsq import tables
 from landscape.zsq.report import ReportError, accuracies, accuracy_table, report
 
 
-def _run(root, name, seed, accs, teacher=95.0):
+def _run(root, name, seed, accs, teacher=95.0, batch=64):
     d = root / f"{name}-seed{seed}"
     d.mkdir(parents=True)
     best = -1.0
     rows = []
     for e, a in enumerate(accs, start=1):
         best = max(best, a)
-        rows.append(tables.metrics_row(e, "train", a, best, teacher, {}, [], 1e-4, 1e-3, 1.0))
+        rows.append(tables.metrics_row(e, "train", a, best, teacher, {}, [], 1e-4, 1e-3, 1.0,
+                                         effective_batch=batch))
     tables.append_rows(d / "metrics.csv", rows, tables.METRICS_COLUMNS)
     return d
 

@@ -7,7 +7,10 @@
 The official AIT code reports the **best** test accuracy over all epochs (warm-up
 included); the **final** one is the last epoch's. Both come from each run's validated
 metrics.csv (:func:`landscape.zsq.tables.read_metrics`): best = max of ``test_acc``.
-The table gives mean ± std (ddof 1) over seeds, then one row per run and seed.
+The table gives mean ± std (ddof 1) over seeds, then one row per run and seed, each with its
+**effective batch** (samples per optimizer step: N ranks × per-rank batch), from metrics.csv's
+``effective_batch`` or, for a metrics.csv written before that column, from the run's
+config.json.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from landscape.checkpoints import CheckpointError, read_run_config
 from landscape.errors import LandscapeError
 from landscape.zsq.tables import read_metrics
 
@@ -46,8 +50,26 @@ def _run_folders(paths) -> list[Path]:
     return found
 
 
+def _effective_batch(run_dir: Path, table: pd.DataFrame) -> float:
+    """The run's effective batch: metrics.csv's last row, else config.json (legacy logs), else NaN."""
+    logged = table["effective_batch"].dropna()
+    if len(logged):
+        return float(logged.iloc[-1])
+    try:
+        config = read_run_config(run_dir)
+    except CheckpointError:
+        config = None
+    try:
+        from landscape.zsq.runs import effective_batch
+
+        return float(effective_batch(config)) if config else float("nan")
+    except (KeyError, TypeError, AttributeError):
+        return float("nan")
+
+
 def accuracies(paths: Paths) -> pd.DataFrame:
-    """One row per run folder: run, seed, epochs, final_acc, best_acc, best_epoch, teacher_acc."""
+    """One row per run folder: run, seed, epochs, final_acc, best_acc, best_epoch, teacher_acc,
+    effective_batch (NaN when neither metrics.csv nor config.json states it)."""
     rows = []
     for run_dir in _run_folders(paths):
         run, _, seed = run_dir.name.rpartition("-seed")
@@ -60,7 +82,8 @@ def accuracies(paths: Paths) -> pd.DataFrame:
                      "final_acc": float(table["test_acc"].iloc[-1]),
                      "best_acc": float(table["test_acc"].iloc[best]),
                      "best_epoch": int(table["epoch"].iloc[best]),
-                     "teacher_acc": float(table["teacher_acc"].iloc[-1])})
+                     "teacher_acc": float(table["teacher_acc"].iloc[-1]),
+                     "effective_batch": _effective_batch(run_dir, table)})
     if not rows:
         raise ReportError(f"the metrics.csv files under {paths} are empty; train the runs first")
     return pd.DataFrame(rows)
@@ -87,19 +110,27 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.2f}" + ("" if pd.isna(std) else f" ± {std:.2f}")
 
 
+def _batches(values) -> str:
+    """Effective batch(es) as text: ``64``, ``32, 64`` when seeds differ, ``—`` when unknown."""
+    known = sorted({int(v) for v in values if not pd.isna(v)})
+    return ", ".join(map(str, known)) or "—"
+
+
 def markdown(paths: Paths) -> str:
     """The summary table (mean ± std over seeds) and the per-seed table, as markdown."""
     per_seed = accuracies(paths)
     table = accuracy_table(paths)
-    lines = ["| run | best test acc. (%) | final test acc. (%) | seeds |", "|---|---|---|---|"]
+    lines = ["| run | best test acc. (%) | final test acc. (%) | seeds | effective batch |",
+             "|---|---|---|---|---|"]
     for run, r in table.iterrows():
+        batch = "—" if run == "teacher" else _batches(per_seed[per_seed.run == run].effective_batch)
         lines.append(f"| {run} | {_pm(r.best_mean, r.best_std)} | {_pm(r.final_mean, r.final_std)} "
-                     f"| {int(r.n)} |")
-    lines += ["", "| run | seed | best (epoch) | final (epoch) |", "|---|---|---|---|"]
+                     f"| {int(r.n)} | {batch} |")
+    lines += ["", "| run | seed | best (epoch) | final (epoch) | effective batch |", "|---|---|---|---|---|"]
     per_seed = per_seed.assign(order=per_seed.run.map({r: i for i, r in enumerate(_ordered(set(per_seed.run)))}))
     for _, r in per_seed.sort_values(["order", "seed"]).iterrows():
         lines.append(f"| {r.run} | {r.seed} | {r.best_acc:.2f} ({r.best_epoch}) | "
-                     f"{r.final_acc:.2f} ({r.epochs}) |")
+                     f"{r.final_acc:.2f} ({r.epochs}) | {_batches([r.effective_batch])} |")
     return "\n".join(lines)
 
 

@@ -13,7 +13,8 @@ Run folder: ``<out>/<recipe name>/<run>-seed<S>/`` (see docs/run-folder.md). For
    rewrites the later epochs identically), checked like every read (content hash, run,
    seed, recipe, epoch, model); a sound checkpoint of another run is refused, a corrupt one
    is warned about and retrained;
-4. the logs are validated and cut back to that epoch (rows of an interrupted epoch go).
+4. the logs are validated and cut back to that epoch (rows of an interrupted epoch go); a
+   metrics.csv from before the ``effective_batch`` column gains it (from config.json).
 
 A folder written with a different configuration is an error, never overwritten. A run
 killed at any point and resumed gives byte-identical checkpoints (same device and threads).
@@ -133,8 +134,15 @@ def _resume_point(run_dir: Path, first: int, target: int) -> tuple[int, dict | N
     return first - 1, None
 
 
-def _prepare_logs(run_dir: Path, first: int, done: int) -> None:
-    """Validate the logs and keep only the rows of epochs first..done (none on a fresh start)."""
+def effective_batch(config: dict) -> int:
+    """Samples per optimizer step of a run: N ranks × batch_size (config.json's ``distributed``
+    on N ranks; the calibration batch of a PTQ run)."""
+    return int((config.get("distributed") or {}).get("effective_batch", config["train"]["batch_size"]))
+
+
+def _prepare_logs(run_dir: Path, first: int, done: int, config: dict) -> None:
+    """Validate the logs and keep only the rows of epochs first..done (none on a fresh start);
+    a metrics.csv written before ``effective_batch`` was logged gains that column."""
     metrics, crossings = run_dir / "metrics.csv", run_dir / "crossings.csv"
     if done < first:
         for log in (metrics, crossings):
@@ -146,6 +154,7 @@ def _prepare_logs(run_dir: Path, first: int, done: int) -> None:
         raise tables.LogError(f"{metrics} holds epochs {logged[:3]}...{logged[-3:]} but the "
                               f"checkpoints run from epoch {first} to {done}: the log was edited "
                               f"or lost; restore it, or delete the run folder {run_dir} and retrain")
+    tables.add_effective_batch(metrics, effective_batch(config))
 
 
 @contextmanager
@@ -173,7 +182,7 @@ def _prepare(run_dir: Path, config: dict, first: int, target: int, lock: ExitSta
         done, last = _resume_point(run_dir, first, target)
         if done >= target:
             return None
-        _prepare_logs(run_dir, first, done)
+        _prepare_logs(run_dir, first, done, config)
     return done, last
 
 

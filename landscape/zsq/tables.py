@@ -3,11 +3,15 @@ one row per quantized layer and student step); written here, and read back valid
 
     metrics.csv   epoch, phase, test_acc, best_acc, teacher_acc, acc_drop, loss_ce, loss_kl,
                   loss_total, loss_g, loss_bns, kappa_mean, crossing_fraction, kappa_capped,
-                  lr, rho, seconds
+                  lr, rho, seconds, effective_batch
     crossings.csv epoch, step, layer, kappa, crossing_fraction, n_evals, capped
 
 ``best_acc`` is the best test accuracy up to and including this epoch (warm-up epochs
-included, as the official AIT code reports it). ``kappa_capped`` counts the (layer, step)
+included, as the official AIT code reports it). ``effective_batch`` is the number of samples
+of one optimizer step, N ranks × ``batch_size`` (the calibration batch of a PTQ run); a
+metrics.csv written before this column existed (:data:`LEGACY_METRICS_COLUMNS`) is still read
+(the column then reads as NaN) and gains the column, filled from config.json, by
+:func:`add_effective_batch` when its run is resumed or extended. ``kappa_capped`` counts the (layer, step)
 pairs of the epoch whose κ search stopped at the cap before reaching ρ (``capped`` = 1 in
 crossings.csv): expected in the GI warm-up (κ ≤ 128), a warning afterwards. ``step`` counts
 iterations from the start of training (warm-up iterations included), so
@@ -34,12 +38,14 @@ from landscape.errors import LandscapeError, storage_error
 
 METRICS_COLUMNS = ["epoch", "phase", "test_acc", "best_acc", "teacher_acc", "acc_drop", "loss_ce",
                    "loss_kl", "loss_total", "loss_g", "loss_bns", "kappa_mean", "crossing_fraction",
-                   "kappa_capped", "lr", "rho", "seconds"]
+                   "kappa_capped", "lr", "rho", "seconds", "effective_batch"]
+#: the columns of a metrics.csv written before ``effective_batch`` was logged: still accepted
+LEGACY_METRICS_COLUMNS = METRICS_COLUMNS[:-1]
 CROSSING_COLUMNS = ["epoch", "step", "layer", "kappa", "crossing_fraction", "n_evals", "capped"]
 PHASES = ("warmup", "train", "ptq")
 
 # per log: (integer columns, float columns that must be present, float columns that may be nan)
-_METRICS_TYPES = (["epoch", "kappa_capped"], ["test_acc", "best_acc", "teacher_acc", "lr", "rho"],
+_METRICS_TYPES = (["epoch", "kappa_capped", "effective_batch"], ["test_acc", "best_acc", "teacher_acc", "lr", "rho"],
                   ["acc_drop", "loss_ce", "loss_kl", "loss_total", "loss_g", "loss_bns",
                    "kappa_mean", "crossing_fraction", "seconds"])
 _CROSSING_TYPES = (["epoch", "step", "n_evals", "capped"], ["kappa", "crossing_fraction"], [])
@@ -50,7 +56,8 @@ class LogError(LandscapeError, ValueError):
 
 
 def metrics_row(epoch, phase, test_acc, best_acc, teacher_acc, means, crossings, lr, rho,
-                seconds) -> dict:
+                seconds, *, effective_batch: int) -> dict:
+    """One metrics.csv row; ``effective_batch`` = N ranks × per-rank batch of this epoch's steps."""
     nan = math.nan
     n = len(crossings)
     return {"epoch": epoch, "phase": phase, "test_acc": test_acc, "best_acc": best_acc,
@@ -61,13 +68,30 @@ def metrics_row(epoch, phase, test_acc, best_acc, teacher_acc, means, crossings,
             "kappa_mean": sum(r["kappa"] for r in crossings) / n if n else nan,
             "crossing_fraction": sum(r["crossing_fraction"] for r in crossings) / n if n else nan,
             "kappa_capped": sum(int(r["capped"]) for r in crossings),
-            "lr": lr, "rho": rho, "seconds": seconds}
+            "lr": lr, "rho": rho, "seconds": seconds, "effective_batch": int(effective_batch)}
+
+
+def _header(path: Path) -> list[str] | None:
+    """The first CSV line of ``path`` (None when the file is absent or empty)."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline()
+    except FileNotFoundError:
+        return None
+    return next(csv.reader(io.StringIO(first.decode("utf-8", "replace"))), None)
 
 
 def append_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
-    """Append rows (the header first when the file is new); OSError -> StorageError."""
+    """Append rows (the header first when the file is new); OSError -> StorageError. A file
+    whose header is not ``columns`` (e.g. a legacy metrics.csv not yet upgraded by
+    :func:`add_effective_batch`) is a LogError: rows of two layouts never share a file."""
+    path = Path(path)
     try:
-        new = not path.exists()
+        header = _header(path)
+        new = header is None
+        if not new and header != columns:
+            raise LogError(f"{path} has the columns {header}, but the rows to append have {columns}; "
+                           f"{_fix(path)}")
         with open(path, "a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
             if new:
@@ -83,8 +107,10 @@ def _fix(path: Path) -> str:
             "retrain it")
 
 
-def _read_log(path: Path, columns: list[str], types, kind: str) -> pd.DataFrame:
-    """Read and check one log (see the module docstring); an absent file is an empty table."""
+def _read_log(path: Path, columns: list[str], types, kind: str,
+              legacy: list[str] | None = None) -> pd.DataFrame:
+    """Read and check one log (see the module docstring); an absent file is an empty table.
+    A file with the ``legacy`` header is read too: the columns it lacks come back as NaN."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -97,7 +123,8 @@ def _read_log(path: Path, columns: list[str], types, kind: str) -> pd.DataFrame:
     except UnicodeDecodeError:
         raise LogError(f"{path} is not a {kind} (not UTF-8 text: random bytes?); {_fix(path)}") from None
     header = next(csv.reader(io.StringIO(text)), None)
-    if header != columns:
+    missing = [c for c in columns if c not in header] if legacy and header == legacy else []
+    if header != columns and not missing:
         raise LogError(f"{path} is not a {kind}: its columns are {header}, expected {columns}; "
                        f"{_fix(path)}")
     try:
@@ -107,6 +134,9 @@ def _read_log(path: Path, columns: list[str], types, kind: str) -> pd.DataFrame:
                        f"{_fix(path)}") from None
     ints, needed, optional = types
     for col in ints + needed + optional:
+        if col in missing:
+            df[col] = math.nan
+            continue
         num = pd.to_numeric(df[col].replace({"": "nan"}), errors="coerce")
         bad = num.isna() & ~df[col].str.lower().isin(["nan", ""] if col in optional else [])
         if col in ints:
@@ -116,14 +146,15 @@ def _read_log(path: Path, columns: list[str], types, kind: str) -> pd.DataFrame:
             raise LogError(f"{path} line {i + 2}: {col} = {df[col].iloc[i]!r} is not "
                            f"{'an integer' if col in ints else 'a number'}; {_fix(path)}")
         df[col] = num.astype("int64") if col in ints else num.astype(float)
-    return df
+    return df[columns]
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:
     """metrics.csv, checked: its columns, a number in every numeric field, a known phase, one
-    row per epoch in increasing order. An absent file reads as an empty table."""
+    row per epoch in increasing order. An absent file reads as an empty table. A legacy file
+    (no ``effective_batch`` column) is accepted; its ``effective_batch`` reads as NaN."""
     path = Path(path)
-    df = _read_log(path, METRICS_COLUMNS, _METRICS_TYPES, "metrics.csv log")
+    df = _read_log(path, METRICS_COLUMNS, _METRICS_TYPES, "metrics.csv log", LEGACY_METRICS_COLUMNS)
     bad_phase = ~df["phase"].isin(PHASES)
     if bad_phase.any():
         i = int(bad_phase.to_numpy().nonzero()[0][0])
@@ -163,3 +194,21 @@ def truncate_after(path: Path, epoch: int) -> pd.DataFrame:
         lines = path.read_bytes().decode("utf-8").splitlines(keepends=True)
         write_text_atomic("".join(lines[:1 + len(keep)]), path)
     return keep
+
+
+def add_effective_batch(path: str | Path, effective_batch: int) -> bool:
+    """Give a legacy metrics.csv (no ``effective_batch`` column) that column, every row set to
+    ``effective_batch`` (a run's effective batch never changes: config.json fixes it). The
+    existing fields are kept byte for byte; the file is replaced atomically. Returns whether
+    the file was rewritten (False for an absent or already current file)."""
+    path = Path(path)
+    if _header(path) != LEGACY_METRICS_COLUMNS:
+        return False
+    read_metrics(path)  # validated first: junk is a LogError, never upgraded
+    out = []
+    for i, line in enumerate(path.read_bytes().decode("utf-8").splitlines(keepends=True)):
+        body = line.rstrip("\r\n")
+        field = "effective_batch" if i == 0 else str(int(effective_batch))
+        out.append(f"{body},{field}{line[len(body):]}" if body else line)
+    write_text_atomic("".join(out), path)
+    return True

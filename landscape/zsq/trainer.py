@@ -10,8 +10,9 @@
             student loss = ce_scale * CE(s, y) + kd_scale * T^2 KL(teacher || student)
             backward; add p.grad to the epoch's mean gradient (before κ and momentum)
             InundatedSGD step (GI when the run has gi = true), crossings recorded per layer
-        test accuracy (and the best so far); append the metrics.csv row and crossings.csv
-        rows; then the checkpoint (sealed with its content hash)
+        test accuracy (and the best so far); append the metrics.csv row (with the effective
+        batch, N ranks × batch_size) and crossings.csv rows; then the checkpoint (sealed with
+        its content hash)
 
 The checkpoint is the commit point: on resume, CSV rows of epochs after the last checkpoint
 are dropped and the epoch is redone from the saved state (RNG states included), which gives
@@ -132,7 +133,9 @@ class Run:
             "rng_state": rng_state(self.sampler), "teacher": self.teacher_ref,
             "analysis_batches": [(x.detach().cpu(), y.detach().cpu()) for x, y in batches],
             "temperature": cfg["temperature"], "kl_reduction": cfg["kl_reduction"],
-            "metrics": {k: v for k, v in metrics.items() if k != "seconds"},  # no wall clock
+            # the row without the wall clock; effective_batch is left out too, so checkpoints are
+            # the same as before metrics.csv had it (config and `distributed` already state it)
+            "metrics": {k: v for k, v in metrics.items() if k not in ("seconds", "effective_batch")},
             "epoch_grad": epoch_grad,
             **({"distributed": batch_record(self.par.world, cfg["batch_size"])} if self.par.active else {}),
         })
@@ -261,7 +264,8 @@ class Run:
                 row = tables.metrics_row(epoch, "warmup" if log.warm else "train", acc,
                                          self.best_acc, self.teacher_acc, log.means(),
                                          log.crossings, lr=group["lr"], rho=group["rho"] or 0.0,
-                                         seconds=time.perf_counter() - t0)
+                                         seconds=time.perf_counter() - t0,
+                                         effective_batch=self.par.global_size(cfg["batch_size"]))
                 epoch_grad = log.grad_mean.result() if log.grad_mean is not None else None
                 self.par.fingerprint_check(self.shared_state(), f"run {cfg['name']}-seed{self.seed}, "
                                            f"epoch {epoch}")
@@ -285,7 +289,7 @@ class Run:
         acc = evaluate(self.student, self.data.x_test, self.data.y_test)
         self.best_acc = acc
         row = tables.metrics_row(0, "ptq", acc, acc, self.teacher_acc, {}, [], lr=0.0, rho=0.0,
-                                 seconds=0.0)
+                                 seconds=0.0, effective_batch=cfg["batch_size"])  # the calibration batch
         tables.append_rows(self.run_dir / "metrics.csv", [row], tables.METRICS_COLUMNS)
         tables.append_rows(self.run_dir / "crossings.csv", [], tables.CROSSING_COLUMNS)
         m = cfg["analysis_batch_size"]
