@@ -4,15 +4,16 @@
 
 Run folder: ``<out>/<recipe name>/<run>-seed<S>/`` (see docs/run-folder.md). For each run:
 
-1. a finished run (config.json unchanged, every checkpoint up to the last epoch present,
-   the last one sound) is left alone: nothing is written, so a read-only archive works;
+1. a finished run (config.json unchanged, every checkpoint up to the last epoch present
+   and sound: content hash, identity and shapes of each checked) is left alone: nothing is
+   written, so a read-only archive works;
 2. otherwise the folder's lock is taken (a second writer gets one line naming the
    holder's pid), orphan ``*.tmp`` files are removed, config.json is written if new;
-3. training resumes from the last checkpoint of the unbroken run of epochs from the
-   first (a deleted middle checkpoint is refilled: training restarts after the gap and
-   rewrites the later epochs identically), checked like every read (content hash, run,
-   seed, recipe, epoch, model); a sound checkpoint of another run is refused, a corrupt one
-   is warned about and retrained;
+3. training resumes from the last checkpoint of the unbroken run of sound epochs from the
+   first, each checked like every read (content hash, run, seed, recipe, epoch, model): a
+   deleted or corrupt checkpoint, in the middle too, is warned about and refilled (training
+   restarts after the last good epoch and rewrites the later ones identically); a sound
+   checkpoint of another run, epoch or model is refused naming the file;
 4. the logs are validated and cut back to that epoch (rows of an interrupted epoch go); a
    metrics.csv from before the ``effective_batch`` column gains it (from config.json).
 
@@ -99,39 +100,43 @@ def _check_same_config(run_dir: Path, config: dict) -> dict | None:
 
 
 def _is_finished(run_dir: Path, config: dict, first: int, target: int) -> bool:
-    """Read-only: config.json unchanged, epochs first..target all there, the target sound."""
+    """Read-only: config.json unchanged, epochs first..target all there and every one of them
+    sound (:func:`load_checkpoint`: content hash, identity, shapes; ~20 ms a checkpoint)."""
     if _check_same_config(run_dir, config) is None:
         return False
     present = dict(list_checkpoints(run_dir))
     if not all(e in present for e in range(first, target + 1)):
         return False
     try:
-        load_checkpoint(present[target])
+        for epoch in range(first, target + 1):
+            load_checkpoint(present[epoch])
     except CheckpointError:
         return False  # the locked path below says why and repairs or refuses
     return True
 
 
 def _resume_point(run_dir: Path, first: int, target: int) -> tuple[int, dict | None]:
-    """(last good epoch, its checkpoint): the end of the unbroken run of epochs from
-    ``first``, stepping back over corrupt files; ``(first - 1, None)`` for a fresh start."""
+    """(last good epoch, its checkpoint): the end of the unbroken run of sound epochs from
+    ``first``; ``(first - 1, None)`` for a fresh start. Every checkpoint of that run is
+    checked like every read: a missing or corrupt one ends it (warned about; training resumes
+    before it and rewrites the later epochs), a sound one of another run, epoch or model is
+    refused (CheckpointMismatch naming the file)."""
     present = dict(list_checkpoints(run_dir))
-    done = first - 1
-    while done + 1 in present:
-        done += 1
-    if done < target and any(e > done + 1 for e in present):
-        warnings.warn(f"{run_dir}: {checkpoint_path(run_dir, done + 1).name} is missing; training "
-                      f"resumes after epoch {done} and rewrites the later epochs", stacklevel=4)
-    epoch = min(done, target)
-    while epoch >= first:
+    done, last = first - 1, None
+    while done + 1 in present and done < target:
         try:
-            return epoch, load_checkpoint(present[epoch])
+            ckpt = load_checkpoint(present[done + 1])
         except CheckpointMismatch:
             raise
         except CheckpointError as exc:
-            warnings.warn(f"{exc} (training resumes before it)", stacklevel=4)
-            epoch -= 1
-    return first - 1, None
+            warnings.warn(f"{exc} (training resumes after epoch {done} and rewrites the later "
+                          "epochs)", stacklevel=4)
+            return done, last
+        done, last = done + 1, ckpt
+    if done < target and any(e > done + 1 for e in present):
+        warnings.warn(f"{run_dir}: {checkpoint_path(run_dir, done + 1).name} is missing; training "
+                      f"resumes after epoch {done} and rewrites the later epochs", stacklevel=4)
+    return done, last
 
 
 def effective_batch(config: dict) -> int:
