@@ -11,7 +11,9 @@ to take products with it; this class does the rest:
   with the loss's own settings such as a temperature) are compared with the state the cached
   graphs were built from (:class:`~landscape.curvature.state.StateTracker`); after any change --
   ``.data`` writes, re-assignment, ``load_state_dict``, ``vector_to_parameters``, ``.to()``,
-  BatchNorm statistics, a loss attribute -- the graphs are rebuilt, so every product,
+  BatchNorm statistics, a loss attribute, a plain attribute of one of the model's modules (a
+  quantizer's bit width, a BatchNorm's ``eps``), a replaced activation module, and with
+  ``eval_mode=False`` a switch between ``train()`` and ``eval()`` -- the graphs are rebuilt, so every product,
   ``dense()`` and every estimator answers for the model as it is at that moment. A parameter that is no longer in the model
   (a replaced module) is looked up again by name, or refused with a clear error;
 * **batches** (:class:`~landscape.curvature.batches.BatchSource`): a loader that reshuffles
@@ -100,6 +102,16 @@ def _active_dropout(model: nn.Module) -> list[str]:
     ]
 
 
+def _refuse_dropout(model: nn.Module) -> None:
+    active = _active_dropout(model)
+    if active:
+        raise CurvatureError(
+            f"eval_mode=False with active dropout in {active}: every graph would draw new dropout masks, "
+            "so the matrix would be random and trace/eigenpairs/density meaningless. Put the dropout "
+            "modules in eval mode (module.eval()) or use eval_mode=True"
+        )
+
+
 class _Core:
     """State shared by an operator and its views: the model, the batches, the cache, the tracker."""
 
@@ -115,7 +127,7 @@ class _Core:
         self.source = BatchSource(batches, allow_empty=group is not None)
         self.device = params[0].device
         self.cache = GraphCache(self.source, build, self.device, cache_graph, memory_budget)
-        self.tracker = StateTracker(model, loss_fn)
+        self.tracker = StateTracker(model, loss_fn, modes=not eval_mode)  # eval_mode=True sets the modes itself
         self.n_fills = 0
         self.unused: set[int] = set()
         self.no_curvature: set[int] = set()
@@ -127,6 +139,8 @@ class _Core:
     def refresh(self) -> None:
         """Make the cached graphs correspond to the model as it is now (rebuild if anything changed)."""
         if self.cache.policy is False:  # nothing is kept: follow replaced parameters, snapshot nothing
+            if not self.eval_mode:  # every product builds graphs in the model's modes
+                _refuse_dropout(self.model)
             self._reresolve()
             if not self.cache.filled:
                 self.cache.fill(set())
@@ -142,6 +156,8 @@ class _Core:
                 self.unused.clear()
                 self.no_curvature.clear()
         if not self.cache.filled:
+            if not self.eval_mode:  # e.g. model.train() since the last product, dropout included
+                _refuse_dropout(self.model)
             self.cache.fill({p.untyped_storage().data_ptr() for p in self.model.parameters()})
             self.n_fills += 1
             self.tracker.snapshot()
@@ -229,8 +245,9 @@ class CurvatureOperator:
     eval_mode : bool
         Build the graphs with the model in eval mode (BatchNorm uses running statistics, dropout
         off), restoring each module's mode afterwards. With ``eval_mode=False`` the model's own
-        modes are used; active dropout is then refused, since every rebuilt graph would draw new
-        masks and the estimators assume one fixed matrix (dropout written as ``F.dropout`` inside a
+        modes are used (switching them between products rebuilds the graphs); active dropout is
+        then refused, here and at every rebuild, since every rebuilt graph would draw new masks and
+        the estimators assume one fixed matrix (dropout written as ``F.dropout`` inside a
         ``forward`` cannot be detected: keep such a model in eval mode).
     cache_graph : "auto", True or False
         Keep each batch's graph between products (see :mod:`~landscape.curvature.graph_cache`).
@@ -275,13 +292,7 @@ class CurvatureOperator:
                 f"and devices {sorted(map(str, devices))}"
             )
         if not eval_mode:
-            active = _active_dropout(model)
-            if active:
-                raise CurvatureError(
-                    f"eval_mode=False with active dropout in {active}: every graph would draw new dropout masks, "
-                    "so the matrix would be random and trace/eigenpairs/density meaningless. Put the dropout "
-                    "modules in eval mode (module.eval()) or use eval_mode=True"
-                )
+            _refuse_dropout(model)
         self._check_loss(loss_fn)
         self._core = _Core(model, loss_fn, batches, names, tensors, bool(eval_mode), cache_graph, memory_budget,
                            self._build, resolve_group(process_group))

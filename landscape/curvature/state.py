@@ -24,14 +24,28 @@ closure's captured numbers) and the train/eval mode of every module reachable fr
 engine puts only the model in eval mode). These are compared by value on every check, and
 the loss is walked anew each time, so re-pointing it at another teacher counts too.
 
+and, for the model itself, the class of every submodule and its plain public attributes (see
+:func:`module_values`): a quantizer's bit width (``w_bits``, ``bits``) or grid
+(``zero_point``), a switch such as ``calibrating``, a BatchNorm's ``eps``, a convolution's
+``stride`` or ``padding``, a replaced activation module. Train/eval modes (``training``) are
+among them when the operator uses the model's own modes (``eval_mode=False``); with
+``eval_mode=True`` the operator sets the mode itself, so switching the model between
+``train()`` and ``eval()`` changes nothing and is not a change. When no attribute of any
+module was re-assigned since the snapshot (the usual case) this part of the check is two
+C-level comparisons of the modules' ``__dict__`` and children with copies (:class:`_ModelValues`).
+
 The snapshot costs one copy of the tracked tensors in memory and one read of them per check;
 ``make bench`` prints the check's time as a fraction of a Hessian-vector product. Counters
-(integer buffers such as BatchNorm's ``num_batches_tracked``, which a train-mode forward
-increments and which no forward output depends on) are left out.
+are left out: integer buffers such as BatchNorm's ``num_batches_tracked`` (which a train-mode
+forward increments and which no forward output depends on) and the per-call counters of
+:data:`COUNTERS` (``ActQuantPerCall.calls``, restarted by a pre-hook at every forward of the
+model). Plain values that the operator's own forward passes change are re-recorded after
+them (:meth:`StateTracker.refresh_versions`), so a product never trips the check by itself.
 
-Not watched: the model's own plain attributes (e.g. a quantizer's bit width, a BatchNorm's
-``eps``) and, with ``eval_mode=False``, its modules' train/eval modes -- build a new operator
-after changing those.
+Not watched: private attributes (names starting with ``_``), attributes set on a class rather
+than on the module, values that are neither plain nor tensors (a callable, a dict, a list),
+in-place changes inside a mutable attribute, and hooks. Build a new operator after changing
+those.
 """
 
 from __future__ import annotations
@@ -46,7 +60,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["StateTracker", "tracked_modules", "loss_state"]
+__all__ = ["StateTracker", "tracked_modules", "loss_state", "module_values", "COUNTERS"]
 
 MAX_DEPTH = 6
 """How many references deep :func:`loss_state` follows from the loss callable."""
@@ -58,6 +72,14 @@ _ATOMS = (bool, int, float, complex, str, bytes, type(None), enum.Enum, torch.dt
 # objects of these libraries are not walked into (their state is not the loss's)
 _OPAQUE = frozenset({"torch", "numpy", "scipy", "builtins", "functools", "typing", "collections", "abc",
                      "threading", "logging", "pathlib", "os", "sys", "re", "io"})
+
+
+COUNTERS = frozenset({"calls"})
+"""Attribute names of the model's modules that are counters, not settings: never compared
+(``ActQuantPerCall.calls``, the call-site index a forward pass advances and a pre-hook restarts)."""
+
+# plain values by exact type (the common case, one set lookup); others go through isinstance
+_PLAIN = frozenset({bool, int, float, str, type(None)})
 
 
 def _opaque(obj: Any) -> bool:
@@ -204,6 +226,128 @@ def _distinct_modules(model: nn.Module, found: list[tuple[str, nn.Module]]) -> l
     return out
 
 
+def _plain_value(value: Any) -> Any:
+    """``value`` if it is plain (an atom, or a tuple of at most :data:`MAX_ITEMS` atoms), else :data:`_SKIP`.
+    Plain values are immutable: the same object always has the same value."""
+    if type(value) in _PLAIN or isinstance(value, _ATOMS):
+        return value
+    if isinstance(value, tuple) and len(value) <= MAX_ITEMS and (
+            _PLAIN.issuperset(map(type, value)) or all(isinstance(a, _ATOMS) for a in value)):
+        return value
+    return _SKIP
+
+
+_SKIP = object()
+
+
+def _walk(model: nn.Module) -> list[nn.Module]:
+    """``list(model.modules())`` (same order: depth-first, each module once), without building names."""
+    out: list[nn.Module] = []
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        out.append(m)
+        children = [c for c in m._modules.values() if c is not None]
+        children.reverse()
+        stack.extend(children)
+    return out
+
+
+def module_values(model: nn.Module, modes: bool = True, modules: list[nn.Module] | None = None) -> tuple:
+    """What a check compares of the model besides its tensors: one flat tuple holding, for every module
+    (in ``model.modules()`` order), its class and then ``(name, value)`` for each of its plain public
+    attributes (``bool``, ``int``, ``float``, ``str``, ``None``, enums, dtypes, devices, and tuples of
+    at most :data:`MAX_ITEMS` of those): ``w_bits``, ``zero_point``, ``eps``, ``stride``,
+    ``calibrating``, ...
+
+    ``training`` is included only with ``modes=True``; the names in :data:`COUNTERS` never are. Two
+    states are the same iff their tuples are equal (``==``).
+    """
+    skip = COUNTERS if modes else COUNTERS | {"training"}
+    out: list[Any] = []
+    append = out.append
+    for m in _walk(model) if modules is None else modules:
+        append(type(m))
+        for key, value in m.__dict__.items():
+            if key[0] == "_" or key in skip:
+                continue
+            if type(value) not in _PLAIN:
+                value = _plain_value(value)
+                if value is _SKIP:
+                    continue
+            append((key, value))
+    return tuple(out)
+
+
+def _first_difference(model: nn.Module, modes: bool, old: tuple) -> str:
+    """A name for the first difference between the model's values now and ``old`` (for the message)."""
+    new = module_values(model, modes)
+    names = [name for name, _ in model.named_modules()]
+    k = -1
+    for a, b in itertools.zip_longest(new, old, fillvalue=_SKIP):
+        if isinstance(a, type):
+            k += 1
+        if type(a) is not type(b) or a != b:
+            where = f"model.{names[k]}" if 0 <= k < len(names) and names[k] else "model"
+            if isinstance(a, tuple) and isinstance(b, tuple) and a[0] == b[0]:
+                return f"{where}.{a[0]}"
+            return f"{where} (its modules or their attributes)"
+    return "model"
+
+
+class _ModelValues:
+    """The model's :func:`module_values`, with a fast path for the check.
+
+    Besides the values it keeps the modules and a shallow copy of each one's ``__dict__`` and
+    of its children (``_modules``). When every module's ``__dict__`` and children still equal
+    those copies (two C-level comparisons of lists of dicts; the objects are the same, so
+    ``==`` is an identity test for all but re-assigned values), the module tree is the same and
+    so are the values: nothing else is looked at. Anything else (a value re-assigned, a module
+    added) falls back to comparing :func:`module_values`; if that finds no difference (the
+    change was to something not watched: a private attribute, ``training`` under
+    ``eval_mode=True``, a counter), the copies are re-recorded.
+    """
+
+    def __init__(self, model: nn.Module, modes: bool):
+        self.model = model
+        self.modes = modes
+        self.record()
+
+    def record(self, modules: list[nn.Module] | None = None) -> None:
+        modules = _walk(self.model) if modules is None else modules
+        self.values = module_values(self.model, self.modes, modules)
+        self.modules = modules
+        self.dicts = [dict(m.__dict__) for m in modules]
+        self.children = [dict(m._modules) for m in modules]
+
+    def _same(self) -> bool:
+        modules = self.modules
+        try:
+            return ([m._modules for m in modules] == self.children
+                    and [m.__dict__ for m in modules] == self.dicts)
+        except Exception:  # noqa: BLE001 - a re-assigned value whose == raises (a tensor): look closer
+            return False
+
+    def absorb(self) -> None:
+        """Take the values as they are now as the reference (after the operator's own forward passes)."""
+        if not self._same():
+            self.record()
+
+    def changed(self) -> str | None:
+        """``None`` if the model's values are those recorded, else where they first differ."""
+        if self._same():
+            return None
+        modules = _walk(self.model)
+        if module_values(self.model, self.modes, modules) != self.values:
+            return _first_difference(self.model, self.modes, self.values)
+        self.record(modules)
+        return None
+
+
 def _is_counter(name: str, t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex()) and name.endswith("num_batches_tracked")
 
@@ -257,17 +401,21 @@ class StateTracker:
     whether it moved.
 
     Tracked: the parameters and (non-counter) buffers of ``model`` and of every module reachable
-    from ``loss_fn``, the tensors the loss holds outside modules, and the loss's plain values
-    (see :func:`loss_state`). The loss is walked again on every check.
+    from ``loss_fn``, the tensors the loss holds outside modules, the loss's plain values (see
+    :func:`loss_state`) and the model's modules' classes and plain attributes (see
+    :func:`module_values`; their train/eval modes too if ``modes``, i.e. when the operator runs the
+    model in its own modes, ``eval_mode=False``). The loss is walked again on every check.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Any = None):
+    def __init__(self, model: nn.Module, loss_fn: Any = None, modes: bool = True):
         self.model = model
         self.loss_fn = loss_fn
+        self.modes = bool(modes)
         self._names: list[str] = []
         self._layouts: list[tuple] = []
         self._values: list[torch.Tensor] = []
         self._plain: list[tuple[str, Any]] = []
+        self._model_values: _ModelValues | None = None
 
     @property
     def modules(self) -> list[tuple[str, nn.Module]]:
@@ -293,23 +441,33 @@ class StateTracker:
         self._names = [n for n, _ in entries]
         self._layouts = [_layout(t) for _, t in entries]
         self._plain = plain
+        self._model_values = _ModelValues(self.model, self.modes)
         with torch.no_grad():
             self._values = [t.detach().clone() for _, t in entries]
 
     def refresh_versions(self) -> None:
-        """Re-record the version counters after the operator's own forward passes (a train-mode
-        BatchNorm bumps its running statistics' counters; their values are restored by
-        :func:`~landscape.curvature.batches.model_mode`)."""
+        """Re-record the version counters and the model's plain values after the operator's own forward
+        passes (a train-mode BatchNorm bumps its running statistics' counters, whose values
+        :func:`~landscape.curvature.batches.model_mode` restores; a model may count its calls in a
+        plain attribute). Called only right after a check found nothing changed and the operator's
+        forward passes ran, so nothing the user changed is absorbed."""
         entries, _ = self._current()
         if len(entries) == len(self._layouts):
             self._layouts = [_layout(t) for _, t in entries]
+        if self._model_values is not None:
+            self._model_values.absorb()
 
     def clear(self) -> None:
         """Forget the snapshot."""
         self._names, self._layouts, self._values, self._plain = [], [], [], []
+        self._model_values = None
 
     def changed(self) -> str | None:
         """``None`` if nothing changed since :meth:`snapshot`, else the name of the first change."""
+        if self._model_values is not None:
+            what = self._model_values.changed()
+            if what is not None:
+                return what
         entries, plain = self._current()
         if len(plain) != len(self._plain):
             return "the loss's attributes"
