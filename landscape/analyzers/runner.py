@@ -303,7 +303,9 @@ class _Job:
                 for n, key, prev in todo:
                     if prev is None:
                         continue
-                    if prev in bad or (n, prev) not in states or (n, e) not in states:
+                    if (n, e) not in states:
+                        continue  # this checkpoint's own state failed: its problem is already listed
+                    if prev in bad or (n, prev) not in states:
                         self.problem(paths[e], n, f"needs epoch {prev}, which could not be analysed")
                         continue
                     self._one(n, key, point, paths[e],
