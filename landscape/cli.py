@@ -333,8 +333,9 @@ def _execute(args: argparse.Namespace, debug: bool) -> tuple[int, bool]:
         if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename:
             from landscape.errors import storage_error
 
-            message = storage_error(exc, exc.filename)
-        _error(f"landscape: {type(exc).__name__}: {message}\n(rerun with --debug for the traceback)", exc)
+            message = storage_error(exc, exc.filename)   # named as the docs' exit-code table names it
+        _error(f"landscape: {type(message).__name__ if isinstance(message, BaseException) else type(exc).__name__}: "
+               f"{message}\n(rerun with --debug for the traceback)", exc)
         return code, agreed(exc)
     return EXIT_OK, True
 

@@ -100,7 +100,7 @@ def _check_one_line(returncode: int, stderr: str, out: Path, reason: str) -> Non
     assert "Traceback" not in stderr
     lines = _error_lines(stderr)
     assert len(lines) == 1, stderr
-    assert re.fullmatch(rf"landscape: \w+: cannot write {re.escape(str(out))}\S* \({reason}\); "
+    assert re.fullmatch(rf"landscape: StorageError: cannot write {re.escape(str(out))}\S* \({reason}\); "
                         r"the folder is read-only for this user: pass --out to a writable folder.*",
                         lines[0]), lines[0]
 
