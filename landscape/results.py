@@ -63,12 +63,14 @@ def accuracy_table(tables_dir: str | Path, roles: Mapping | None = None) -> str:
     def ms(x: pd.Series) -> str:
         return f"{x.mean():.2f} ± {x.std(ddof=1):.2f}" if len(x) > 1 else f"{x.mean():.2f}"
 
-    lines = ["| run | best test accuracy (%) | final test accuracy (%) | per seed: best / final |", "|---|---|---|---|"]
+    labels = " · ".join(str(int(s)) if s >= 0 else "?" for s in sorted(t["seed"].unique()))
+    lines = [f"| run | best test accuracy (%) | final test accuracy (%) | per seed ({labels}): best / final |",
+             "|---|---|---|---|"]
     for run in order:
         g = t[t["run"] == run].sort_values("seed")
         if g.empty:
             continue
-        per = " · ".join(f"{b:.1f} / {f:.1f}" for b, f in zip(g["best"], g["final"])) if run != "teacher" else ""
+        per = " · ".join(f"{b:.1f} / {f:.1f}" if run != "teacher" else f"{b:.1f}" for b, f in zip(g["best"], g["final"]))
         lines.append(f"| {run} | {ms(g['best'])} | {ms(g['final'])} | {per} |")
     return "\n".join(lines)
 
