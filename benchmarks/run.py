@@ -13,9 +13,9 @@ Everything is measured in one run, on one machine, with ``torch.set_num_threads(
     same on a 1,770-parameter MLP whose exact trace is known, over many seeds; and the coverage
     of our stderr stopping rule (|error| ≤ 3·stderr) over 100 seeds on that MLP;
 (d) resident memory (RSS from /proc/self/statm) after 1,000 products vs after 10;
-(e) the freshness check every product runs (parameters, buffers, module attributes, the
-    loss's reachable state and the batches compared with the state the cached graph was built
-    from), as a fraction of one HVP: on the CNN, and on a worst
+(e) the freshness check every product runs (parameters, buffers, module attributes and the
+    loss's reachable state compared with the state the cached graph was built from; the batch
+    fingerprints are checked where batches are read again), as a fraction of one HVP: on the CNN, and on a worst
     case for it (a 6.3M-parameter MLP at batch 8: much state, little arithmetic);
 (f) peak RSS (``VmHWM`` of a fresh process each) of a whole-model trace, of per-layer
     traces from views of one operator, and of per-layer traces with one operator per layer;
