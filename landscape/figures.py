@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from landscape.tables import ROLE_NAMES, TableError, read_table, resolve_roles  # noqa: E402
+from landscape.tables import ROLE_NAMES, TABLE_NAMES, TableError, load_tables, not_converged, resolve_roles  # noqa: E402
 
 __all__ = ["FIGURES", "FigureError", "plot_all"]
 
@@ -122,16 +122,9 @@ def _pick_runs(df: pd.DataFrame, wanted: list[str]) -> list[str]:
     return chosen or present
 
 
-def _not_converged(df: pd.DataFrame) -> pd.Series:
-    if "converged" not in df:
-        return pd.Series(False, index=df.index)
-    c = df["converged"]
-    return c.notna() & ~c.astype(str).str.lower().isin(["true", "1", "1.0"])
-
-
 def _hollow(ax, df: pd.DataFrame, x: str, y: str, color) -> None:
     """Hollow markers on the points whose estimate missed its stopping rule."""
-    bad = df[_not_converged(df)]
+    bad = df[not_converged(df)]
     if len(bad):
         ax.scatter(bad[x], bad[y], s=42, facecolors="white", edgecolors=color, linewidths=1.4, zorder=5)
 
@@ -265,7 +258,7 @@ def fig_slices(tables: dict, roles: dict, styler: _Runs):
                         markevery=max(1, len(m) // 7), label=f"{LOSS_LABELS.get(loss, loss)}, {kind}")
             notes = []
             for loss, lv in lam[(lam["run"] == run) & (lam["epoch"] == epoch)].groupby("loss"):
-                flag = "" if not _not_converged(lv).any() else " (unconv.)"
+                flag = "" if not not_converged(lv).any() else " (unconv.)"
                 notes.append(f"λ{LOSS_LABELS.get(loss, loss)}={lv['value'].mean():.3g}{flag}")
             if notes:
                 ax.text(0.5, 0.97, "  ".join(notes), transform=ax.transAxes, fontsize=7, va="top", ha="center",
@@ -480,24 +473,24 @@ _DRAWERS: dict[str, Callable] = {
     "fig4_density": fig_density, "fig5_interepoch": fig_interepoch, "fig6_crossings": fig_crossings,
     "fig7_accuracy": fig_accuracy,
 }
-_TABLES = ("cosine", "trace", "eigen", "density", "interepoch", "crossings", "training")
 
 
-def plot_all(tables_dir="figures/tables", out_dir="figures", roles: Mapping | None = None) -> list[Path]:
+def plot_all(tables_dir="figures/tables", out_dir="figures", roles: Mapping | None = None,
+             tables: Mapping | None = None) -> list[Path]:
     """Draw every figure whose table is there; returns the PNG paths (PDF and CSV beside each).
 
     A figure whose table is missing or empty is skipped with a warning; no table at all is an
-    error naming the folder.
+    error naming the folder. ``tables``: the tables already read from ``tables_dir``
+    (:func:`landscape.tables.load_tables`), so that a caller reading them anyway reads them once.
     """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     roles = resolve_roles(roles)
     if not tables_dir.is_dir():
         raise FigureError(f"no tables folder {str(tables_dir)!r}: run `landscape analyze RUN_DIR...` "
                           "or `make figures` first")
-    tables = {n: read_table(tables_dir, n) for n in _TABLES}
-    tables = {n: t for n, t in tables.items() if t is not None}
+    tables = {n: t for n, t in (load_tables(tables_dir) if tables is None else tables).items() if t is not None}
     if not tables:
-        raise FigureError(f"no tables in {str(tables_dir)!r} (expected {', '.join(t + '.csv' for t in _TABLES)}): "
+        raise FigureError(f"no tables in {str(tables_dir)!r} (expected {', '.join(t + '.csv' for t in TABLE_NAMES)}): "
                           "run `landscape analyze RUN_DIR...` first")
     styler = _Runs(roles)
     paths = []

@@ -18,13 +18,16 @@ from typing import Mapping
 
 import pandas as pd
 
-__all__ = ["DEFAULT_ROLES", "ROLE_NAMES", "TableError", "read_table", "resolve_roles"]
+__all__ = ["DEFAULT_ROLES", "ROLE_NAMES", "TABLE_NAMES", "TableError", "read_table", "load_tables", "resolve_roles",
+           "not_converged"]
 
 #: Which run plays which role; a recipe's ``[figures]`` table may override any of these.
 DEFAULT_ROLES: dict = {"kd": "kd", "zq": "gdfq", "kl_only": "kl", "ait": "ait", "ptq": "ptq",
                        "accuracy": ["ptq", "kd", "gdfq", "kl", "ait"]}
 #: The roles that name one run each (``accuracy`` lists the runs of the accuracy figure).
 ROLE_NAMES = ("kd", "zq", "kl_only", "ait", "ptq")
+#: The tidy tables that figures and findings read (``<tables_dir>/<name>.csv``).
+TABLE_NAMES = ("cosine", "trace", "eigen", "density", "interepoch", "crossings", "training")
 
 
 class TableError(ValueError):
@@ -69,3 +72,17 @@ def read_table(tables_dir: Path | str, name: str) -> pd.DataFrame | None:
     if "layer" in df:
         df["layer"] = df["layer"].astype("string").fillna("all").astype(str)
     return None if df.empty else df
+
+
+def load_tables(tables_dir: Path | str) -> dict:
+    """``{name: DataFrame or None}`` for every table of :data:`TABLE_NAMES` (read once, shared
+    by the figures, the claims and the results file)."""
+    return {n: read_table(tables_dir, n) for n in TABLE_NAMES}
+
+
+def not_converged(df: pd.DataFrame) -> pd.Series:
+    """Rows whose estimate missed its stopping rule (``converged`` present and not true)."""
+    if "converged" not in df:
+        return pd.Series(False, index=df.index)
+    c = df["converged"]
+    return c.notna() & ~c.astype(str).str.lower().isin(["true", "1", "1.0"])

@@ -17,18 +17,10 @@ from typing import Mapping
 
 from landscape.findings.rules import CLAIMS, Claim, check_all
 from landscape.findings.verdicts import LEVELS, NO_DATA, NOT_SUPPORTED, SUGGESTIVE, SUPPORTED
-from landscape.tables import read_table, resolve_roles
+from landscape.tables import TABLE_NAMES, load_tables, resolve_roles
 
 __all__ = ["claims", "load_tables", "claims_table", "Claim", "CLAIMS", "LEVELS", "SUPPORTED", "SUGGESTIVE",
            "NOT_SUPPORTED", "NO_DATA", "TABLE_NAMES"]
-
-TABLE_NAMES = ("cosine", "trace", "eigen", "density", "interepoch", "crossings", "training")
-
-
-def load_tables(tables_dir: str | Path) -> dict:
-    """``{name: DataFrame or None}`` for every table the claims read."""
-    return {n: read_table(tables_dir, n) for n in TABLE_NAMES}
-
 
 def claims(tables_dir: str | Path, roles: Mapping | None = None) -> list[dict]:
     """The paper's claims against the tables in ``tables_dir``.

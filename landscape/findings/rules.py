@@ -24,6 +24,7 @@ import pandas as pd
 
 from landscape.findings.stats import Interval, bootstrap, paired_t_interval
 from landscape.findings.verdicts import NO_DATA, judge, weakest
+from landscape.tables import not_converged
 
 __all__ = ["Claim", "CLAIMS", "check_all"]
 
@@ -99,17 +100,8 @@ def _seed_note(interval: Interval) -> str:
     return "" if interval.n > 1 else " (1 seed: the interval is over epochs of that run only)"
 
 
-def _unconverged(*frames: pd.DataFrame) -> int:
-    n = 0
-    for f in frames:
-        if "converged" in f:
-            c = f["converged"]
-            n += int((c.notna() & ~c.astype(str).str.lower().isin(["true", "1", "1.0"])).sum())
-    return n
-
-
 def _convergence_note(claim: Claim, *frames: pd.DataFrame) -> None:
-    n = _unconverged(*frames)
+    n = sum(int(not_converged(f).sum()) for f in frames)
     if n:
         claim.notes.append(f"rests on {n} unconverged estimate(s) (see the `converged` column)")
         claim.number += f"; rests on {n} unconverged estimate(s)"
