@@ -22,7 +22,8 @@ and, for the loss, the plain values its result depends on: scalar and string att
 KL's ``temperature`` and ``reduction``, dataclass fields, a ``functools.partial``'s keywords, a
 closure's captured numbers) and the train/eval mode of every module reachable from it (the
 engine puts only the model in eval mode). These are compared by value on every check, and
-the loss is walked anew each time, so re-pointing it at another teacher counts too.
+the loss is walked anew whenever one of the objects walked at the snapshot refers to something
+else (:class:`_Structure`), so re-pointing it at another teacher counts too.
 
 and, for the model itself, the class of every submodule and its plain public attributes (see
 :func:`module_values`): a quantizer's bit width (``w_bits``, ``bits``) or grid
@@ -53,6 +54,7 @@ from __future__ import annotations
 import enum
 import functools
 import itertools
+import operator
 import types
 from typing import Any, Iterable
 
@@ -97,7 +99,23 @@ def _global_names(code: types.CodeType) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
+def _attributes(obj: Any) -> Iterable[tuple[str, Any]]:
+    """A loss object's attributes: its ``__dict__`` and its ``__slots__``."""
+    d = getattr(obj, "__dict__", None)
+    if isinstance(d, dict):
+        yield from d.items()
+    for cls in type(obj).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            try:
+                yield name, getattr(obj, name)
+            except Exception:  # noqa: BLE001 - an unset slot, or a descriptor that refuses
+                continue
+
+
+def loss_state(loss_fn: Any, model: nn.Module | None = None, visited: list | None = None) -> tuple[
         list[tuple[str, nn.Module]], list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
     """What a loss callable's result depends on besides the model and the batch.
 
@@ -116,26 +134,13 @@ def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
       ``reduction`` or ``label_smoothing``).
 
     Objects of library types (torch, numpy, ...) other than modules and tensors, classes and
-    Python modules are not walked into.
+    Python modules are not walked into. ``visited``, if given, receives every object walked into
+    (for :class:`_Structure`).
     """
     modules: list[tuple[str, nn.Module]] = []
     tensors: list[tuple[str, torch.Tensor]] = []
     values: list[tuple[str, Any]] = []
     seen: set[int] = {id(model)} if model is not None else set()
-
-    def attributes(obj: Any) -> Iterable[tuple[str, Any]]:
-        d = getattr(obj, "__dict__", None)
-        if isinstance(d, dict):
-            yield from d.items()
-        for cls in type(obj).__mro__:
-            slots = cls.__dict__.get("__slots__", ())
-            for name in (slots,) if isinstance(slots, str) else slots:
-                if name in ("__dict__", "__weakref__"):
-                    continue
-                try:
-                    yield name, getattr(obj, name)
-                except Exception:  # noqa: BLE001 - an unset slot, or a descriptor that refuses
-                    continue
 
     def walk(obj: Any, path: str, depth: int) -> None:
         if isinstance(obj, _ATOMS):
@@ -144,6 +149,8 @@ def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
         if id(obj) in seen or depth > MAX_DEPTH:
             return
         seen.add(id(obj))
+        if visited is not None:
+            visited.append(obj)
         if isinstance(obj, torch.Tensor):
             tensors.append((path, obj))
         elif isinstance(obj, nn.Module):
@@ -198,7 +205,7 @@ def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
         elif _opaque(type(obj)):
             return
         else:  # a loss object (a dataclass's fields are its attributes)
-            for key, value in list(attributes(obj)):
+            for key, value in list(_attributes(obj)):
                 walk(value, f"{path}.{key}", depth + 1)
 
     walk(loss_fn, "loss_fn", 0)
@@ -396,6 +403,86 @@ def _layout(t: torch.Tensor) -> tuple:
     return (id(t), ptr, t._version, t.dtype, t.device, tuple(t.shape), t.stride())
 
 
+def _flat(d: dict, refs: list, sizes: list) -> None:
+    sizes.append(len(d))
+    refs.extend(d)
+    refs.extend(d.values())
+
+
+def _read(obj: Any, refs: list, sizes: list, walked: bool = True) -> None:
+    """Append to ``refs`` everything :func:`loss_state` (if ``walked``) and :func:`_entries` read of ``obj``
+    itself (not of the objects it refers to, which are listed on their own), and to ``sizes`` the
+    sizes of its containers."""
+    refs.append(type(obj))
+    if isinstance(obj, nn.Module):
+        if walked:  # the walk reads a reached module's plain attributes (and the loss module's others)
+            _flat(obj.__dict__, refs, sizes)
+        _flat(obj._modules, refs, sizes)
+        _flat(obj._parameters, refs, sizes)
+        _flat(obj._buffers, refs, sizes)
+    elif isinstance(obj, (torch.Tensor, tuple, type, types.ModuleType, types.MethodType,
+                          types.BuiltinFunctionType, types.BuiltinMethodType)):
+        return  # immutable, or (a tensor) checked by layout and value
+    elif isinstance(obj, functools.partial):
+        refs.extend((obj.func, obj.args))
+        _flat(obj.keywords, refs, sizes)
+    elif isinstance(obj, types.FunctionType):
+        code = obj.__code__
+        refs.extend((obj.__module__, code, obj.__defaults__))
+        for cell in obj.__closure__ or ():
+            try:
+                refs.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                refs.append(_SKIP)
+        _flat(obj.__kwdefaults__ or {}, refs, sizes)
+        g = obj.__globals__
+        refs.extend(g.get(name, _SKIP) for name in _global_names(code))
+    elif isinstance(obj, (list, set, frozenset)):
+        sizes.append(len(obj))
+        refs.extend(obj)
+    elif isinstance(obj, dict):
+        _flat(obj, refs, sizes)
+    elif not _opaque(type(obj)):
+        for key, value in _attributes(obj):
+            refs.append(key)
+            refs.append(value)
+
+
+class _Structure:
+    """What the loss walk and the lists of parameters and buffers were computed from, so a check can
+    reuse them instead of walking again.
+
+    At :meth:`StateTracker.snapshot` the objects walked into (the loss's objects, closures,
+    containers, every submodule of the modules it reaches) and the model's modules are listed
+    once. A check re-reads only those objects' own references (:func:`_read`: their
+    ``__dict__``, slots, cells, items, children, parameters and buffers) and compares them with
+    the snapshot's by identity (C-level, no ``__eq__`` called). If all are the same objects, the
+    walk would find exactly what it found at the snapshot, so its result is reused; otherwise
+    (anything re-assigned, even to an equal value) the check walks anew and compares as before.
+    """
+
+    def __init__(self, objects: list, tree: list[nn.Module], counters: list[torch.Tensor]):
+        self.objects = objects  # walked by loss_state
+        self.tree = tree  # the model's other modules (only their children, parameters and buffers are read)
+        self.counters = counters  # integer buffers left out of the tensors: still integer?
+        self.refs, self.sizes = self.read()
+
+    def read(self) -> tuple[list, list[int]]:
+        refs: list = []
+        sizes: list[int] = []
+        for obj in self.objects:
+            _read(obj, refs, sizes)
+        for m in self.tree:
+            _read(m, refs, sizes, walked=False)
+        return refs, sizes
+
+    def same(self) -> bool:
+        if any(t.is_floating_point() or t.is_complex() for t in self.counters):
+            return False
+        refs, sizes = self.read()
+        return sizes == self.sizes and len(refs) == len(self.refs) and all(map(operator.is_, refs, self.refs))
+
+
 class StateTracker:
     """Snapshot of what the products depend on besides the vector and the batches; :meth:`changed` says
     whether it moved.
@@ -404,7 +491,8 @@ class StateTracker:
     from ``loss_fn``, the tensors the loss holds outside modules, the loss's plain values (see
     :func:`loss_state`) and the model's modules' classes and plain attributes (see
     :func:`module_values`; their train/eval modes too if ``modes``, i.e. when the operator runs the
-    model in its own modes, ``eval_mode=False``). The loss is walked again on every check.
+    model in its own modes, ``eval_mode=False``). The loss is walked again on a check only when
+    one of the objects walked at the snapshot now refers to something else (:class:`_Structure`).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Any = None, modes: bool = True):
@@ -416,17 +504,27 @@ class StateTracker:
         self._values: list[torch.Tensor] = []
         self._plain: list[tuple[str, Any]] = []
         self._model_values: _ModelValues | None = None
+        self._entries: list[tuple[str, torch.Tensor]] = []
+        self._structure: _Structure | None = None
 
     @property
     def modules(self) -> list[tuple[str, nn.Module]]:
         """The model and the modules reachable from the loss, as they are now."""
         return tracked_modules(self.model, self.loss_fn)
 
-    def _current(self) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
+    def _current(self, visited: list | None = None) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
+        """Walk the loss and list the tracked tensors, as they are now (``visited``: see :func:`loss_state`;
+        the reached modules' submodules are added to it)."""
         if self.loss_fn is None:
-            return _entries([("model", self.model)]), []
-        found, loose, plain = loss_state(self.loss_fn, self.model)
-        entries = _entries(_distinct_modules(self.model, found))
+            mods = [("model", self.model)]
+            plain: list[tuple[str, Any]] = []
+            loose: list[tuple[str, torch.Tensor]] = []
+        else:
+            found, loose, plain = loss_state(self.loss_fn, self.model, visited)
+            mods = _distinct_modules(self.model, found)
+            if visited is not None:
+                visited.extend(m for _, top in found for m in top.modules())
+        entries = _entries(mods)
         if loose:
             have = {id(t) for _, t in entries}
             for name, t in loose:
@@ -435,13 +533,26 @@ class StateTracker:
                     entries.append((name, t))
         return entries, plain
 
+    def _now(self) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
+        """:meth:`_current`, without walking when the structure is the snapshot's."""
+        if self._structure is not None and self._structure.same():
+            return self._entries, self._plain
+        return self._current()
+
     def snapshot(self) -> None:
         """Record the current state (call right after building a graph from it)."""
-        entries, plain = self._current()
+        visited: list = []
+        entries, plain = self._current(visited)
+        self._entries = entries
         self._names = [n for n, _ in entries]
         self._layouts = [_layout(t) for _, t in entries]
         self._plain = plain
         self._model_values = _ModelValues(self.model, self.modes)
+        walked = list({id(o): o for o in visited}.values())
+        tree = [m for m in _walk(self.model) if id(m) not in {id(o) for o in walked}]
+        counters = [b for m in [*walked, *tree] if isinstance(m, nn.Module)
+                    for n, b in m.named_buffers(recurse=False) if _is_counter(n, b)]
+        self._structure = _Structure(walked, tree, counters)
         with torch.no_grad():
             self._values = [t.detach().clone() for _, t in entries]
 
@@ -451,7 +562,7 @@ class StateTracker:
         :func:`~landscape.curvature.batches.model_mode` restores; a model may count its calls in a
         plain attribute). Called only right after a check found nothing changed and the operator's
         forward passes ran, so nothing the user changed is absorbed."""
-        entries, _ = self._current()
+        entries, _ = self._now()
         if len(entries) == len(self._layouts):
             self._layouts = [_layout(t) for _, t in entries]
         if self._model_values is not None:
@@ -459,8 +570,9 @@ class StateTracker:
 
     def clear(self) -> None:
         """Forget the snapshot."""
-        self._names, self._layouts, self._values, self._plain = [], [], [], []
+        self._names, self._layouts, self._values, self._plain, self._entries = [], [], [], [], []
         self._model_values = None
+        self._structure = None
 
     def changed(self) -> str | None:
         """``None`` if nothing changed since :meth:`snapshot`, else the name of the first change."""
@@ -468,7 +580,7 @@ class StateTracker:
             what = self._model_values.changed()
             if what is not None:
                 return what
-        entries, plain = self._current()
+        entries, plain = self._now()
         if len(plain) != len(self._plain):
             return "the loss's attributes"
         for (name, value), (old_name, old) in zip(plain, self._plain):
