@@ -144,8 +144,10 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
     from landscape.config import load_recipe
     from landscape.distributed import is_main, world_size
     from landscape.figures import plot_all
+    from landscape.findings import claims
     from landscape.findings.readme import write_readme
     from landscape.results import publish_results, write_results
+    from landscape.tables import load_tables
     from landscape.workers import analyze_job, default_jobs, run_jobs, set_threads, teacher_job, train_job
     from landscape.zsq.runs import DEFAULT_OUT, run_dir_for
 
@@ -186,14 +188,16 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
     if not is_main():  # figures --nproc N: every rank trained and analysed; rank 0 draws and writes
         return tables
     with clock.stage("plot"):
-        paths = plot_all(tables_dir, out, roles=roles)
+        loaded = load_tables(tables_dir)  # read once: the figures, the claims and the results file share them
+        paths = plot_all(tables_dir, out, roles=roles, tables=loaded)
     timings = dict(clock.wall)
     with clock.stage("findings"):
+        rows = claims(tables_dir, roles, loaded)  # judged once: README.md and results.md print the same rows
         provenance = _provenance(recipe, seeds, threads, jobs, world_size())
         timings["total"] = time.perf_counter() - start
         readme = write_readme(tables_dir, out, roles=roles, figures=paths, timings=timings,
                               recipe=str(recipe_path) if not isinstance(recipe_path, Mapping) else recipe.get("name"),
-                              settings=resolve_settings(settings), provenance=provenance)
+                              settings=resolve_settings(settings), provenance=provenance, rows=rows)
         clock.wall["total"] = time.perf_counter() - start
         clock.cpu["total"] = _Clock._cpu() - cpu_start
         wall, cpu = dict(clock.wall), dict(clock.cpu)
@@ -205,7 +209,7 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
         if venv is not None and not warm:
             wall = {"venv (make setup)": venv, **wall, "total": wall["total"] + venv}
         results = write_results(tables_dir, out / "results.md", roles=roles, provenance=provenance,
-                                wall=wall, cpu=cpu, warm=warm)
+                                wall=wall, cpu=cpu, warm=warm, rows=rows, tables=loaded)
         if publish:
             publish_results(results, publish)
 

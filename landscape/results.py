@@ -34,10 +34,11 @@ BLOCKS = ("provenance", "findings", "accuracy", "timings-cold", "timings-warm")
 _BLOCK_RE = re.compile(r"<!-- results:(?P<name>[a-z-]+) -->\n(?P<body>.*?)<!-- /results:(?P=name) -->", re.S)
 
 
-def accuracy_table(tables_dir: str | Path, roles: Mapping | None = None) -> str:
-    """Best and final test accuracy (%) per run: mean ± std over seeds, and per seed (best / final)."""
+def accuracy_table(tables_dir: str | Path, roles: Mapping | None = None, tables: Mapping | None = None) -> str:
+    """Best and final test accuracy (%) per run: mean ± std over seeds, and per seed (best / final).
+    ``tables``: the tables already read (:func:`landscape.tables.load_tables`)."""
     roles = resolve_roles(roles)
-    df = read_table(tables_dir, "training")
+    df = read_table(tables_dir, "training") if tables is None else tables.get("training")
     if df is None:
         return "(no training table)"
     seeds = df["seed"].fillna(-1)
@@ -84,14 +85,17 @@ def _timings(wall: Mapping[str, float], cpu: Mapping[str, float]) -> str:
 
 def write_results(tables_dir: str | Path, path: str | Path, roles: Mapping | None = None,
                   provenance: Mapping | None = None, wall: Mapping | None = None,
-                  cpu: Mapping | None = None, warm: bool = False) -> Path:
+                  cpu: Mapping | None = None, warm: bool = False, rows: list[dict] | None = None,
+                  tables: Mapping | None = None) -> Path:
     """Write the results file from the tables and this run's timings (block ``timings-warm`` if
-    the run found everything trained and cached, else ``timings-cold``)."""
+    the run found everything trained and cached, else ``timings-cold``). ``rows`` and
+    ``tables``: the claims and the tables a caller already has (else computed and read here)."""
     roles = resolve_roles(roles)
+    rows = claims(tables_dir, roles, tables) if rows is None else rows
     body = {
         "provenance": "; ".join(f"{k} {v}" for k, v in (provenance or {}).items()),
-        "findings": claims_table(claims(tables_dir, roles)),
-        "accuracy": accuracy_table(tables_dir, roles),
+        "findings": claims_table(rows),
+        "accuracy": accuracy_table(tables_dir, roles, tables),
         "timings-warm" if warm else "timings-cold": _timings(wall or {}, cpu or {}),
     }
     text = ["# Results of `make figures`", "",

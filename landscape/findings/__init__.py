@@ -22,14 +22,16 @@ from landscape.tables import TABLE_NAMES, load_tables, resolve_roles
 __all__ = ["claims", "load_tables", "claims_table", "Claim", "CLAIMS", "LEVELS", "SUPPORTED", "SUGGESTIVE",
            "NOT_SUPPORTED", "NO_DATA", "TABLE_NAMES"]
 
-def claims(tables_dir: str | Path, roles: Mapping | None = None) -> list[dict]:
-    """The paper's claims against the tables in ``tables_dir``.
+def claims(tables_dir: str | Path, roles: Mapping | None = None, tables: Mapping | None = None) -> list[dict]:
+    """The paper's claims against the tables in ``tables_dir`` (or ``tables``, already read by
+    :func:`load_tables`).
 
     Returns one dict per claim: ``id``, ``claim``, ``number`` (the effect with its 95 % interval),
     ``verdict`` (the paper's raw comparison), ``scale_free_verdict`` (claims 2–4; None for the
     others), ``rule``, ``scale_free_rule`` and ``notes`` (e.g. the two verdicts disagree).
     """
-    return [c.as_dict() for c in check_all(load_tables(tables_dir), resolve_roles(roles))]
+    tables = load_tables(tables_dir) if tables is None else tables
+    return [c.as_dict() for c in check_all(tables, resolve_roles(roles))]
 
 
 def claims_table(rows: list[dict]) -> str:

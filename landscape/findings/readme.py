@@ -56,12 +56,14 @@ BANDS = {
 
 def write_readme(tables_dir="figures/tables", out_dir="figures", roles: Mapping | None = None,
                  figures=None, timings: Mapping[str, float] | None = None, recipe: str | None = None,
-                 settings: Mapping | None = None, provenance: Mapping | None = None) -> Path:
+                 settings: Mapping | None = None, provenance: Mapping | None = None,
+                 rows: list[dict] | None = None) -> Path:
     """Write ``<out_dir>/README.md``: findings with both verdict columns and their rules, the
-    figures with captions and band meanings, provenance, analysis settings and stage times."""
+    figures with captions and band meanings, provenance, analysis settings and stage times.
+    ``rows``: the claims already judged on these tables (:func:`landscape.findings.claims`)."""
     out_dir, tables_dir = Path(out_dir), Path(tables_dir)
     roles = resolve_roles(roles)
-    rows = claims(tables_dir, roles)
+    rows = claims(tables_dir, roles) if rows is None else rows
     stems = [Path(f).stem for f in figures] if figures is not None else \
         [s for s in CAPTIONS if (out_dir / f"{s}.png").exists()]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
