@@ -93,11 +93,16 @@ def build_model(spec: dict) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 accuracy (%) of ``model`` (left in its current mode) on tensors x, y."""
+def count_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> int:
+    """Number of top-1 hits of ``model`` (left in its current mode) on tensors x, y."""
     device = next(model.parameters()).device
     correct = 0
     for start in range(0, len(y), batch_size):
         out = model(x[start:start + batch_size].to(device))
         correct += (out.argmax(1).cpu() == y[start:start + batch_size]).sum().item()
-    return 100.0 * correct / max(len(y), 1)
+    return correct
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy (%) of ``model`` (left in its current mode) on tensors x, y."""
+    return 100.0 * count_correct(model, x, y, batch_size) / max(len(y), 1)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from landscape.distributed import Context
-from landscape.models import evaluate
+from landscape.models import count_correct, evaluate
 
 __all__ = ["DataParallel", "batch_record"]
 
@@ -100,8 +100,7 @@ class DataParallel:
         if not self.active:
             return evaluate(model, x, y)
         xs, ys = self.local(x), self.local(y)
-        correct = round(evaluate(model, xs, ys) * len(ys) / 100.0) if len(ys) else 0
-        counts = torch.tensor([float(correct), float(len(ys))], dtype=torch.float64,
+        counts = torch.tensor([float(count_correct(model, xs, ys)), float(len(ys))], dtype=torch.float64,
                               device=next(model.parameters()).device)
         torch.distributed.all_reduce(counts)
         return 100.0 * int(counts[0]) / max(int(counts[1]), 1)
