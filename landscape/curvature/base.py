@@ -485,6 +485,19 @@ class CurvatureOperator:
         skip = self._core.no_curvature
         return [k for k, i in enumerate(self._index) if i not in skip]
 
+    def _targets(self, grads: Sequence[torch.Tensor | None]
+                 ) -> tuple[list[tuple[int, torch.Tensor]], list[int], list[torch.Tensor]] | None:
+        """For a product through one batch's cached gradients (aligned with all parameters):
+        ``(sel, rows, inputs)`` -- ``(position, gradient)`` of the selected parameters with a
+        differentiable gradient, the rows to fill (:meth:`_rows`) and their parameters -- or
+        None when no selected parameter has one."""
+        skip = self._core.no_curvature
+        sel = [(k, grads[i]) for k, i in enumerate(self._index) if grads[i] is not None and i not in skip]
+        if not sel:
+            return None
+        rows = self._rows()
+        return sel, rows, [self._core.params[self._index[k]] for k in rows]
+
     def _add_rows(self, out_row: torch.Tensor, rows: list[int], res: Sequence[torch.Tensor | None]) -> None:
         for k, r in zip(rows, res):
             if r is not None:

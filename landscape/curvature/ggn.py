@@ -113,12 +113,10 @@ class _JMJ(CurvatureOperator):
 
     def _products(self, item: _OutputGraph, cols: list[list[torch.Tensor]], out: torch.Tensor, weight: float,
                   retain: bool) -> None:
-        skip = self._core.no_curvature
-        sel = [(k, item.gu[i]) for k, i in enumerate(self._index) if item.gu[i] is not None and i not in skip]
-        if not sel:
+        targets = self._targets(item.gu)
+        if targets is None:
             return
-        rows = self._rows()
-        inputs = [self._core.params[self._index[k]] for k in rows]
+        sel, rows, inputs = targets
         for j, parts in enumerate(cols):
             (Jv,) = torch.autograd.grad([g for _, g in sel], item.u, grad_outputs=[parts[k] for k, _ in sel],
                                         retain_graph=True)

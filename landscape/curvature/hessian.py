@@ -66,13 +66,11 @@ class Hessian(CurvatureOperator):
 
     def _products(self, item: _Graph, cols: list[list[torch.Tensor]], out: torch.Tensor, weight: float,
                   retain: bool) -> None:
-        skip = self._core.no_curvature
-        sel = [(k, item.grads[i]) for k, i in enumerate(self._index) if item.grads[i] is not None and i not in skip]
-        if not sel:
+        targets = self._targets(item.grads)
+        if targets is None:
             return
+        sel, rows, inputs = targets
         outputs = [g for _, g in sel]
-        rows = self._rows()
-        inputs = [self._core.params[self._index[k]] for k in rows]
         for j, parts in enumerate(cols):
             gouts = [parts[k] if weight == 1.0 else parts[k] * weight for k, _ in sel]
             res = torch.autograd.grad(
