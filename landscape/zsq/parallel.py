@@ -30,12 +30,18 @@ from torch import nn
 from landscape.distributed import Context
 from landscape.models import count_correct, evaluate
 
-__all__ = ["DataParallel", "batch_record"]
+__all__ = ["DataParallel", "batch_record", "effective_batch"]
 
 
 def batch_record(world_size: int, batch_size: int) -> dict:
     """What config.json and every checkpoint of a data-parallel run say about its batch."""
     return {"world_size": world_size, "batch_per_rank": batch_size, "effective_batch": world_size * batch_size}
+
+
+def effective_batch(config: dict) -> int:
+    """Samples per optimizer step of a run, from its config.json: the :func:`batch_record` of a
+    run on N ranks, else ``train.batch_size`` (the calibration batch of a PTQ run)."""
+    return int((config.get("distributed") or {}).get("effective_batch", config["train"]["batch_size"]))
 
 
 class DataParallel:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from landscape.checkpoints import CheckpointError, read_run_config
 from landscape.errors import LandscapeError
+from landscape.zsq.parallel import effective_batch
 from landscape.zsq.tables import read_metrics
 
 RUN_ORDER = ["teacher", "ptq", "kd", "gdfq", "kl", "ait"]
@@ -60,8 +61,6 @@ def _effective_batch(run_dir: Path, table: pd.DataFrame) -> float:
     except CheckpointError:
         config = None
     try:
-        from landscape.zsq.runs import effective_batch
-
         return float(effective_batch(config)) if config else float("nan")
     except (KeyError, TypeError, AttributeError):
         return float("nan")

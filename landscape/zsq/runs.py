@@ -49,7 +49,7 @@ from landscape.data import load_dataset
 from landscape.errors import LandscapeError, storage_error
 from landscape.locking import exclusive_lock
 from landscape.zsq import tables
-from landscape.zsq.parallel import DataParallel, batch_record
+from landscape.zsq.parallel import DataParallel, batch_record, effective_batch
 from landscape.zsq.teacher import get_teacher, teacher_settings
 from landscape.zsq.trainer import Run, StepHook
 
@@ -137,12 +137,6 @@ def _resume_point(run_dir: Path, first: int, target: int) -> tuple[int, dict | N
         warnings.warn(f"{run_dir}: {checkpoint_path(run_dir, done + 1).name} is missing; training "
                       f"resumes after epoch {done} and rewrites the later epochs", stacklevel=4)
     return done, last
-
-
-def effective_batch(config: dict) -> int:
-    """Samples per optimizer step of a run: N ranks × batch_size (config.json's ``distributed``
-    on N ranks; the calibration batch of a PTQ run)."""
-    return int((config.get("distributed") or {}).get("effective_batch", config["train"]["batch_size"]))
 
 
 def _prepare_logs(run_dir: Path, first: int, done: int, config: dict) -> None:
