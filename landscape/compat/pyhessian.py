@@ -40,12 +40,13 @@ Same constructor, methods and return structures as ``pyhessian.hessian``; what d
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from landscape.curvature import CurvatureError, Hessian, hutchinson, lanczos, slq
+from landscape.curvature import CurvatureError, CurvatureWarning, Hessian, hutchinson, lanczos, slq
 
 __all__ = ["hessian", "TraceSamples"]
 
@@ -118,6 +119,13 @@ class hessian:  # noqa: N801 -- PyHessian's name
                     ) -> tuple[list[float], list[list[torch.Tensor]]]:  # noqa: N803
         """Top ``top_n`` eigenvalues (largest first) and eigenvectors (per-parameter lists)."""
         pairs = lanczos(self.H, k=top_n, tol=tol, max_iter=maxIter * top_n, seed=_seed())
+        if not pairs.converged:  # PyHessian's return structure has no place for it: say so here
+            warnings.warn(
+                f"eigenvalues: Lanczos did not reach the relative residual tol={tol} within maxIter={maxIter} "
+                f"products per eigenvalue (residuals {[float(r) for r in pairs.residuals]}); raise maxIter",
+                CurvatureWarning,
+                stacklevel=2,
+            )
         values = [float(x) for x in pairs.values]
         vectors = [self._unflat(pairs.vectors[:, i]) for i in range(top_n)]
         return values, vectors
