@@ -198,24 +198,21 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
         readme = write_readme(tables_dir, out, roles=roles, figures=paths, timings=timings,
                               recipe=str(recipe_path) if not isinstance(recipe_path, Mapping) else recipe.get("name"),
                               settings=resolve_settings(settings), provenance=provenance, rows=rows)
-        clock.wall["total"] = time.perf_counter() - start
-        clock.cpu["total"] = _Clock._cpu() - cpu_start
-        wall, cpu = dict(clock.wall), dict(clock.cpu)
-        # this stage is still running: its row is the rest of the total, so the rows add up
-        wall["findings"] = wall["total"] - sum(v for k, v in wall.items() if k not in ("total", "findings"))
-        cpu["findings"] = cpu["total"] - sum(v for k, v in cpu.items() if k not in ("total", "findings"))
-        wall = {k: wall[k] for k in [k for k in wall if k != "total"] + ["total"]}
-        venv = _fresh_venv_seconds(start)
-        if venv is not None and not warm:
-            wall = {"venv (make setup)": venv, **wall, "total": wall["total"] + venv}
-        results = write_results(tables_dir, out / "results.md", roles=roles, provenance=provenance,
-                                wall=wall, cpu=cpu, warm=warm, rows=rows, tables=loaded)
-        if publish:
-            publish_results(results, publish)
+    # the results file records the stages as measured, so it is written after they all ended
+    clock.wall["total"] = time.perf_counter() - start
+    clock.cpu["total"] = _Clock._cpu() - cpu_start
+    wall = dict(clock.wall)
+    venv = _fresh_venv_seconds(start)
+    if venv is not None and not warm:
+        wall = {"venv (make setup)": venv, **wall, "total": wall["total"] + venv}
+    results = write_results(tables_dir, out / "results.md", roles=roles, provenance=provenance,
+                            wall=wall, cpu=dict(clock.cpu), warm=warm, rows=rows, tables=loaded)
+    if publish:
+        publish_results(results, publish)
 
     print(f"\n{len(paths)} figures, {readme} and {results} written to {out}/"
           f"{' (warm: nothing to train or compute)' if warm else ''}")
     print("time of each stage (wall clock; CPU time of every process, all threads, beside it):")
-    for name in [k for k in clock.wall if k != "total"] + ["total"]:
+    for name in clock.wall:  # the stages in order, then the total
         print(f"  {name:<9} {clock.wall[name]:7.1f} s   (cpu {clock.cpu.get(name, float('nan')):7.1f} s)")
     return tables
