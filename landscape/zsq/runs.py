@@ -107,12 +107,22 @@ def _is_finished(run_dir: Path, config: dict, first: int, target: int) -> bool:
     present = dict(list_checkpoints(run_dir))
     if not all(e in present for e in range(first, target + 1)):
         return False
-    try:
-        for epoch in range(first, target + 1):
-            load_checkpoint(present[epoch])
-    except CheckpointError:
-        return False  # the locked path below says why and repairs or refuses
-    return True
+    return _sound_prefix(present, first, target)[2] is None  # else the locked path says why
+
+
+def _sound_prefix(present: dict[int, Path], first: int,
+                  target: int) -> tuple[int, dict | None, CheckpointError | None]:
+    """Load epochs ``first``, ``first + 1``, ... up to ``target`` while present and sound
+    (:func:`load_checkpoint`): ``(last sound epoch, its checkpoint, the error that stopped the
+    walk or None)``; ``(first - 1, None, ...)`` when the first is missing or bad."""
+    done, last = first - 1, None
+    while done + 1 in present and done < target:
+        try:
+            ckpt = load_checkpoint(present[done + 1])
+        except CheckpointError as exc:
+            return done, last, exc
+        done, last = done + 1, ckpt
+    return done, last, None
 
 
 def _resume_point(run_dir: Path, first: int, target: int) -> tuple[int, dict | None]:
@@ -122,17 +132,13 @@ def _resume_point(run_dir: Path, first: int, target: int) -> tuple[int, dict | N
     before it and rewrites the later epochs), a sound one of another run, epoch or model is
     refused (CheckpointMismatch naming the file)."""
     present = dict(list_checkpoints(run_dir))
-    done, last = first - 1, None
-    while done + 1 in present and done < target:
-        try:
-            ckpt = load_checkpoint(present[done + 1])
-        except CheckpointMismatch:
-            raise
-        except CheckpointError as exc:
-            warnings.warn(f"{exc} (training resumes after epoch {done} and rewrites the later "
-                          "epochs)", stacklevel=4)
-            return done, last
-        done, last = done + 1, ckpt
+    done, last, error = _sound_prefix(present, first, target)
+    if isinstance(error, CheckpointMismatch):
+        raise error
+    if error is not None:
+        warnings.warn(f"{error} (training resumes after epoch {done} and rewrites the later "
+                      "epochs)", stacklevel=4)
+        return done, last
     if done < target and any(e > done + 1 for e in present):
         warnings.warn(f"{run_dir}: {checkpoint_path(run_dir, done + 1).name} is missing; training "
                       f"resumes after epoch {done} and rewrites the later epochs", stacklevel=4)
