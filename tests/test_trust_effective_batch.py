@@ -96,3 +96,21 @@ def test_two_ranks_state_twice_the_batch(recipe, trained, tmp_path):
     assert tables.read_metrics(kd / "metrics.csv").effective_batch.tolist() == [2 * BATCH] * 3
     assert accuracies(kd).effective_batch.tolist() == [2 * BATCH]
     assert report(kd).splitlines()[-1].endswith(f"| {2 * BATCH} |")
+
+
+@pytest.mark.parametrize("junk", ["-5", "0", "7.9"])
+def test_a_junk_effective_batch_is_refused_not_reported(trained, tmp_path, junk):
+    """An edited log or config.json must not put a wrong batch into the report."""
+    from landscape.errors import LandscapeError
+    from landscape.zsq.parallel import effective_batch
+
+    path = tmp_path / "metrics.csv"
+    lines = (trained / "digits_tiny" / "kd-seed0" / "metrics.csv").read_text().splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0] + "," + junk
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(tables.LogError, match=rf"line 2: effective_batch = '?{junk}"):
+        tables.read_metrics(path)
+    config = {"train": {"batch_size": BATCH}, "distributed": {"effective_batch": float(junk)}}
+    with pytest.raises(LandscapeError, match="effective_batch"):
+        effective_batch(config)
+    assert effective_batch({"train": {"batch_size": BATCH}}) == BATCH

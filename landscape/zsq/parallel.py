@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from landscape.distributed import Context
+from landscape.errors import LandscapeError
 from landscape.models import count_correct, evaluate
 
 __all__ = ["DataParallel", "batch_record", "effective_batch"]
@@ -41,7 +42,11 @@ def batch_record(world_size: int, batch_size: int) -> dict:
 def effective_batch(config: dict) -> int:
     """Samples per optimizer step of a run, from its config.json: the :func:`batch_record` of a
     run on N ranks, else ``train.batch_size`` (the calibration batch of a PTQ run)."""
-    return int((config.get("distributed") or {}).get("effective_batch", config["train"]["batch_size"]))
+    value = (config.get("distributed") or {}).get("effective_batch", config["train"]["batch_size"])
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LandscapeError(f"config.json states effective_batch = {value!r}, not a whole number of samples >= 1: "
+                             "the file was edited or is not the trainer's; restore it or retrain the run")
+    return value
 
 
 class DataParallel:

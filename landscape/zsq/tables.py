@@ -160,6 +160,12 @@ def read_metrics(path: str | Path) -> pd.DataFrame:
         i = int(bad_phase.to_numpy().nonzero()[0][0])
         raise LogError(f"{path} line {i + 2}: phase = {df['phase'].iloc[i]!r} is not one of "
                        f"{', '.join(PHASES)}; {_fix(path)}")
+    eb = df["effective_batch"]
+    bad_batch = eb.notna() & (eb < 1)   # a whole number already (the column's type is checked)
+    if bad_batch.any():
+        i = int(bad_batch.to_numpy().nonzero()[0][0])
+        raise LogError(f"{path} line {i + 2}: effective_batch = {eb.iloc[i]:g} is not a number of samples >= 1; "
+                       f"{_fix(path)}")
     epochs = df["epoch"].tolist()
     if any(b <= a for a, b in zip(epochs, epochs[1:])):
         dup = sorted({e for e in epochs if epochs.count(e) > 1}) or epochs
