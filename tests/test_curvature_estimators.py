@@ -240,3 +240,30 @@ def test_results_print_short_and_hold_tensors(problem):
     assert len(repr(est)) < 200 and "samples" not in repr(est)
     assert math.isnan(est.residual) and est.converged and math.isnan(dens.residual) and dens.converged
     assert isinstance(pairs.residual, float) and pairs.residual <= 1e-3
+
+
+def test_a_non_finite_vector_or_product_is_refused_not_returned():
+    """A NaN in v, or a finite loss whose second derivative is not finite, gives an error, never
+    a NaN 'curvature' that an estimator would only mark unconverged."""
+    import pytest as _pytest
+
+    from landscape.curvature import CurvatureError, Hessian
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    model = torch.nn.Module()
+    model.w = w
+    batches = [(torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))]
+
+    def sqrt_loss(m, batch):  # sqrt(|w|)·x: finite at w = 0, its second derivative is not
+        x, _ = batch
+        return (m.w.abs().sqrt().sum() * x).mean()
+
+    H = Hessian(model, sqrt_loss, batches)
+    with _pytest.raises(CurvatureError, match="vector holds NaN"):
+        H @ torch.tensor([float("nan"), 1.0], dtype=torch.float64)
+    with _pytest.raises(CurvatureError, match="came out NaN or inf although the loss is finite"):
+        H @ torch.tensor([1.0, 0.0], dtype=torch.float64)
+    w.data.fill_(1.0)   # away from 0 the same operator answers again (rebuilt: weights changed)
+    assert torch.allclose(H @ torch.tensor([1.0, 0.0], dtype=torch.float64),
+                          torch.tensor([-0.25, 0.0], dtype=torch.float64))

@@ -435,6 +435,8 @@ class CurvatureOperator:
             raise CurvatureError(f"{name} @ v needs dtype {self.dtype} (the parameters'), got {v.dtype}")
         if v.device != self.device:
             raise CurvatureError(f"{name} @ v needs a tensor on {self.device} (the parameters' device), got {v.device}")
+        if not torch.isfinite(v).all():
+            raise CurvatureError(f"{name} @ v: the vector holds NaN or inf entries")
         return v.detach()
 
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
@@ -477,8 +479,13 @@ class CurvatureOperator:
             if fresh_any:
                 core.tracker.refresh_versions()
         self.n_matvecs += m
-        return reduce_over_batches(out, count, unit=core.cache.unit, group=core.group, what=f"a {self.kind} product",
-                                   failure=failed[0] if failed else None).T
+        out = reduce_over_batches(out, count, unit=core.cache.unit, group=core.group, what=f"a {self.kind} product",
+                                  failure=failed[0] if failed else None)
+        if not torch.isfinite(out).all():  # the loss was finite (checked per batch): its curvature is not
+            raise CurvatureError(f"a {self.kind} product came out NaN or inf although the loss is finite: the "
+                                 "model's second derivative is not finite at these weights (e.g. a sqrt or log at 0, "
+                                 "or overflow in this dtype); no curvature number is given for it")
+        return out.T
 
     def _rows(self) -> list[int]:
         """Positions (in this operator's layout) of the parameters whose rows can be computed."""
