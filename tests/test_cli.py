@@ -105,7 +105,8 @@ def test_report_prints_best_and_final(tmp_path, capsys):
     run = tmp_path / "kd-seed0"
     run.mkdir()
     rows = [{c: 0.0 for c in METRICS_COLUMNS} | {"epoch": e, "phase": "train", "test_acc": a, "best_acc": b,
-                                                  "teacher_acc": 97.0} for e, a, b in ((1, 90.0, 90.0), (2, 88.0, 90.0))]
+                                                  "teacher_acc": 97.0, "effective_batch": 32}
+            for e, a, b in ((1, 90.0, 90.0), (2, 88.0, 90.0))]
     append_rows(run / "metrics.csv", rows, METRICS_COLUMNS)
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out
