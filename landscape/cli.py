@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str):
         p = sub.add_parser(name, help=help, description=help, formatter_class=_Help)
         p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        p.add_argument("--fast", action="store_true",
+                       help="let torch, MKL, oneDNN and NumPy pick their kernels by CPU (faster on AVX-512; the "
+                            "numbers then depend on the machine; default: pinned AVX2 kernels, landscape.kernels)")
         return p
 
     p = command("train", "train the runs of a recipe, writing a checkpoint every epoch (resumes when rerun)")
@@ -249,9 +252,34 @@ def _unknown_command(argv: list[str]) -> str | None:
     return f"unknown command '{words[0]}'{hint} (commands: {', '.join(COMMANDS)}; see landscape --help)"
 
 
+def _kernel_mode(args: argparse.Namespace) -> str:
+    """``fast`` with ``--fast`` or a recipe saying ``reproducible = false``; else ``reproducible``.
+    Read before torch loads, so a recipe that cannot be read is left for the command to report."""
+    import tomllib
+
+    from landscape.kernels import FAST, REPRODUCIBLE
+
+    if getattr(args, "fast", False):
+        return FAST
+    recipe = getattr(args, "recipe", None)
+    if isinstance(recipe, str):
+        try:
+            if tomllib.loads(Path(recipe).read_text(encoding="utf-8")).get("reproducible") is False:
+                return FAST
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            pass
+    return REPRODUCIBLE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status."""
-    argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    """Entry point of the console script; returns the exit status.
+
+    From the command line (``argv`` None) the process first puts itself in the kernel mode of
+    :mod:`landscape.kernels` (re-executing itself if torch were already loaded); a call from
+    Python with an ``argv`` keeps the caller's kernels."""
+    from_command_line = argv is None
+    raw = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = _split_debug(raw)
     if not any(a in ("-h", "--help", "--version") for a in argv):
         bad = _unknown_command(argv)
         if bad:
@@ -259,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BAD_INPUT
     args = build_parser().parse_args(argv)
     args.debug = debug
+    if from_command_line:
+        from landscape import kernels
+
+        kernels.apply(_kernel_mode(args), raw)
     from landscape import distributed
 
     nproc = getattr(args, "nproc", None)

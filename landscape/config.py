@@ -2,7 +2,7 @@
 
 A recipe has the sections
 
-    name, description, seed, seeds, threads    top-level (TOP_FIELDS)
+    name, description, seed, seeds, threads, reproducible    top-level (TOP_FIELDS)
     [data]    which data set and split          (DATA_FIELDS)
     [model]   which teacher architecture        (MODEL_FIELDS)
     [quant]   bit-widths and weight grid        (QUANT_FIELDS)
@@ -50,6 +50,7 @@ TOP_FIELDS = {
     "seed": Int(0, lo=0),            # the seed `train` uses when --seed is not given
     "seeds": IntList([], lo=0, nonempty=True, unique=True),  # the seeds the pipeline trains; default [seed]
     "threads": Int(1, lo=1, hi=4096),  # torch.set_num_threads: same numbers on any machine
+    "reproducible": Bool(True),      # pinned AVX2 kernels (landscape.kernels); false = fast, machine-dependent
 }
 SECTIONS = ("data", "model", "quant", "teacher", "train", "runs", "analysis", "figures")
 DATA_FIELDS = {

@@ -1,10 +1,20 @@
 """Shared fixtures for the curvature tests: a tiny float64 CNN (conv, BatchNorm in eval mode,
-linear), a teacher, data, and the exact Hessian by ``torch.func.hessian``."""
+linear), a teacher, data, and the exact Hessian by ``torch.func.hessian``.
 
-import pytest
-import torch
-from torch import nn
-from torch.func import functional_call
+The suite runs in the kernel mode of the command line (pinned AVX2 kernels, set here before
+torch loads), so that what a test computes in-process and what a ``landscape`` subprocess
+computes agree bit for bit."""
+
+import os
+
+from landscape.kernels import REPRODUCIBLE, pinned_env
+
+os.environ.update(pinned_env(os.environ, REPRODUCIBLE))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.func import functional_call  # noqa: E402
 
 
 class TinyCNN(nn.Module):

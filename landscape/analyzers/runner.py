@@ -183,6 +183,9 @@ class _Job:
     """One call of :func:`analyze_runs`: the tables gathered so far and the problems met."""
 
     def __init__(self, names, cfg, cache: Cache, loader: CheckpointLoader, force: bool, progress):
+        from landscape.kernels import current
+
+        self.kernels = current()  # part of every cache key
         self.names, self.cfg, self.cache, self.loader = names, cfg, cache, loader
         self.force, self.progress = force, progress
         self.tables: dict[str, list[pd.DataFrame]] = {n: [] for n in names}
@@ -235,7 +238,7 @@ class _Job:
         for n in mine:
             mod = MODULES[n]
             sel = select_epochs(cfg[n]["epochs"], avail, f"[analysis.{n}] epochs")
-            csett = cache_settings(cfg, n)
+            csett = {**cache_settings(cfg, n), "kernels": self.kernels}  # numbers of another kernel mode are others
             pairwise = mod.PAIRWISE
             for e in sel:
                 prev = None

@@ -40,7 +40,7 @@ from typing import Iterable
 
 import torch
 
-from landscape import distributed
+from landscape import distributed, kernels
 from landscape.checkpoints import (CONFIG_NAME, CheckpointError, CheckpointMismatch,
                                    checkpoint_path, config_hash, list_checkpoints, load_checkpoint,
                                    read_run_config, remove_orphans, sha256_file, write_text_atomic)
@@ -68,6 +68,7 @@ def run_dir_for(out: str | Path, recipe_name: str, run: str, seed: int) -> Path:
 def _resolved_config(recipe: dict, cfg: dict, seed: int, teacher_ref: dict, spec: dict,
                      threads: int, world_size: int = 1) -> dict:
     config = {"recipe": recipe["name"], "run": cfg["name"], "seed": seed, "threads": threads,
+              "kernels": kernels.current(),
               "data": {k: v for k, v in recipe["data"].items() if k != "root"},
               "model": recipe["model"], "model_spec": spec, "quant": recipe["quant"],
               "teacher": teacher_settings(recipe), "teacher_file": teacher_ref, "train": cfg}
@@ -94,8 +95,10 @@ def _check_same_config(run_dir: Path, config: dict) -> dict | None:
     if old is not None:
         diff = _differences(old, json.loads(json.dumps(config)))
         if diff:
+            hint = ("; it was trained in the other kernel mode (--fast / reproducible = false, see "
+                    "landscape.kernels): train with the same mode" if any(d.startswith("kernels:") for d in diff) else "")
             raise RecipeError(f"{run_dir} holds a run trained with a different configuration "
-                              f"({'; '.join(diff[:5])}); use another --out or delete the folder")
+                              f"({'; '.join(diff[:5])}){hint}; use another --out or delete the folder")
     return old
 
 

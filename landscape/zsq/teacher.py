@@ -50,8 +50,12 @@ def teacher_settings(recipe: dict) -> dict:
 
 def teacher_key(recipe: dict) -> str:
     data = {k: v for k, v in recipe["data"].items() if k != "root"}
-    blob = json.dumps({"data": data, "model": recipe["model"], "teacher": teacher_settings(recipe)},
-                      sort_keys=True)
+    from landscape.kernels import REPRODUCIBLE, current
+
+    ident = {"data": data, "model": recipe["model"], "teacher": teacher_settings(recipe)}
+    if current() != REPRODUCIBLE:  # a teacher trained on machine-dependent kernels is another file
+        ident["kernels"] = current()
+    blob = json.dumps(ident, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 

@@ -1,0 +1,88 @@
+"""The same tables on every x86-64 CPU: train and analyse a small recipe through the command line
+as an AVX-512, an AVX2-only and a plain SSE4 machine would select their kernels (the variables
+the libraries read when they load, set in the user's environment), and compare every table bit
+for bit; in the fast mode the same variation must change them (so this test can fail)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from landscape import kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "analyses" / "digits_tiny.toml"
+
+#: what each kind of machine selects (the user's environment; the CPU here has AVX-512)
+MACHINES = {
+    "avx512": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "OPENBLAS_CORETYPE": "Haswell", "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"},
+    "sse4": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+             "OPENBLAS_CORETYPE": "Nehalem", "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR"},
+}
+
+SETTINGS = """
+[analysis]
+max_batches = 1
+[analysis.trace]
+max_matvecs = 6
+"""
+
+pytestmark = pytest.mark.skipif(not kernels._supported(), reason="the pinned kernels need an x86-64 CPU with AVX2")
+
+
+def _user_env(machine: str) -> dict:
+    """This process's environment as a user's shell would have it (the suite's own pinning and
+    the libraries' variables removed), with ``machine``'s selection added."""
+    env = {k: v for k, v in os.environ.items() if k not in kernels.PINNED and k != kernels.ENV_MODE}
+    return {**env, **MACHINES[machine], "PYTHONPATH": str(ROOT)}
+
+
+def _tables(tmp: Path, machine: str, *fast: str) -> dict[str, pd.DataFrame]:
+    out = tmp / f"{machine}{'-fast' if fast else ''}"
+    env = _user_env(machine)
+    (tmp / "settings.toml").write_text(SETTINGS)
+    for cmd in (["train", RECIPE, "--runs", "gdfq", "--epochs", "2", "--out", out / "ck"],
+                ["analyze", out / "ck" / "digits_tiny" / "gdfq-seed0", "--analyses", "trace", "cosine",
+                 "--settings", tmp / "settings.toml", "--out", out / "t"]):
+        done = subprocess.run([sys.executable, "-m", "landscape", *map(str, cmd), *fast], cwd=tmp, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    tables = {p.name: pd.read_csv(p) for p in sorted((out / "t").glob("*.csv"))}
+    metrics = pd.read_csv(out / "ck" / "digits_tiny" / "gdfq-seed0" / "metrics.csv")
+    tables["metrics.csv"] = metrics.drop(columns=["seconds"])
+    tables["training.csv"] = tables["training.csv"].query("metric != 'seconds'").reset_index(drop=True)
+    return tables
+
+
+def _differ(a: dict, b: dict) -> list[str]:
+    assert a.keys() == b.keys() and {"trace.csv", "cosine.csv", "metrics.csv"} <= a.keys()
+    out = []
+    for name in a:
+        try:
+            pd.testing.assert_frame_equal(a[name], b[name], check_exact=True)
+        except AssertionError:
+            out.append(name)
+    return out
+
+
+def test_every_table_is_bit_identical_whatever_the_machine_selects_and_differs_in_fast_mode(tmp_path):
+    ref = _tables(tmp_path, "avx512")
+    for machine in ("avx2", "sse4"):
+        assert _differ(ref, _tables(tmp_path, machine)) == [], machine
+    fast = _differ(_tables(tmp_path, "avx512", "--fast"), _tables(tmp_path, "sse4", "--fast"))
+    assert "metrics.csv" in fast and "trace.csv" in fast, fast
+
+
+def test_the_suite_and_its_subprocesses_run_the_pinned_kernels():
+    assert kernels.current() == kernels.REPRODUCIBLE
+    env = kernels.pinned_env({**_user_env("sse4")}, kernels.FAST)
+    assert env["ATEN_CPU_CAPABILITY"] == "default"  # the fast mode keeps what the user's machine selects
+    inherited = kernels.pinned_env(kernels.pinned_env({}, kernels.REPRODUCIBLE), kernels.FAST)
+    assert not set(kernels.PINNED) & set(inherited)  # ... and drops what a reproducible parent pinned
