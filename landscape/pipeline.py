@@ -104,11 +104,26 @@ class _Clock:
 
 
 def _provenance(recipe: Mapping, seeds, threads: int, jobs: int, ranks: int = 1) -> dict:
-    import torch
+    """What produced the numbers: recipe, seeds, threads and processes, the kernel mode (and
+    what it guarantees), the CPU, and the version of every package the numbers depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from landscape.kernels import describe
+
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:  # pragma: no cover - every one is a dependency
+            return "absent"
 
     where = {"processes": jobs} if ranks <= 1 else {"torch.distributed ranks": ranks}
+    packages = ", ".join(f"{n} {v(n)}" for n in _PACKAGES)
     return {"recipe": recipe.get("name"), "seeds": " ".join(map(str, seeds)), "torch threads per process": threads,
-            **where, "torch": torch.__version__, "python": platform.python_version()}
+            **where, **describe(), "python": platform.python_version(), "packages": packages}
+
+
+#: the packages whose versions can move a published number (all locked in requirements.lock)
+_PACKAGES = ("torch", "numpy", "scipy", "pandas", "scikit-learn", "mlxtend", "seaborn", "matplotlib")
 
 
 def _checkpoint_files(root: str) -> set:

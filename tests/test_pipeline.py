@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from landscape.kernels import current as kernels_mode
+
 from landscape.figures import FIGURES
 from landscape.findings import LEVELS, claims, claims_table
 from landscape.pipeline import pipeline_settings, run_figures
@@ -100,6 +102,11 @@ def test_make_figures_writes_every_figure_and_the_findings(first_run):
     for i in range(1, 8):
         assert f"\n| {i} | " in readme
     assert "torch threads per process 1" in readme  # provenance: what produced the numbers
+    from importlib.metadata import version
+
+    from landscape.kernels import cpu_isa, cpu_model
+    assert f"kernels {kernels_mode()} (" in readme and f"cpu {cpu_model()} ({cpu_isa()})" in readme
+    assert f"numpy {version('numpy')}, scipy {version('scipy')}" in readme  # every package's version
     assert (figs / "tables" / "training.csv").exists()
     blocks = read_blocks((figs / "results.md").read_text())
     assert {"provenance", "findings", "accuracy", "timings-cold"} <= set(blocks)

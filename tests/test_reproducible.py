@@ -86,3 +86,22 @@ def test_the_suite_and_its_subprocesses_run_the_pinned_kernels():
     assert env["ATEN_CPU_CAPABILITY"] == "default"  # the fast mode keeps what the user's machine selects
     inherited = kernels.pinned_env(kernels.pinned_env({}, kernels.REPRODUCIBLE), kernels.FAST)
     assert not set(kernels.PINNED) & set(inherited)  # ... and drops what a reproducible parent pinned
+
+
+def test_the_environment_has_the_locked_versions():
+    """``make setup`` installs requirements.lock: every package the numbers depend on is at its
+    locked version (a drifted venv is rebuilt by make, since the lock is newer than its stamp)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    locked = dict(line.split("==") for line in (ROOT / "requirements.lock").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    assert {"torch", "numpy", "scipy", "pandas", "scikit-learn", "mlxtend", "seaborn", "matplotlib"} <= set(locked)
+    wrong = {}
+    for name, want in locked.items():
+        try:
+            have = version(name).split("+")[0]
+        except PackageNotFoundError:
+            have = None
+        if have != want:
+            wrong[name] = (have, want)
+    assert wrong == {}
