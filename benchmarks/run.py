@@ -25,7 +25,11 @@ Everything is measured in one run, on one machine, with ``torch.set_num_threads(
 (h) data-parallel products: Hessian-vector products per second on the CNN's batch split into 8
     batches of 32, one process × 2 threads against 2 processes × 1 thread (torchrun, gloo, 4
     batches each), launched alternately; and the share of a product's time in its all-reduce
-    (``benchmarks/dist_products.py``).
+    (``benchmarks/dist_products.py``);
+(i) the price of reproducible kernels (:mod:`landscape.kernels`): one training epoch, one
+    Hessian-vector product and the analysis of one checkpoint of the default recipe, each in a
+    fresh process (the kernels are chosen when torch loads) in the reproducible and the fast
+    mode, alternating (``benchmarks/kernels_cost.py``), one torch thread as the pipeline.
 
 The machine may be shared: timings are medians of interleaved repeats. ``BENCH_QUICK=1``
 shrinks the repeat counts for a smoke run.
@@ -424,6 +428,21 @@ def bench_distributed(summary: dict) -> None:
     summary["dist"] = {"one": one, "two": two, "share": share, "comm": comm}
 
 
+# ---------------------------------------------------------------------------------- (i)
+def bench_kernels(summary: dict) -> None:
+    from kernels_cost import measure
+
+    rounds = 1 if QUICK else 2
+    line(f"(i) reproducible / fast kernels, default recipe (gdfq), 1 thread, {rounds} alternating round(s) of fresh processes")
+    res = measure(rounds)
+    med = {m: {k: statistics.median(r[k] for r in rs) for k in ("epoch_s", "hvp_s", "analysis_s")}
+           for m, rs in res.items()}
+    ratio = {k: med["reproducible"][k] / med["fast"][k] for k in med["fast"]}
+    for k, label in (("epoch_s", "one training epoch"), ("hvp_s", "one HVP"), ("analysis_s", "one checkpoint's analysis")):
+        line(f"    {label}: reproducible {med['reproducible'][k]:.3f} s, fast {med['fast'][k]:.3f} s (x{ratio[k]:.2f})")
+    summary["kernels"] = {"ratio": ratio, "median": med, "modes": {m: rs[0]["mode"] for m, rs in res.items()}}
+
+
 def main() -> None:
     torch.set_num_threads(2)
     t_start = time.perf_counter()
@@ -439,6 +458,8 @@ def main() -> None:
     bench_freshness(summary)
     bench_peak_memory(summary)
     bench_distributed(summary)
+    bench_kernels(summary)
+    torch.set_num_threads(2)
     line()
     line("summary")
     line(f"    HVP / gradient: ours {summary['hvp_ratio']:.2f} (per-round median {summary['hvp_ratio_per_round']:.2f}; target <= 1.6), "
@@ -510,6 +531,13 @@ def _table(summary: dict) -> str:
         rows.append(("products/s over 8 batches (torch.distributed, gloo)", f"2 processes × 1 thread {d['two']:.2f}, "
                      f"1 process × 2 threads {d['one']:.2f} (×{d['two'] / d['one']:.2f})",
                      f"all-reduce {100 * d['share']:.1f} % of a product ({100 * d['comm']:.1f} % communication alone)", ""))
+    if "kernels" in s:
+        r, m = s["kernels"]["ratio"], s["kernels"]["median"]
+        rows.append(("reproducible ÷ fast kernels (default recipe, 1 thread)",
+                     f"training epoch {r['epoch_s']:.2f}, HVP {r['hvp_s']:.2f}, one checkpoint's analysis "
+                     f"{r['analysis_s']:.2f}",
+                     f"fast: epoch {m['fast']['epoch_s']:.2f} s, HVP {1e3 * m['fast']['hvp_s']:.0f} ms, analysis "
+                     f"{m['fast']['analysis_s']:.1f} s", ""))
     lines = ["| measure | ours | beside it | target |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {t} |" for a, b, c, t in rows]
     return "\n".join(lines)
