@@ -4,6 +4,7 @@ computation of its forward and of its gradients as its paper defines them."""
 
 from __future__ import annotations
 
+import math
 import sys
 import textwrap
 import warnings
@@ -192,3 +193,143 @@ def test_quantizer_parameters_are_auxiliary_for_the_curvature_engine():
     H = Hessian(student, cross_entropy(), batches)
     assert list(H.layers()) == ["0", "3", "5"]
     assert H.names == chosen
+
+
+# ----------------------------------------------------------------------------- the built-ins, by hand
+
+def _grads(module, x, upstream, *params):
+    x = x.clone().requires_grad_(True)
+    y = module(x)
+    grads = torch.autograd.grad((y * upstream).sum(), [x, *params])
+    return y.detach(), grads
+
+
+def test_lsq_weights_forward_gradients_and_paper_initialisation():
+    from landscape.quant.quantizers import LSQ
+
+    w = torch.tensor([-3.0, -1.3, -0.2, 0.4, 0.74, 2.6], dtype=torch.double)
+    q = LSQ(3).double()  # Q_N = 4, Q_P = 3
+    assert (q.q_n, q.q_p) == (4, 3)
+    q(w)  # first call: s = 2 mean|w| / sqrt(Q_P)
+    assert math.isclose(q.step.item(), 2 * (3.0 + 1.3 + 0.2 + 0.4 + 0.74 + 2.6) / 6 / math.sqrt(3), rel_tol=1e-12)
+    with torch.no_grad():
+        q.step.fill_(0.5)  # v/s = -6 (clip), -2.6, -0.4, 0.8, 1.48, 5.2 (clip)
+    a = torch.tensor([0.3, -1.1, 0.7, 2.0, -0.4, 1.3], dtype=torch.double)
+    y, (gw, gs) = _grads(q, w, a, q.step)
+    assert torch.equal(y, torch.tensor([-2.0, -1.5, 0.0, 0.5, 0.5, 1.5], dtype=torch.double))
+    assert torch.allclose(gw, a * torch.tensor([0, 1, 1, 1, 1, 0], dtype=torch.double), atol=1e-14, rtol=0)
+    d = [-4, -(-2.6) + -3, 0.4 + 0, -0.8 + 1, -1.48 + 1, 3]  # -Q_N; -v/s + round(v/s); Q_P
+    g = 1 / math.sqrt(6 * 3)
+    assert math.isclose(gs.item(), g * sum(ai * di for ai, di in zip(a.tolist(), d)), rel_tol=1e-12)
+
+
+def test_lsq_activations_unsigned_with_features_per_sample():
+    from landscape.quant.quantizers import LSQAct
+
+    q = LSQAct(2).double()  # Q_N = 0, Q_P = 3
+    x = torch.tensor([[0.0, 0.5, 1.1], [2.9, 0.3, 0.05]], dtype=torch.double)
+    q(x)
+    assert math.isclose(q.step.item(), 2 * x.abs().mean().item() / math.sqrt(3), rel_tol=1e-12)
+    with torch.no_grad():
+        q.step.fill_(0.4)  # x/s = 0, 1.25, 2.75, 7.25 (clipped to Q_P), 0.75, 0.125
+    a = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=torch.double)
+    y, (gx, gs) = _grads(q, x, a, q.step)
+    assert torch.allclose(y, torch.tensor([[0.0, 0.4, 1.2], [1.2, 0.4, 0.0]], dtype=torch.double), atol=1e-15)
+    # (x/s)·s is 1 up to an ulp through the gradient scale's detach trick
+    assert torch.allclose(gx, a * torch.tensor([[1, 1, 1], [0, 1, 1]], dtype=torch.double), atol=1e-14, rtol=0)
+    d = [0 + 0, -1.25 + 1, -2.75 + 3, 3, -0.75 + 1, -0.125 + 0]
+    g = 1 / math.sqrt(3 * 3)  # N_F = 3 features per sample
+    assert math.isclose(gs.item(), g * sum(ai * di for ai, di in zip(a.flatten().tolist(), d)), rel_tol=1e-12)
+
+
+def test_pact_forward_and_gradients_as_the_paper_defines_them():
+    from landscape.quant.quantizers import PACT
+
+    q = PACT(2).double()
+    assert q.alpha.item() == 10.0  # the paper's initial value
+    with torch.no_grad():
+        q.alpha.fill_(1.5)  # 2 bits: levels 0, 0.5, 1, 1.5
+    x = torch.tensor([0.0, 0.3, 0.8, 1.4, 1.5, 2.7], dtype=torch.double)
+    a = torch.tensor([0.5, -1.0, 2.0, 3.0, -0.25, 0.75], dtype=torch.double)
+    y, (gx, ga) = _grads(q, x, a, q.alpha)
+    assert torch.equal(y, torch.tensor([0.0, 0.5, 1.0, 1.5, 1.5, 1.5], dtype=torch.double))
+    assert torch.equal(gx, a * torch.tensor([1, 1, 1, 1, 0, 0], dtype=torch.double))  # 1 on [0, α)
+    assert ga.item() == -0.25 + 0.75  # ∂y_q/∂α = 1 where x ≥ α
+
+
+def test_dorefa_weights_forward_and_gradient_through_tanh_and_max():
+    from landscape.quant.quantizers import DoReFaWeight
+
+    w = torch.tensor([-1.2, -0.3, 0.05, 0.6, 0.9], dtype=torch.double)
+    a = torch.tensor([0.4, -1.0, 2.0, 0.3, -0.7], dtype=torch.double)
+    y, (gw,) = _grads(DoReFaWeight(2), w, a)
+    t = [math.tanh(v) for v in w.tolist()]
+    M, j = max(abs(v) for v in t), 0  # the arg max |tanh(w)| is w_0 = -1.2
+    r = [v / (2 * M) + 0.5 for v in t]
+    assert torch.allclose(y, torch.tensor([2 * round(3 * ri) / 3 - 1 for ri in r], dtype=torch.double), atol=1e-15)
+    dM = [0.0] * 5
+    dM[j] = math.copysign(1, t[j]) * (1 - t[j] ** 2)
+    # ∂w_q/∂w = 2 ∂r/∂w (STE on quantize_k); ∂r_i/∂w_k = δ_ik (1-t_i²)/(2M) - t_i/(2M²) ∂M/∂w_k
+    hand = [sum(a[i].item() * 2 * ((1 - t[i] ** 2) / (2 * M) * (i == k) - t[i] / (2 * M ** 2) * dM[k])
+                for i in range(5)) for k in range(5)]
+    assert torch.allclose(gw, torch.tensor(hand, dtype=torch.double), atol=1e-14, rtol=0)
+    assert set(torch.round(y * 3).tolist()) <= {-3.0, -1.0, 1.0, 3.0}  # levels 2i/3 - 1
+
+
+def test_pow2_weights_nearest_power_of_two_per_channel_identity_ste():
+    from landscape.quant.quantizers import Pow2Weight
+
+    w = torch.tensor([[1.0, -0.7, 0.3, 0.1, -0.12, 0.13],
+                      [-4.0, 3.1, 1.4, 0.2, 0.0, -2.9]], dtype=torch.double)
+    a = torch.randn(2, 6, dtype=torch.double)
+    y, (gw,) = _grads(Pow2Weight(3), w, a)  # 3 bits: magnitudes m·{1, 1/2, 1/4} and 0
+    assert torch.equal(y, torch.tensor([[1.0, -0.5, 0.25, 0.0, 0.0, 0.25],
+                                        [-4.0, 4.0, 1.0, 0.0, 0.0, -2.0]], dtype=torch.double))
+    assert torch.equal(gw, a)
+    # against an enumeration of the levels, on random weights at 2..5 bits
+    torch.manual_seed(3)
+    v = torch.randn(4, 50, dtype=torch.double)
+    for bits in (2, 3, 4, 5):
+        m = v.abs().amax(dim=1, keepdim=True)
+        levels = torch.cat([torch.zeros(1, dtype=torch.double), 2.0 ** -torch.arange(2 ** (bits - 1) - 1.0)])
+        cand = torch.cat([-levels.flip(0)[:-1], levels]).reshape(1, 1, -1) * m.unsqueeze(-1)
+        ref = torch.gather(cand.expand(4, 50, -1), 2, (v.unsqueeze(-1) - cand).abs().argmin(-1, keepdim=True))[..., 0]
+        assert torch.allclose(Pow2Weight(bits)(v), ref, atol=1e-15, rtol=0), bits
+
+
+def test_torch_ao_adapter_weights_and_activations():
+    from landscape.quant.quantizers import TorchAOAct, TorchAOWeight
+
+    w = torch.tensor([[0.2, 0.9, 0.5, 0.31], [-1.0, 0.4, -0.6, 0.1]], dtype=torch.double)
+    q = TorchAOWeight(3).double()
+    a = torch.randn(2, 4, dtype=torch.double)
+    y, (gw,) = _grads(q, w, a)
+    lo, hi = w.amin(1, keepdim=True).clamp(max=0), w.amax(1, keepdim=True).clamp(min=0)  # torch.ao keeps 0 in range
+    s = ((hi - lo) / 7).float().double()
+    z = (-4 - torch.round(lo / s)).clamp(-4, 3)
+    # torch.ao computes the fake-quantized value in float32 whatever the input dtype
+    assert torch.allclose(y, (torch.clamp(torch.round(w / s) + z, -4, 3) - z) * s, atol=3e-7, rtol=0)
+    assert torch.equal(gw, a)  # nothing clamped: the identity
+    q(w * 2)  # the observer is reset at every call: the grid follows the weight
+    assert torch.allclose(q.fq.scale.double(), 2 * s.flatten(), rtol=1e-6)
+
+    act = TorchAOAct(2).double()
+    x = torch.tensor([0.0, 0.7, 1.5, 3.0], dtype=torch.double)
+    assert torch.equal(act(x), x)  # not calibrated yet: passes through
+    with torch.no_grad():
+        act.calibrating = True
+        act(torch.tensor([0.0, 1.5], dtype=torch.double))  # first observation: range [0, 1.5]
+        act.calibrating = False
+    y, (gx,) = _grads(act, x, torch.ones(4, dtype=torch.double))
+    assert torch.allclose(y, torch.tensor([0.0, 0.5, 1.5, 1.5], dtype=torch.double), atol=1e-7)
+    assert torch.equal(gx, torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.double))  # clamped code: 0
+
+
+def test_uniform_weight_class_is_the_default_grid():
+    from landscape.quant.quantizers import UniformWeight
+
+    w = torch.randn(5, 7, dtype=torch.double)
+    for zp in ("integral", "float"):
+        assert torch.equal(UniformWeight(3, zp)(w), Q.fake_quant_weight(w, 3, zp))
+    by_class = quantize_model(_net(), 4, 4, weight=UniformWeight)  # the built-in class: the same path
+    assert all(m.weight_quantizer is None for _, m in quantized_layers(by_class))

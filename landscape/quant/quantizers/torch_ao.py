@@ -15,8 +15,9 @@ ActQuant's EMA) that observes only while ``calibrating`` (the trainer's warm-up,
 
 The backward is FakeQuantize's own: the identity where the rounded code lies in
 [q_min, q_max], 0 where it was clamped (with the weight grid from the current range, no
-weight is clamped). torch.ao stores scale and zero point in float32 whatever the model's
-dtype. b ≤ 8 uses ``torch.qint8`` / ``torch.quint8`` codes, b > 8 ``torch.qint32``.
+weight is clamped). torch.ao stores scale and zero point in float32 and computes the
+fake-quantized value at float32 precision whatever the model's dtype (a float64 model gets
+values within ~1e-7 of the exact grid; its gradients are exact). b ≤ 8 uses ``torch.qint8`` / ``torch.quint8`` codes, b > 8 ``torch.qint32``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,20 @@ from torch import nn
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, PerChannelMinMaxObserver
 
 
-class TorchAOWeight(nn.Module):
+class _FloatScale(nn.Module):
+    """Keeps FakeQuantize's scale in float32 (its kernels take no other) when the model is
+    moved to another dtype (``.double()``, ``.to(dtype)``); the tensor quantized keeps its dtype."""
+
+    fq: FakeQuantize
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if self.fq.scale.dtype != torch.float32:
+            self.fq.scale = self.fq.scale.float()
+        return out
+
+
+class TorchAOWeight(_FloatScale):
     """torch.ao FakeQuantize, per-channel affine weights, observer reset at every call."""
 
     def __init__(self, bits: int):
@@ -44,7 +58,7 @@ class TorchAOWeight(nn.Module):
         return f"bits={self.bits}"
 
 
-class TorchAOAct(nn.Module):
+class TorchAOAct(_FloatScale):
     """torch.ao FakeQuantize, per-tensor affine activations, a moving-average observer while calibrating."""
 
     def __init__(self, bits: int, momentum: float = 0.9):
