@@ -245,8 +245,10 @@ def test_lsq_activations_unsigned_with_features_per_sample():
 def test_pact_forward_and_gradients_as_the_paper_defines_them():
     from landscape.quant.quantizers import PACT
 
+    assert PACT(2, alpha=10.0).alpha.item() == 10.0  # the paper's initial value
     q = PACT(2).double()
-    assert q.alpha.item() == 10.0  # the paper's initial value
+    q(torch.tensor([0.2, 3.5, 1.0], dtype=torch.double))
+    assert q.alpha.item() == 3.5  # by default: the first batch's largest value
     with torch.no_grad():
         q.alpha.fill_(1.5)  # 2 bits: levels 0, 0.5, 1, 1.5
     x = torch.tensor([0.0, 0.3, 0.8, 1.4, 1.5, 2.7], dtype=torch.double)
@@ -466,3 +468,25 @@ def test_quantizer_parameters_train_with_the_student_and_a_checkpoint_restores_t
     rebuilt = rebuild_student(ckpt)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), student.eval()(x))
+
+
+def test_a_recipe_naming_quantizers_trains_them_and_its_checkpoints_rebuild(tmp_path):
+    import copy
+
+    from landscape.checkpoints import list_checkpoints, load_checkpoint, rebuild_student
+    from landscape.config import load_recipe
+    from landscape.quant.quantizers import LSQ, PACT
+    from tiny_runs import TINY, train_tiny
+
+    recipe = copy.deepcopy(load_recipe(TINY))
+    recipe["quant"].update(weight="lsq", act="pact")
+    (run_dir,) = train_tiny(recipe, tmp_path, runs=["kd"], epochs=2)
+    ckpt = load_checkpoint(list_checkpoints(run_dir)[-1][1])
+    assert ckpt["quant"]["weight"] == "lsq" and ckpt["quant"]["act"] == "pact"
+    student = rebuild_student(ckpt)
+    assert all(isinstance(m.weight_quantizer, LSQ) for _, m in quantized_layers(student))
+    assert all(isinstance(q, PACT) for _, q in act_quantizers(student))
+    first = load_checkpoint(list_checkpoints(run_dir)[0][1])["student_state"]  # the warm-up epoch: not trained
+    trained = [k for k, v in ckpt["student_state"].items() if k.endswith((".step", ".alpha"))
+               and not torch.equal(v, first[k])]
+    assert any(k.endswith(".wq.step") for k in trained)  # LSQ's steps were trained
