@@ -7,7 +7,7 @@ dict of tensors and plain data only, so it loads with ``torch.load(weights_only=
 (no code runs):
 
     format="landscape-checkpoint", version, run, recipe, recipe_hash, seed, epoch, phase,
-    config, threads, model_spec, quant={w_bits, a_bits, act_momentum, weight_zero_point},
+    config, threads, model_spec, quant={w_bits, a_bits, act_momentum, weight_zero_point[, weight, act]},
     data_spec, student_state, generator_spec, generator_state, optimizer_state,
     generator_optimizer_state, rng_state, teacher={path, sha256, test_acc},
     analysis_batches=[(x, y), ...], temperature, kl_reduction,
@@ -403,7 +403,8 @@ def rebuild_student(ckpt: dict, device: str | torch.device = "cpu") -> nn.Module
 
     q = ckpt["quant"]
     student = quantize_model(build_model(ckpt["model_spec"]), q["w_bits"], q["a_bits"],
-                             q["act_momentum"], weight_zero_point=q["weight_zero_point"])
+                             q["act_momentum"], weight=q.get("weight", "uniform"), act=q.get("act", "uniform"),
+                             weight_zero_point=q["weight_zero_point"])
     try:
         student.load_state_dict(ckpt["student_state"])
     except RuntimeError as exc:  # the saved weights do not fit the model this code builds

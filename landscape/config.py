@@ -5,11 +5,12 @@ A recipe has the sections
     name, description, seed, seeds, threads    top-level (TOP_FIELDS)
     [data]    which data set and split          (DATA_FIELDS)
     [model]   which teacher architecture        (MODEL_FIELDS)
-    [quant]   bit-widths and weight grid        (QUANT_FIELDS)
+    [quant]   bit-widths, weight grid, quantizers (QUANT_FIELDS; ``weight``/``act``: a built-in
+              name or "package.module:Name", see :mod:`landscape.quant.interface`)
     [teacher] how the FP teacher is trained, or which pretrained weights to load (TEACHER_FIELDS)
     [train]   defaults shared by every run      (TRAIN_FIELDS)
     [runs.<name>] one table per run, overriding [train] keys (and w_bits, a_bits,
-                  weight_zero_point)
+                  weight_zero_point, weight, act)
     [analysis], [figures], [compare]  passed through untouched for the analyzers (and
                            `landscape compare`), which check them
                            with the same schema (:mod:`landscape.schema`) themselves.
@@ -68,7 +69,13 @@ QUANT_FIELDS = {
     "a_bits": Int(4, MIN_BITS, MAX_BITS),
     "act_momentum": Float(0.9, 0.0, 1.0),        # EMA of the activation range during warm-up
     "weight_zero_point": Choice("integral", ZERO_POINTS),  # integral: the official grid
+    # the quantizers: a built-in name or "package.module:Name" (checked by check_quantizers).
+    # Left out of the resolved recipe while "uniform", so a default run's config (and its hash,
+    # and every checkpoint of it) is what it was before these keys existed.
+    "weight": Str("uniform"),
+    "act": Str("uniform"),
 }
+QUANTIZER_KEYS = ("weight", "act")
 TEACHER_FIELDS = {
     "epochs": Int(8, lo=1),
     "batch_size": Int(128, lo=1),
@@ -109,7 +116,8 @@ TRAIN_FIELDS = {
     "analysis_batch_size": Int(128, lo=1),
 }
 #: keys a [runs.<name>] table may set: every [train] key and the [quant] keys but act_momentum
-RUN_FIELDS = {**TRAIN_FIELDS, **{k: QUANT_FIELDS[k] for k in ("w_bits", "a_bits", "weight_zero_point")}}
+RUN_QUANT_KEYS = ("w_bits", "a_bits", "weight_zero_point") + QUANTIZER_KEYS
+RUN_FIELDS = {**TRAIN_FIELDS, **{k: QUANT_FIELDS[k] for k in RUN_QUANT_KEYS}}
 SECTION_FIELDS = {"data": DATA_FIELDS, "model": MODEL_FIELDS, "quant": QUANT_FIELDS,
                   "teacher": TEACHER_FIELDS, "train": TRAIN_FIELDS}
 TRAIN_DEFAULTS = defaults_of(TRAIN_FIELDS)
@@ -124,6 +132,27 @@ def check_bits(bits: Any, where: str) -> int:
     return bits
 
 
+def check_quantizers(section: dict, where: str, drop_default: bool = True) -> dict:
+    """Check ``weight``/``act`` of a [quant] or [runs.*] table (a built-in name, or
+    "package.module:Name" that imports); with ``drop_default`` drop them where they are
+    "uniform" (the default; a run's explicit "uniform" overrides [quant], so it stays)."""
+    from landscape.quant.interface import resolve_quantizer
+    from landscape.quant.errors import QuantizerError
+
+    for key in QUANTIZER_KEYS:
+        if key not in section:
+            continue
+        if section[key] == "uniform":
+            if drop_default:
+                del section[key]
+            continue
+        try:
+            resolve_quantizer(section[key], key)
+        except QuantizerError as exc:
+            raise RecipeError(f"{where} {exc}") from None
+    return section
+
+
 def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
     """Check a raw recipe dict and fill in defaults; returns a new dict."""
     if not isinstance(raw, Mapping):
@@ -135,6 +164,7 @@ def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
         recipe["seeds"] = [recipe["seed"]]
     for section, fields in SECTION_FIELDS.items():
         recipe[section] = check_section(raw.get(section, {}), fields, f"{source}: [{section}]")
+    check_quantizers(recipe["quant"], f"{source}: [quant]")
     data = recipe["data"]
     if data["root"] and data["name"] in BUNDLED_DATASETS:
         raise RecipeError(f"{source}: [data] root = {data['root']!r} has no effect: {data['name']} "
@@ -146,7 +176,8 @@ def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
     recipe["runs"] = {}
     for name, overrides in runs.items():
         where = f"{source}: [runs.{name}]"
-        recipe["runs"][name] = check_section(overrides, RUN_FIELDS, where, defaults=False)
+        recipe["runs"][name] = check_quantizers(check_section(overrides, RUN_FIELDS, where, defaults=False),
+                                                  where, drop_default=False)
         validate_run(resolve_run(recipe, name), where)
     # the analyzers' sections travel untouched; they check them with landscape.schema
     for section in ("analysis", "figures", "compare"):  # [compare]: landscape.compare.settings checks it
@@ -162,6 +193,12 @@ def validate_run(run: Mapping[str, Any], where: str) -> None:
     if run["source"] != "none" and run["warmup_epochs"] >= run["epochs"]:
         raise RecipeError(f"{where}: warmup_epochs ({run['warmup_epochs']}) must be smaller "
                           f"than epochs ({run['epochs']}) or the student never trains")
+    if run["gi"] and run.get("weight", "uniform") != "uniform":
+        raise RecipeError(f"{where}: gi = true needs weight = 'uniform' (gradient inundation counts crossings "
+                          f"of the official grid's integer codes), not weight = {run['weight']!r}")
+    if run.get("weight", "uniform") != "uniform" and run["weight_zero_point"] != "integral":
+        raise RecipeError(f"{where}: weight_zero_point = {run['weight_zero_point']!r} applies to the uniform "
+                          f"weight quantizer only, not to weight = {run['weight']!r}; remove it")
 
 
 def check_overrides(seed: Any = None, epochs: Any = None, threads: Any = None,
@@ -185,16 +222,20 @@ def check_overrides(seed: Any = None, epochs: Any = None, threads: Any = None,
 
 def resolve_run(recipe: Mapping[str, Any], name: str) -> dict:
     """The full config of one run: [train] defaults, the recipe's [quant] keys, then the run's
-    overrides."""
+    overrides (``weight``/``act`` only where not "uniform": absent means the default)."""
     if name not in recipe["runs"]:
         close = difflib.get_close_matches(name, list(recipe["runs"]), n=1, cutoff=0.4)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise RecipeError(f"recipe '{recipe['name']}' has no run '{name}'{hint} "
                           f"(runs: {', '.join(recipe['runs'])})")
     run = copy.deepcopy(recipe["train"])
-    for key in ("w_bits", "a_bits", "weight_zero_point"):
-        run[key] = recipe["quant"][key]
+    for key in RUN_QUANT_KEYS:
+        if key in recipe["quant"]:
+            run[key] = recipe["quant"][key]
     run.update(copy.deepcopy(recipe["runs"][name]))
+    for key in QUANTIZER_KEYS:
+        if run.get(key) == "uniform":
+            del run[key]
     run["name"] = name
     return run
 

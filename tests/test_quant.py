@@ -11,7 +11,8 @@ from torch.nn import functional as F
 
 from landscape.config import RecipeError
 from landscape.models import ResNet20, SmallCNN
-from landscape.quant import (ActQuant, QuantConv2d, QuantizationError, QuantLinear, calibrate,
+from landscape.errors import LandscapeError
+from landscape.quant import (ActQuant, QuantConv2d, QuantizationError, QuantizerError, QuantLinear, calibrate,
                              calibrating, check_dequantization, integer_codes, quantize_model,
                              quantized_layers)
 from landscape.quant.functional import dequantize, quantize, weight_codes, weight_qparams
@@ -73,8 +74,13 @@ def test_every_conv_and_linear_quantized_and_an_act_quantizer_after_each_relu():
 
 @pytest.mark.parametrize("bits", [1, 17])
 def test_bits_out_of_range(bits):
-    with pytest.raises(RecipeError, match="bits must be an integer from 2 to 16"):
+    # a Python call's mistake is a QuantizerError (LandscapeError, ValueError) naming the argument, not a RecipeError
+    with pytest.raises(QuantizerError, match=f"w_bits = {bits} is out of range; bits must be an integer from 2 to 16"):
         quantize_model(SmallCNN(), bits, 4)
+    with pytest.raises(QuantizerError, match=f"a_bits = {bits} is out of range"):
+        quantize_model(SmallCNN(), 4, bits)
+    assert issubclass(QuantizerError, LandscapeError) and issubclass(QuantizerError, ValueError)
+    assert not issubclass(QuantizerError, RecipeError)
 
 
 def test_activation_range_ema_during_calibration_then_frozen():

@@ -61,7 +61,9 @@ class Point:
         """Names of the analysed parameters, in ``named_parameters`` order."""
         if self.params is not None:
             return list(self.params)
-        return [n for n, p in self.model.named_parameters() if p.requires_grad]
+        from landscape.curvature.params import resolve_params
+
+        return resolve_params(self.model, None)[0]
 
     def loss(self, name: str):
         """The loss function ``name``; an :class:`AnalysisError` saying why if it cannot be evaluated."""

@@ -25,7 +25,7 @@ from .hutchinson import hutchinson
 from .hutchpp import hutchpp
 from .lanczos import eigsh, lanczos, lanczos_tridiagonal
 from .layers import cosine, cosine_rows, layer_of, layer_slices
-from .params import resolve_params
+from .params import auxiliary_ids, mark_auxiliary, resolve_params
 from .power import power_iteration
 from .reduction import ReductionError, default_process_group
 from .results import Eigenpairs, SpectralDensity, TraceEstimate
@@ -64,6 +64,8 @@ __all__ = [
     "eigsh",
     "slq",
     "resolve_params",
+    "mark_auxiliary",
+    "auxiliary_ids",
     "CurvatureError",
     "CurvatureWarning",
     "ReductionError",

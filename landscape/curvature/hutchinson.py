@@ -10,7 +10,9 @@ and ``shape`` (not only Hessians).
 
 Stopping rule (``rtol``): after at least ``min_matvecs`` probes, stop as soon as
 ``stderr / |t̂| < rtol``; never exceed ``max_matvecs``. Unlike a rule on the change of the
-running mean (PyHessian), this bounds the estimate's own uncertainty.
+running mean (PyHessian), this bounds the estimate's own uncertainty. ``converged`` is True
+only when that rule stopped it: without ``rtol`` (a fixed number of probes) or when the cap
+came first, it is False -- a budget is not convergence; ``stderr`` says how good it is.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def hutchinson(
         raise CurvatureError(f"rtol must be a positive number or None, got {rtol!r}")
     gen = _generator(seed)
     samples: list[float] = []
-    converged = rtol is None
+    converged = False  # only the rtol rule converges: a cap (or a fixed budget) alone does not
     while len(samples) < max_matvecs:
         b = min(block_size, max_matvecs - len(samples))
         if rtol is not None and len(samples) < min_matvecs:

@@ -15,7 +15,8 @@ the first term is exact and ``tr(QᵀAQ) + tr((I−QQᵀ) A (I−QQᵀ)) = tr(A)
 unbiased and its only randomness is the Hutchinson mean of the r residual probes. We report
 the sample standard deviation of those probes over √r, an honest (conditional-on-Q) standard
 error; with ``rtol`` the residual probes continue until ``stderr/|t̂| < rtol`` (the adaptive
-variant), up to ``max_matvecs`` products in total.
+variant), up to ``max_matvecs`` products in total; ``converged`` is True only when that rule
+stopped it (False without ``rtol`` or when the cap came first).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def hutchpp(
     top = float(torch.trace(Q.T @ matmat(A, Q)))
     r_max = max_matvecs - 2 * s
     samples: list[float] = []
-    converged = rtol is None
+    converged = False  # only the rtol rule converges: a cap (or a fixed budget) alone does not
     if s == n:  # Q spans everything: the trace is exact
         return TraceEstimate(top, 0.0, 2 * s, "hutch++", True, ())
     while len(samples) < r_max:

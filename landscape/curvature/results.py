@@ -33,8 +33,8 @@ def _fmt(x: float) -> str:
 class TraceEstimate:
     """A stochastic trace estimate ``value ± stderr`` from ``n_matvecs`` operator products.
 
-    ``converged``: the ``rtol`` rule (``stderr/|value| < rtol``) was met, or no ``rtol`` was
-    asked. ``residual``: NaN -- a trace estimate has no residual; its uncertainty is ``stderr``.
+    ``converged``: the ``rtol`` rule (``stderr/|value| < rtol``) was met. False when no ``rtol``
+    was asked (a fixed number of probes) or ``max_matvecs`` came first: a cap is not convergence. ``residual``: NaN -- a trace estimate has no residual; its uncertainty is ``stderr``.
     ``samples`` holds the per-probe quantities the standard error was computed from (for
     Hutchinson ``zᵢᵀ A zᵢ``; for Hutch++ the residual-part probes, see :func:`hutchpp`).
     """

@@ -1,6 +1,8 @@
 """Fake quantization of a teacher into a student (see :mod:`.functional` for the arithmetic).
 
     student = quantize_model(teacher, w_bits=4, a_bits=4)   # deep copy, eval mode
+    student = quantize_model(teacher, 4, None, weight="lsq") # weights only, another quantizer
+    coverage_report(student)  -> which weight tensors were quantized, which skipped and why
     calibrate(student, batches)                               # PTQ: activation ranges
     quantized_layers(student) -> [(name, QuantConv2d | QuantLinear)]
     integer_codes(student)    -> {name: LongTensor}
@@ -19,28 +21,41 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from landscape.config import check_bits
 from landscape.quant import functional
 from landscape.quant.coverage import ACTIVATION_MODULES, activation_sites
-from landscape.quant.errors import FrozenRoundingError, QuantizationError, QuantizationWarning
+from landscape.quant.coverage_report import ATTR as _COVERAGE
+from landscape.quant.coverage_report import CoverageReport, coverage_report, skip_reason
+from landscape.quant.errors import FrozenRoundingError, QuantizationError, QuantizationWarning, QuantizerError
 from landscape.quant.frozen import frozen_rounding
 from landscape.quant.functional import (check_zero_point, dequantize, fake_quant_weight, qrange, quantize,
                                         weight_codes, weight_qparams)
+from landscape.quant.interface import (BUILTIN_ACT, BUILTIN_WEIGHT, ROLE, build, check_bits, is_builtin_uniform,
+                                       resolve_quantizer, role_of, select_layers, spec_name)
 from landscape.quant.modules import (ActQuant, ActQuantPerCall, CallCounters, QuantConv2d, QuantLinear,
                                      _to_quant)
 
-__all__ = ["quantize_model", "quantized_layers", "integer_codes", "act_quantizers",
-           "calibrating", "calibrate", "check_dequantization", "frozen_rounding",
-           "QuantizationError", "QuantizationWarning", "FrozenRoundingError",
+__all__ = ["quantize_model", "quantized_layers", "integer_codes", "act_quantizers", "coverage_report",
+           "CoverageReport", "calibrating", "calibrate", "check_dequantization", "frozen_rounding",
+           "QuantizationError", "QuantizationWarning", "FrozenRoundingError", "QuantizerError",
+           "BUILTIN_WEIGHT", "BUILTIN_ACT",
            "QuantConv2d", "QuantLinear", "ActQuant", "ActQuantPerCall", "functional", "weight_codes",
            "weight_qparams", "fake_quant_weight", "quantize", "dequantize", "qrange"]
 
 
-def _act_quant(a_bits: int, act_momentum: float, sites: list[str], like: torch.Tensor | None) -> nn.Module:
-    """One ActQuant, or one per call site; ranges in the model's dtype and on its device."""
-    quant = (ActQuantPerCall([ActQuant(a_bits, act_momentum) for _ in sites], sites) if len(sites) > 1
-             else ActQuant(a_bits, act_momentum))
-    if like is not None and like.is_floating_point():
+def _act_quant(a_bits: int, act_momentum: float, sites: list[str], like: torch.Tensor | None,
+               factory=None) -> nn.Module:
+    """One activation quantizer, or one per call site; in the model's dtype and on its device.
+
+    ``factory`` None: the built-in ActQuant (EMA range, ``act_momentum``); else ``factory(a_bits)``."""
+    def one() -> nn.Module:
+        if factory is not None:
+            return build(factory, a_bits, "act", "act", like)
+        q = ActQuant(a_bits, act_momentum)
+        setattr(q, ROLE, "act")
+        return q
+
+    quant = ActQuantPerCall([one() for _ in sites], sites) if len(sites) > 1 else one()
+    if factory is None and like is not None and like.is_floating_point():
         quant.to(device=like.device, dtype=like.dtype)
     return quant
 
@@ -67,17 +82,58 @@ def _call_sites(student: nn.Module) -> dict[int, list[str]]:
             for n, m in student.named_modules()}
 
 
-def quantize_model(model: nn.Module, w_bits: int, a_bits: int, act_momentum: float = 0.9, *,
-                   weight_zero_point: str = "integral") -> nn.Module:
+def _coverage(student: nn.Module, chosen: set[str], weight, act, w_bits: int, a_bits: int | None) -> CoverageReport:
+    """Which weight tensors (parameters called ``weight``) quantize_model converts; before conversion."""
+    report = CoverageReport(spec_name(weight), None if a_bits is None else spec_name(act), w_bits, a_bits)
+    for name, m in student.named_modules():
+        w = m._parameters.get("weight")
+        if w is None:
+            continue
+        tensor = f"{name}.weight" if name else "weight"
+        if name in chosen:
+            report.covered.append(tensor)
+        elif type(m) in (nn.Conv2d, nn.Linear):
+            report.skipped[tensor] = "left in float by include=/exclude="
+        else:
+            report.skipped[tensor] = skip_reason(m, w)
+    return report
+
+
+def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_momentum: float = 0.9, *,
+                   weight="uniform", act="uniform", weight_zero_point: str = "integral",
+                   include=None, exclude=None) -> nn.Module:
     """A fake-quantized deep copy of ``model``, in eval mode.
 
-    * Every nn.Conv2d and nn.Linear (first and last included) gets ``w_bits`` per-output-channel
-      weights on the grid ``weight_zero_point``: ``"integral"`` (default; the official GDFQ/AIT
-      grid, anchored at 0) or ``"float"`` (anchored at min); see :mod:`.functional`.
-    * Every nn.ReLU and nn.ReLU6 module (as in the official code) is replaced by
-      ``Sequential(relu=<it>, quant=ActQuant(a_bits))``: a per-tensor quantizer whose range is
-      an EMA (``act_momentum``) of batch min/max. **Uncalibrated, it passes values through**:
-      run :func:`calibrate` (post-training) or the trainer's warm-up before using the student.
+    * Every nn.Conv2d and nn.Linear (first and last included; exactly those classes, not
+      subclasses) gets ``w_bits`` weights from the quantizer ``weight``; the default
+      ``"uniform"`` is per-output-channel on the grid ``weight_zero_point``: ``"integral"``
+      (default; the official GDFQ/AIT grid, anchored at 0) or ``"float"`` (anchored at min); see
+      :mod:`.functional`. Another quantizer is held by the layer as ``wq`` and called on its
+      weight (once here, so a lazily initialised step is set now).
+    * ``weight`` / ``act``: a built-in name (weights: uniform, lsq, dorefa, pow2, torch_ao;
+      activations: uniform, lsq, pact, torch_ao -- :mod:`landscape.quant.quantizers`), a string
+      ``"package.module:Name"`` (imported), or any class/factory called as ``Cls(bits)``
+      returning an nn.Module that maps a tensor to its fake-quantized value, its STE inside
+      (:mod:`landscape.quant.interface`). A quantizer's own parameters (an LSQ step, a PACT
+      clip) train with the student and are marked *auxiliary*: the curvature engine leaves
+      them out unless they are named in ``params=``.
+    * ``include`` / ``exclude``: which Conv2d/Linear layers are quantized, by their names in
+      ``model`` (kept in the student); each an exact name or a shell-style ``fnmatch`` pattern
+      (``"layer1.*"``), a string or a list; a pattern that matches no layer is an error.
+      Activation quantizers do not depend on them.
+    * ``a_bits=None``: weights only, no activation quantizer. Otherwise every nn.ReLU and
+      nn.ReLU6 module (as in the official code) is replaced by ``Sequential(relu=<it>,
+      quant=<quantizer>)``. The default ``"uniform"`` is :class:`ActQuant`: a per-tensor
+      quantizer whose range is an EMA (``act_momentum``) of batch min/max. **Uncalibrated, it
+      passes values through**: run :func:`calibrate` (post-training) or the trainer's warm-up
+      before using the student.
+
+    What was covered: :func:`coverage_report` ``(student)`` lists every weight tensor quantized
+    and every one skipped with its reason (names of ``model``); a matrix or kernel skipped
+    because its module type is not quantized (nn.Conv1d, nn.Embedding, a subclass of
+    nn.Linear, ...) is also named in one :class:`QuantizationWarning`. A bad ``w_bits``,
+    ``a_bits``, quantizer or pattern is a :class:`QuantizerError` (a ``LandscapeError`` and
+    ``ValueError``) naming the argument.
 
     Call sites are found by torch.fx symbolic tracing (no example input needed; the model is
     not run): a ReLU module that the forward pass calls k > 1 times (torchvision's BasicBlock
@@ -90,47 +146,80 @@ def quantize_model(model: nn.Module, w_bits: int, a_bits: int, act_momentum: flo
     control flow), one warning says so and every ReLU module gets one quantizer, as if called once.
     """
     check_bits(w_bits, "w_bits")
-    check_bits(a_bits, "a_bits")
-    check_zero_point(weight_zero_point)
+    if a_bits is not None:
+        check_bits(a_bits, "a_bits")
+    try:
+        check_zero_point(weight_zero_point)
+    except ValueError as exc:
+        raise QuantizerError(f"quantize_model: weight_zero_point: {exc}") from None
+    w_factory = None if is_builtin_uniform(weight, "weight") else resolve_quantizer(weight, "weight")
+    a_factory = None if a_bits is None or is_builtin_uniform(act, "act") else resolve_quantizer(act, "act")
+    if w_factory is not None and weight_zero_point != "integral":
+        raise QuantizerError(f"quantize_model: weight_zero_point = {weight_zero_point!r} applies to the uniform "
+                             f"weight quantizer only, not to weight = {spec_name(weight)}; leave it at 'integral'")
     student = copy.deepcopy(model).eval()
-    module_sites = _call_sites(student)
+    layer_names = [n for n, m in student.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    chosen, _ = select_layers(layer_names, include, exclude)
+    report = _coverage(student, chosen, weight, act, w_bits, a_bits)
+    module_sites = _call_sites(student) if a_bits is not None else {}
     per_call, like = [], next(iter(student.parameters()), None)
     for parent_name, parent in list(student.named_modules()):
-        if type(parent) is nn.Conv2d:
-            _to_quant(parent, QuantConv2d, w_bits, weight_zero_point)
-        elif type(parent) is nn.Linear:
-            _to_quant(parent, QuantLinear, w_bits, weight_zero_point)
+        if type(parent) in (nn.Conv2d, nn.Linear) and parent_name in chosen:
+            wq = None if w_factory is None else build(w_factory, w_bits, "weight", "weight", parent.weight)
+            _to_quant(parent, QuantConv2d if type(parent) is nn.Conv2d else QuantLinear, w_bits,
+                      weight_zero_point, wq)
+            if wq is not None:
+                with torch.no_grad():
+                    wq(parent.weight)  # a lazily initialised quantizer (LSQ's step) is set now
+        if a_bits is None:
+            continue
         for child_name, child in list(parent._modules.items()):  # every name, aliases included
             if type(child) in ACTIVATION_MODULES:
-                quant = _act_quant(a_bits, act_momentum, module_sites.get(id(child), []), like)
+                quant = _act_quant(a_bits, act_momentum, module_sites.get(id(child), []), like, a_factory)
                 setattr(parent, child_name, nn.Sequential(OrderedDict(relu=child, quant=quant)))
                 if isinstance(quant, ActQuantPerCall):
                     per_call.append((f"{parent_name}.{child_name}.quant".lstrip("."), quant))
     if per_call:
         student.register_forward_pre_hook(CallCounters(per_call, check=False))
         student.register_forward_hook(CallCounters(per_call, check=True))
+    report.activations = [n for n, m in student.named_modules() if role_of(m) == "act"]
+    setattr(student, _COVERAGE, report)
+    unsupported = report.unsupported()
+    if unsupported:
+        warnings.warn(f"quantize_model: {len(unsupported)} weight tensor(s) left in float: "
+                      + "; ".join(f"{n} ({r})" for n, r in unsupported.items())
+                      + ". See landscape.quant.coverage_report(student).", QuantizationWarning, stacklevel=2)
     return student
 
 
 def quantized_layers(student: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` of every quantized Conv2d/Linear, whatever its weight quantizer."""
     return [(n, m) for n, m in student.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
 
 
-def act_quantizers(student: nn.Module) -> list[tuple[str, ActQuant]]:
-    return [(n, m) for n, m in student.named_modules() if isinstance(m, ActQuant)]
+def _grid_layers(student: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The quantized layers on the built-in uniform grid (no ``wq`` quantizer): those with integer codes."""
+    return [(n, m) for n, m in quantized_layers(student) if m.weight_quantizer is None]
+
+
+def act_quantizers(student: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, quantizer)`` of every activation quantizer (ActQuant or any of the interface)."""
+    return [(n, m) for n, m in student.named_modules() if isinstance(m, ActQuant) or role_of(m) == "act"]
 
 
 @torch.no_grad()
 def integer_codes(student: nn.Module) -> dict[str, torch.Tensor]:
-    """The integer weight codes q of every quantized layer (LongTensor, weight-shaped), each on
-    its own layer's grid (``m.zero_point``)."""
-    return {n: weight_codes(m.weight, m.w_bits, m.zero_point) for n, m in quantized_layers(student)}
+    """The integer weight codes q of every quantized layer on the built-in uniform grid
+    (LongTensor, weight-shaped), each on its own layer's grid (``m.zero_point``). Layers with
+    another weight quantizer (``wq``) have no codes on that grid and are not listed."""
+    return {n: weight_codes(m.weight, m.w_bits, m.zero_point) for n, m in _grid_layers(student)}
 
 
 @contextmanager
 def calibrating(student: nn.Module, on: bool = True) -> Iterator[nn.Module]:
-    """Within the block, activation quantizers update their EMA range (or stay frozen)."""
-    quantizers = [m for _, m in act_quantizers(student)]
+    """Within the block, activation quantizers update their EMA range (or stay frozen): every
+    activation quantizer with a ``calibrating`` attribute gets ``on``."""
+    quantizers = [m for _, m in act_quantizers(student) if hasattr(m, "calibrating")]
     before = [q.calibrating for q in quantizers]
     for q in quantizers:
         q.calibrating = on
@@ -164,11 +253,12 @@ def check_dequantization(student: nn.Module, atol: float = 1e-6) -> list[dict]:
     :mod:`.functional`); ``n_clipped`` counts the weights beyond the grid's end points. Floating-point rounding of w/s + z adds a
     slack of a few ulps of the code magnitude (16 bits in float32: ~1e-2·s).
 
-    Returns one row per layer (layer, bits, zero_point, n, n_clipped, code_min, code_max,
-    max_error_over_scale) and raises QuantizationError naming the first layer that fails.
+    Returns one row per layer on the built-in uniform grid (layer, bits, zero_point, n,
+    n_clipped, code_min, code_max, max_error_over_scale) and raises QuantizationError naming the
+    first layer that fails. Layers with another weight quantizer (``wq``) are not checked here.
     """
     rows = []
-    for name, m in quantized_layers(student):
+    for name, m in _grid_layers(student):
         w, bits = m.weight.detach(), m.w_bits
         scale, zp = weight_qparams(w, bits, m.zero_point)
         q = quantize(w, scale, zp, bits)

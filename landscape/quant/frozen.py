@@ -11,6 +11,13 @@ not of the deployed loss L_q(θ') = L(θ'; offsets re-quantized at θ'), which i
 constant in the weights. Both agree at θ' = θ. A loss slice or a finite difference of the
 plain student re-quantizes at every point, so it measures L_q; inside :func:`frozen_rounding`
 it measures F, and the second difference (F(θ+hd) − 2F(θ) + F(θ−hd))/h² tends to dᵀHd.
+
+That holds for quantizers whose STE is the identity (uniform, pow2, torch_ao inside its range,
+any ``x + (q(x) − x).detach()``). A quantizer with another backward (LSQ's and PACT's clipping
+masks, DoReFa's tanh) gives the engine the derivatives through that backward, while F holds
+the offset c = q(x) − x of *every* quantizer of the interface fixed, as defined: F(θ) is still
+the fake-quant loss, and F is still the float network at the rounding of θ; a quantizer's own
+parameters (LSQ's step, PACT's clip) do not enter F.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import torch
 from torch import nn
 
 from landscape.quant.errors import FrozenRoundingError
+from landscape.quant.interface import offset_of, role_of
 from landscape.quant.modules import ActQuant, QuantConv2d, QuantLinear
 
 
@@ -34,18 +42,21 @@ def _input(batch: Any) -> torch.Tensor:
 
 
 class _Tape:
-    """The offsets c_a = q(a) − a of one ActQuant, per batch, in call order (None = pass-through)."""
+    """The offsets c_a = q(a) − a of one activation quantizer, per batch, in call order (None =
+    pass-through); installed as the quantizer's ``forward`` inside the block."""
 
-    def __init__(self, name: str, n_batches: int):
+    def __init__(self, name: str, n_batches: int, quantizer: nn.Module):
         self.name = name
+        self.quantizer = quantizer
         self.calls: list[list[tuple[torch.Size, torch.Tensor | None]]] = [[] for _ in range(n_batches)]
         self.recording = True
         self.batch = 0
         self.pos = 0
 
-    def __call__(self, quantizer: ActQuant, x: torch.Tensor) -> torch.Tensor:
-        if self.recording:
-            c = quantizer.offset(x)  # the range stays as it is: no calibration update
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recording:  # the range stays as it is: no calibration update
+            q = self.quantizer
+            c = offset_of(q, x, forward=lambda t: type(q).forward(q, t))
             self.calls[self.batch].append((x.shape, c))
         else:
             calls = self.calls[self.batch]
@@ -111,10 +122,12 @@ def frozen_rounding(model: nn.Module, batches: Iterable[Any]) -> Iterator[nn.Mod
     r"""Hold every rounding offset of a fake-quantized ``model`` fixed at the current θ.
 
     On entry (parameters at θ, the model in its current train/eval mode) the offset
-    c_w = ŵ − w of every QuantConv2d/QuantLinear is taken at θ, and ``batches`` (x or
-    (x, y, ...); a list or a DataLoader without shuffling) are run once under no_grad to
-    record, for every ActQuant, the offset c_a = q(a) − a of each call, per batch, in call
-    order. Activation ranges are not updated and buffers (BatchNorm statistics) are restored.
+    c_w = ŵ − w of every QuantConv2d/QuantLinear (whatever its weight quantizer) is taken at θ,
+    and ``batches`` (x or (x, y, ...); a list or a DataLoader without shuffling) are run once
+    under no_grad to record, for every activation quantizer (ActQuant or any quantizer of the
+    interface), the offset c_a = q(a) − a of each call, per batch, in call order. Activation
+    ranges are not updated (a quantizer's ``calibrating`` is off for the recording) and
+    buffers (BatchNorm statistics) are restored.
 
     Inside the block the forward pass uses w + c_w and a + c_a, so the loss at θ' is
 
@@ -122,7 +135,8 @@ def frozen_rounding(model: nn.Module, batches: Iterable[Any]) -> Iterator[nn.Mod
 
     exactly the function whose gradient and Hessian at θ the identity STE reports: F(θ) and
     ∇F(θ) equal the fake-quant loss and its STE gradient, and ∇²F(θ) is the Hessian of
-    :class:`landscape.curvature.Hessian`. A loss slice inside the block is the slice of F;
+    :class:`landscape.curvature.Hessian` (for quantizers with another backward, see the module
+    docstring). A loss slice inside the block is the slice of F;
     outside it re-quantizes at every point (the deployed, piecewise-constant loss).
 
     Each call of the model inside the block must be on one of the recorded batches (found by
@@ -135,8 +149,8 @@ def frozen_rounding(model: nn.Module, batches: Iterable[Any]) -> Iterator[nn.Mod
     ...     values = loss_slice(student, loss_fn, batches, direction, ks)   # the slice of F
     """
     weights = [(n, m) for n, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
-    quantizers = [(n, m) for n, m in model.named_modules() if isinstance(m, ActQuant)]
-    if any(m._frozen is not None for _, m in weights + quantizers):
+    quantizers = [(n, m) for n, m in model.named_modules() if isinstance(m, ActQuant) or role_of(m) == "act"]
+    if any(m._frozen is not None for _, m in weights) or any("forward" in m.__dict__ for _, m in quantizers):
         raise FrozenRoundingError("frozen_rounding: the model is already inside a frozen_rounding block")
     if not weights and not quantizers:
         raise FrozenRoundingError("frozen_rounding: the model has no quantized layer or activation quantizer "
@@ -145,13 +159,13 @@ def frozen_rounding(model: nn.Module, batches: Iterable[Any]) -> Iterator[nn.Mod
     inputs = [_input(b).to(device) for b in batches]
     if not inputs:
         raise FrozenRoundingError("frozen_rounding: no batches: pass the batches the loss is evaluated on")
-    tapes = [_Tape(n, len(inputs)) for n, _ in quantizers]
+    tapes = [_Tape(n, len(inputs), m) for n, m in quantizers]
     handles = []
     try:
         for _, m in weights:
             m._frozen = m.weight_offset()
         for t, (_, m) in zip(tapes, quantizers):
-            m._frozen = t
+            m.forward = t  # the instance's forward: the tape records, then replays
         saved = {n: b.clone() for n, b in model.named_buffers()} if any(m.training for m in model.modules()) else {}
         with torch.no_grad():
             for j, x in enumerate(inputs):
@@ -169,5 +183,7 @@ def frozen_rounding(model: nn.Module, batches: Iterable[Any]) -> Iterator[nn.Mod
     finally:
         for h in handles:
             h.remove()
-        for _, m in weights + quantizers:
+        for _, m in weights:
             m.__dict__.pop("_frozen", None)  # back to the class default, None
+        for _, m in quantizers:
+            m.__dict__.pop("forward", None)  # back to the class's forward

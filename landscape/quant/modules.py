@@ -5,7 +5,9 @@ QuantConv2d / QuantLinear subclass nn.Conv2d / nn.Linear and keep their state-di
 so a teacher's weights load into a student unchanged. The latent full-precision weight is
 the parameter; the forward pass uses its dequantized value through the identity STE. The
 attribute ``zero_point`` (``"integral"``, the official grid, or ``"float"``) picks the weight
-grid (see :mod:`.functional`); it is not in the state dict.
+grid (see :mod:`.functional`); it is not in the state dict. A layer quantized by another
+quantizer of the interface holds it as the sub-module ``wq`` (state-dict keys
+``<layer>.wq.*``) and uses ``wq(weight)`` in its forward pass; ``zero_point`` is then unused.
 
 ActQuant follows a ReLU. Its range is an EMA (momentum 0.9) of batch min/max while
 ``calibrating`` is True (the warm-up) and frozen otherwise; the range lives in buffers, so
@@ -17,8 +19,9 @@ ActQuantPerCall holds one ActQuant per call site of a ReLU module that the model
 than once (e.g. torchvision's BasicBlock calls ``self.relu`` twice): the i-th call of a
 forward pass uses quantizer i, so each site has its own range.
 
-Every module here has a ``_frozen`` slot that :func:`landscape.quant.frozen_rounding` fills:
-while it is set, the rounding offsets recorded at θ replace the quantizer.
+QuantConv2d / QuantLinear have a ``_frozen`` slot that :func:`landscape.quant.frozen_rounding`
+fills: while it is set, the rounding offset recorded at θ replaces the weight quantizer (an
+activation quantizer's ``forward`` is replaced there instead, for every quantizer of the interface).
 """
 
 from __future__ import annotations
@@ -32,20 +35,39 @@ from landscape.quant.errors import QuantizationError
 
 
 class _QuantWeight:
-    """Mixin: the weight the forward pass uses, w + c, c the (detached) rounding offset."""
+    """Mixin: the weight the forward pass uses: w + c, c the (detached) rounding offset of the
+    official grid, or ``wq(w)`` when the layer holds another quantizer as ``wq``."""
 
     w_bits: int
     zero_point: str = "integral"
     _frozen: torch.Tensor | None = None  # c_w held fixed by frozen_rounding
 
+    @property
+    def weight_quantizer(self) -> nn.Module | None:
+        """The layer's quantizer module (``wq``), or None on the built-in uniform path."""
+        return self._modules.get("wq")
+
     def weight_offset(self) -> torch.Tensor:
         """c = ŵ − w at the current weight (detached)."""
-        return Q.weight_offset(self.weight, self.w_bits, self.zero_point)
+        wq = self._modules.get("wq")
+        if wq is None:
+            return Q.weight_offset(self.weight, self.w_bits, self.zero_point)
+        from landscape.quant.interface import offset_of
+
+        c = offset_of(wq, self.weight)
+        return torch.zeros_like(self.weight) if c is None else c
 
     def quantized_weight(self) -> torch.Tensor:
-        return self.weight + (self.weight_offset() if self._frozen is None else self._frozen)
+        if self._frozen is not None:
+            return self.weight + self._frozen
+        wq = self._modules.get("wq")
+        if wq is not None:
+            return wq(self.weight)
+        return self.weight + self.weight_offset()
 
     def extra_repr(self):
+        if self._modules.get("wq") is not None:
+            return super().extra_repr() + f", w_bits={self.w_bits}"
         return super().extra_repr() + f", w_bits={self.w_bits}, zero_point={self.zero_point!r}"
 
 
@@ -60,8 +82,6 @@ class QuantLinear(_QuantWeight, nn.Linear):
 
 
 class ActQuant(nn.Module):
-    _frozen = None  # a replay of recorded offsets, set by frozen_rounding
-
     def __init__(self, bits: int, momentum: float = 0.9):
         super().__init__()
         self.bits = int(bits)
@@ -88,8 +108,6 @@ class ActQuant(nn.Module):
         return Q.act_offset(x, self.lo, self.hi, self.bits)
 
     def forward(self, x):
-        if self._frozen is not None:
-            return self._frozen(self, x)
         if self.calibrating:
             self._update(x)
         c = self.offset(x)
@@ -141,8 +159,12 @@ class CallCounters:
                     f"site; the model's control flow has changed since: quantize the model again")
 
 
-def _to_quant(module: nn.Module, cls, bits: int, zero_point: str = "integral") -> nn.Module:
+def _to_quant(module: nn.Module, cls, bits: int, zero_point: str = "integral",
+              quantizer: nn.Module | None = None) -> nn.Module:
+    """Turn ``module`` into ``cls`` in place; ``quantizer``: another quantizer as ``wq``."""
     module.__class__ = cls  # same parameters and buffers; only forward changes
     module.w_bits = int(bits)
     module.zero_point = Q.check_zero_point(zero_point)
+    if quantizer is not None:
+        module.add_module("wq", quantizer)
     return module

@@ -90,11 +90,14 @@ class Run:
         self.model_spec = teacher_file["model_spec"]
         torch.manual_seed(seed)
         self.teacher = teacher_from_file(teacher_file, self.device).requires_grad_(False)
+        # the quantizers only where not "uniform", so a default checkpoint is what it was before them
         self.quant = {"w_bits": cfg["w_bits"], "a_bits": cfg["a_bits"],
                       "act_momentum": recipe["quant"]["act_momentum"],
-                      "weight_zero_point": cfg["weight_zero_point"]}
+                      "weight_zero_point": cfg["weight_zero_point"],
+                      **{k: cfg[k] for k in ("weight", "act") if k in cfg}}
         self.student = quantize_model(self.teacher, cfg["w_bits"], cfg["a_bits"],
-                                      self.quant["act_momentum"],
+                                      self.quant["act_momentum"], weight=cfg.get("weight", "uniform"),
+                                      act=cfg.get("act", "uniform"),
                                       weight_zero_point=cfg["weight_zero_point"]).requires_grad_(True)
         self.sampler = torch.Generator().manual_seed(seed)
         self.generator = self.gen_opt = None
