@@ -182,3 +182,14 @@ def test_allocate_bits_refuses_bad_input():
         allocate_bits(table.assign(cost=[1.0, float("nan")]), 4)
     with pytest.raises(SensitivityError, match="one size"):
         allocate_bits(table.assign(n_params=[10, 11]), 4)
+
+
+def test_layer_damage_through_the_quantizer_interface(one_thread):
+    """The class written here plugged into quantize_model (weights only), and a built-in LSQ:
+    δ is the forward weight of the interface's layer, checked against the exact block."""
+    model = make_model(0)
+    batches = make_batches([5, 3])
+    check_against_exact(model, quantize_model(model, 3, None, weight=Pow2), cross_entropy(), batches, ["conv", "fc"])
+    lsq = quantize_model(model, 3, None, weight="lsq")
+    table = check_against_exact(model, lsq, cross_entropy(), batches, ["conv", "fc"])
+    assert "wq" not in " ".join(table["layer"])  # LSQ's step is not a layer of the table
