@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the [compare] or recipe seeds)")
     p.add_argument("--jobs", type=int, default=None,
-                   help="worker processes (default: one per seed, at most the usable cores); never changes the numbers")
+                   help="worker processes (default: the usable cores); never changes the numbers")
     p.add_argument("--checkpoints", default=None, metavar="DIR", help="teacher cache root (default: checkpoints/)")
     p.add_argument("--out", default="figures/compare", help="where tables, figures, README.md and results.md go")
     p.add_argument("--publish", metavar="README", default=None,

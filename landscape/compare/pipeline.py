@@ -7,8 +7,8 @@ Stages, each timed (wall and CPU seconds of all processes):
 
 1. **teachers** -- the recipe's teacher of each seed, trained once and cached under the
    checkpoint root exactly as ``landscape train`` caches it (shared with ``make figures``);
-2. **measure**  -- one job per seed (:func:`landscape.compare.study.study_seed`) in a pool of
-   ``jobs`` processes, each with the recipe's ``threads`` torch threads;
+2. **measure**  -- one job per (seed, quantizer) (:func:`landscape.compare.study.study_seed`) in
+   a pool of ``jobs`` processes, each with the recipe's ``threads`` torch threads;
 3. **plot**     -- the four figures (:mod:`landscape.compare.plots`), from the tables only;
 4. **findings** -- the two claims (:mod:`landscape.compare.claims`), ``<out>/README.md`` and
    ``<out>/results.md`` with the blocks ``compare:findings`` and ``compare:timings``, which
@@ -39,8 +39,8 @@ __all__ = ["run_compare", "TABLES"]
 TABLES = ("curvature", "sensitivity", "allocation")
 
 
-def _study_job(recipe: dict, settings: dict, seed: int, root: str, data_root, device) -> dict:
-    return study_seed(recipe, settings, seed, root, data_root, device or "cpu")
+def _study_job(recipe: dict, settings: dict, seed: int, quantizer: str, root: str, data_root, device) -> dict:
+    return study_seed(recipe, settings, seed, root, data_root, device or "cpu", quantizers=[quantizer])
 
 
 def _results_text(findings: str, timings: str, provenance: str) -> str:
@@ -72,7 +72,7 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
                 publish: str | Path | None = None, data_root: str | None = None,
                 device: str | None = None) -> dict[str, pd.DataFrame]:
     """The whole job (see the module docstring); returns the tables. ``seeds`` overrides the
-    recipe's; ``jobs`` (default: one per seed, at most the usable cores) changes the time, never
+    recipe's; ``jobs`` (default: the usable cores) changes the time, never
     the numbers; ``checkpoints``: the root of the teacher cache (default ``checkpoints/``)."""
     import torch
 
@@ -89,7 +89,7 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
     if seeds is not None:
         settings["seeds"] = recipe_seeds(recipe, seeds)
     threads = int(recipe.get("threads", 1))
-    jobs = int(jobs) if jobs else min(default_jobs(), len(settings["seeds"]))
+    jobs = int(jobs) if jobs else min(default_jobs(), len(settings["seeds"]) * len(settings["quantizers"]))
     root = str(Path(checkpoints) if checkpoints else DEFAULT_OUT)
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
@@ -101,9 +101,9 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
         run_jobs(teacher_job, [(recipe, s, root, data_root, device) for s in settings["seeds"]], jobs, threads,
                  "teacher")
     with clock.stage("measure"):
-        per_seed = run_jobs(_study_job, [(recipe, settings, s, root, data_root, device) for s in settings["seeds"]],
-                            jobs, threads, "seed")
-    tables = {name: pd.concat([t[name] for t in per_seed], ignore_index=True) for name in TABLES}
+        work = [(recipe, settings, s, q, root, data_root, device) for s in settings["seeds"] for q in settings["quantizers"]]
+        done = run_jobs(_study_job, work, jobs, threads, "(seed, quantizer)")
+    tables = {name: pd.concat([t[name] for t in done], ignore_index=True) for name in TABLES}
     for name, t in tables.items():
         t.to_csv(out / "tables" / f"{name}.csv", index=False)
     with clock.stage("plot"):

@@ -117,8 +117,11 @@ def analysis_batches(data, settings: dict, seed: int) -> list[tuple[torch.Tensor
 
 
 def study_seed(recipe: dict, settings: dict, seed: int, root: str | Path = "checkpoints",
-               data_root: str | None = None, device: str = "cpu") -> dict[str, pd.DataFrame]:
-    """Every measurement of one seed (see the module docstring for the tables)."""
+               data_root: str | None = None, device: str = "cpu",
+               quantizers: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Every measurement of one seed (see the module docstring for the tables), for the
+    recipe's quantizers or the given ones; the float teacher's accuracy row comes with the
+    first quantizer of the recipe. The numbers do not depend on how quantizers are split."""
     from landscape.zsq.teacher import get_teacher
 
     torch.manual_seed(seed)
@@ -132,7 +135,7 @@ def study_seed(recipe: dict, settings: dict, seed: int, root: str | Path = "chec
     teacher_acc = evaluate(teacher, data.x_test, data.y_test)
     a_bits = settings["a_bits"]
     curvature, sensitivity, allocation = [], [], []
-    for q in settings["quantizers"]:
+    for q in quantizers or settings["quantizers"]:
         weight, act = (resolve_quantizer(s) for s in quantizer_pair(q))
         forward: dict[int, dict[str, torch.Tensor]] = {}
         for bits in settings["bits"]:
@@ -154,8 +157,9 @@ def study_seed(recipe: dict, settings: dict, seed: int, root: str | Path = "chec
         work = copy.deepcopy(teacher)
         allocation += _allocations(work, forward, damage, settings, {"quantizer": q, "seed": seed}, data,
                                    np.random.default_rng([seed, settings["quantizers"].index(q)]))
-    curvature.append({"quantizer": "float", "bits": 32, "seed": seed, "loss": "none", "metric": "accuracy",
-                      "value": teacher_acc, "stderr": float("nan"), "converged": True})
+    if settings["quantizers"][0] in (quantizers or settings["quantizers"]):
+        curvature.append({"quantizer": "float", "bits": 32, "seed": seed, "loss": "none", "metric": "accuracy",
+                          "value": teacher_acc, "stderr": float("nan"), "converged": True})
     sens = pd.concat(sensitivity, ignore_index=True)
     front = ["quantizer", "bits", "seed", "loss", "layer"]
     return SeedTables(curvature=pd.DataFrame(curvature),
