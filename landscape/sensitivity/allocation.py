@@ -96,7 +96,7 @@ def allocate_bits(table: pd.DataFrame, budget: float) -> dict[str, int]:
     choose[t["layer"].map(index).to_numpy(), np.arange(len(t))] = 1.0
     constraints = [LinearConstraint(choose, 1, 1), LinearConstraint(size[None, :], -np.inf, cap)]
     res = milp(cost, constraints=constraints, integrality=np.ones(len(t)), bounds=Bounds(0, 1),
-               options={"mip_rel_gap": 0.0})
+               options={"mip_rel_gap": 0.0, "presolve": False})  # presolve: tiny problems; it prints a debug line
     if res.status != 0 or res.x is None:  # pragma: no cover - feasibility was checked above
         raise SensitivityError(f"allocate_bits: the solver failed ({res.message}) at budget {budget}")
     picked = res.x > 0.5
