@@ -67,7 +67,8 @@ def test_version_and_python_dash_m(capsys):
 
 
 def test_one_version_everywhere():
-    """landscape.__version__, setup.cfg (the installed metadata) and the CHANGELOG's newest entry agree."""
+    """landscape.__version__, setup.cfg (the installed metadata) and the CHANGELOG's newest released
+    entry (the one below "## Unreleased", when there is one) agree."""
     import configparser
     import re
     from pathlib import Path
@@ -77,7 +78,7 @@ def test_one_version_everywhere():
     root = Path(__file__).resolve().parents[1]
     cfg = configparser.ConfigParser()
     cfg.read(root / "setup.cfg")
-    newest = re.search(r"^## (\S+)", (root / "CHANGELOG.md").read_text(), re.M).group(1)
+    newest = re.search(r"^## (?!Unreleased\b)(\S+)", (root / "CHANGELOG.md").read_text(), re.M).group(1)
     assert landscape.__version__ == cfg["metadata"]["version"] == newest
 
 

@@ -245,8 +245,10 @@ def test_lsq_activations_unsigned_with_features_per_sample():
 def test_pact_forward_and_gradients_as_the_paper_defines_them():
     from landscape.quant.quantizers import PACT
 
+    assert PACT(2, alpha=10.0).alpha.item() == 10.0  # the paper's initial value
     q = PACT(2).double()
-    assert q.alpha.item() == 10.0  # the paper's initial value
+    q(torch.tensor([0.2, 3.5, 1.0], dtype=torch.double))
+    assert q.alpha.item() == 3.5  # by default: the first batch's largest value
     with torch.no_grad():
         q.alpha.fill_(1.5)  # 2 bits: levels 0, 0.5, 1, 1.5
     x = torch.tensor([0.0, 0.3, 0.8, 1.4, 1.5, 2.7], dtype=torch.double)
@@ -333,3 +335,158 @@ def test_uniform_weight_class_is_the_default_grid():
         assert torch.equal(UniformWeight(3, zp)(w), Q.fake_quant_weight(w, 3, zp))
     by_class = quantize_model(_net(), 4, 4, weight=UniformWeight)  # the built-in class: the same path
     assert all(m.weight_quantizer is None for _, m in quantized_layers(by_class))
+
+
+# ----------------------------------------------------------------------------- frozen rounding, curvature, training
+
+WEIGHTS = ["uniform", "lsq", "dorefa", "pow2", "torch_ao"]
+ACTS = ["uniform", "lsq", "pact", "torch_ao"]
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+
+
+def _hand_forward(x, w0, b0, w1, b1, c_act):
+    """The MLP by hand: linear, ReLU, + the activation offset c_act, linear."""
+    return (torch.relu(x @ w0.T + b0) + c_act) @ w1.T + b1
+
+
+@pytest.mark.parametrize("weight, act", list(zip(WEIGHTS, ACTS + ["pact"])) + [("lsq", "lsq")])
+def test_frozen_rounding_holds_every_builtin_offset_at_theta(weight, act):
+    torch.manual_seed(0)
+    x = torch.randn(7, 6, dtype=torch.double)
+    student = calibrate(quantize_model(_mlp(), 3, 3, weight=weight, act=act), [x])
+    (_, l0), (_, l1) = quantized_layers(student)
+    (_, aq), = act_quantizers(student)
+    with torch.no_grad():
+        qw0, qw1 = l0.quantized_weight().clone(), l1.quantized_weight().clone()
+        h = torch.relu(x @ qw0.T + l0.bias)
+        c_act = aq(h) - h  # the activation offset at θ
+        plain = student(x)
+    assert torch.allclose(plain, _hand_forward(x, qw0, l0.bias, qw1, l1.bias, c_act), atol=1e-12)
+    d0, d1 = 0.05 * torch.randn_like(l0.weight), 0.05 * torch.randn_like(l1.weight)
+    c0, c1 = qw0 - l0.weight.detach(), qw1 - l1.weight.detach()
+    with frozen_rounding(student, [x]), torch.no_grad():
+        assert torch.allclose(student(x), plain, atol=1e-12)  # F(θ) = L(θ)
+        l0.weight += d0
+        l1.weight += d1
+        moved = student(x)  # F(θ + d): the float net at w + d + c(θ), activation offsets of θ
+        h = torch.relu(x @ (l0.weight + c0).T + l0.bias)
+        assert torch.allclose(moved, (h + c_act) @ (l1.weight + c1).T + l1.bias, atol=1e-12)
+        l0.weight -= d0
+        l1.weight -= d1
+    assert all("forward" not in m.__dict__ for m in student.modules())
+
+
+class RoundTo(nn.Module):
+    """A quantizer of the interface written in the test: x rounded to multiples of 2^-bits, no offset()."""
+
+    def __init__(self, bits):
+        super().__init__()
+        self.unit = 2.0 ** -bits
+
+    def forward(self, x):
+        return x + (torch.round(x / self.unit) * self.unit - x).detach()
+
+
+def test_frozen_rounding_for_a_quantizer_class_written_here_by_hand():
+    torch.manual_seed(1)
+    x = torch.randn(4, 6, dtype=torch.double)
+    model = _mlp(1)
+    student = quantize_model(model, 2, 2, weight=RoundTo, act=RoundTo)  # unit 1/4
+    r = lambda t: torch.round(t * 4) / 4  # noqa: E731
+    w0, b0, w1, b1 = (p.detach().clone() for p in model.parameters())
+    h = torch.relu(x @ r(w0).T + b0)
+    c_act = r(h) - h
+    with torch.no_grad():
+        assert torch.allclose(student(x), _hand_forward(x, r(w0), b0, r(w1), b1, c_act), atol=1e-12)
+    d = torch.full_like(w0, 0.3)
+    with frozen_rounding(student, [x]), torch.no_grad():
+        student[0].weight += d
+        # by hand: weight offset r(w0) - w0 and activation offsets held at θ
+        assert torch.allclose(student(x), _hand_forward(x, w0 + d + (r(w0) - w0), b0, r(w1), b1, c_act),
+                              atol=1e-12)
+        student[0].weight -= d
+    with torch.no_grad():
+        student[0].weight += d  # outside the block: re-quantized
+        assert torch.allclose(student(x), _hand_forward(x, r(w0 + d), b0, r(w1), b1,
+                                                        r(torch.relu(x @ r(w0 + d).T + b0))
+                                                        - torch.relu(x @ r(w0 + d).T + b0)), atol=1e-12)
+
+
+def test_lsq_hessian_is_the_exact_one_over_the_weights_only():
+    from torch.func import functional_call, hessian
+
+    from landscape.curvature import Hessian
+    from landscape.losses import cross_entropy
+
+    torch.manual_seed(2)
+    x, y = torch.randn(9, 6, dtype=torch.double), torch.randint(0, 3, (9,))
+    student = calibrate(quantize_model(_mlp(2), 4, 4, weight="lsq", act="lsq"), [x])
+    H = Hessian(student, cross_entropy(), [(x, y)])
+    assert list(H.layers()) == ["0", "2"] and not any("step" in n for n in H.names)
+    names, params = H.names, [p.detach() for p in (dict(student.named_parameters())[n] for n in H.names)]
+    sizes = [p.numel() for p in params]
+    others = {n: p.detach() for n, p in student.named_parameters() if n not in names}
+    assert set(others) == {"0.wq.step", "2.wq.step", "1.quant.step"}
+
+    def loss(flat):
+        chunks = torch.split(flat, sizes)
+        ps = {n: c.reshape(p.shape) for n, c, p in zip(names, chunks, params)}
+        return torch.nn.functional.cross_entropy(functional_call(student, {**ps, **others}, (x,)), y)
+
+    exact = hessian(loss)(torch.cat([p.flatten() for p in params]))
+    dense = torch.stack([H @ e for e in torch.eye(H.shape[0], dtype=torch.double)], dim=1)
+    assert torch.allclose(dense, exact, atol=1e-10, rtol=0)
+    assert float(exact.abs().max()) > 1e-3  # a real matrix, not zeros
+
+
+def test_quantizer_parameters_train_with_the_student_and_a_checkpoint_restores_them():
+    from landscape.checkpoints import rebuild_student
+    from landscape.zsq.gi import InundatedSGD, param_groups
+
+    torch.manual_seed(3)
+    x, y = torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,))
+    student = calibrate(quantize_model(SmallCNN(1, 10, 4), 4, 4, weight="lsq", act="pact"), [x]).requires_grad_(True)
+    groups = param_groups(student)
+    assert [g["layer"] for g in groups] == [None]  # no grid layer: no GI groups, no crossings on a foreign grid
+    aux = [n for n, p in student.named_parameters() if n.endswith((".step", ".alpha"))]
+    assert "features.0.0.wq.step" in aux and "fc.wq.step" in aux and any(n.endswith("quant.alpha") for n in aux)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    opt = InundatedSGD(groups, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, rho=None,
+                       kappa_max=2.0, bisect_steps=0, form="official")
+    torch.nn.functional.cross_entropy(student(x * 5), y).backward()
+    opt.step()
+    changed = {n for n, p in student.named_parameters() if not torch.equal(p, before[n])}
+    assert "features.0.0.wq.step" in changed and "fc.wq.step" in changed
+    ckpt = {"quant": {"w_bits": 4, "a_bits": 4, "act_momentum": 0.9, "weight_zero_point": "integral",
+                      "weight": "lsq", "act": "pact"},
+            "model_spec": {"name": "smallcnn", "in_channels": 1, "num_classes": 10, "width": 4},
+            "student_state": student.state_dict()}
+    rebuilt = rebuild_student(ckpt)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), student.eval()(x))
+
+
+def test_a_recipe_naming_quantizers_trains_them_and_its_checkpoints_rebuild(tmp_path):
+    import copy
+
+    from landscape.checkpoints import list_checkpoints, load_checkpoint, rebuild_student
+    from landscape.config import load_recipe
+    from landscape.quant.quantizers import LSQ, PACT
+    from tiny_runs import TINY, train_tiny
+
+    recipe = copy.deepcopy(load_recipe(TINY))
+    recipe["quant"].update(weight="lsq", act="pact")
+    (run_dir,) = train_tiny(recipe, tmp_path, runs=["kd"], epochs=2)
+    ckpt = load_checkpoint(list_checkpoints(run_dir)[-1][1])
+    assert ckpt["quant"]["weight"] == "lsq" and ckpt["quant"]["act"] == "pact"
+    student = rebuild_student(ckpt)
+    assert all(isinstance(m.weight_quantizer, LSQ) for _, m in quantized_layers(student))
+    assert all(isinstance(q, PACT) for _, q in act_quantizers(student))
+    first = load_checkpoint(list_checkpoints(run_dir)[0][1])["student_state"]  # the warm-up epoch: not trained
+    trained = [k for k, v in ckpt["student_state"].items() if k.endswith((".step", ".alpha"))
+               and not torch.equal(v, first[k])]
+    assert any(k.endswith(".wq.step") for k in trained)  # LSQ's steps were trained
