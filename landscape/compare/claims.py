@@ -102,8 +102,8 @@ def _interval(row: dict, key: str) -> Interval | None:
     return Interval(row[key], row["low"], row["high"], "bootstrap", row["n_seeds"])
 
 
-def _fmt(iv: Interval | None, digits: int = 2) -> str:
-    return "—" if iv is None else iv.text(lambda x: f"{x:+.{digits}f}" if digits == 1 else f"{x:.{digits}f}")
+def _fmt(iv: Interval | None, signed: bool = False) -> str:
+    return "—" if iv is None else iv.text(lambda x: f"{x:+.2f}" if signed else f"{x:.2f}")
 
 
 def claim_rows(spearman: list[dict], allocation: list[dict]) -> list[dict]:
@@ -122,7 +122,7 @@ def claim_rows(spearman: list[dict], allocation: list[dict]) -> list[dict]:
         levels = [judge(v, 0.0, "above") if v else NO_DATA for v in ivs.values()]
         out.append({"id": 2, "quantizer": q,
                     "claim": "curvature-guided bit allocation beats uniform and random allocations at equal size",
-                    "number": f"Δ vs uniform = {_fmt(ivs['uniform'], 1)}; Δ vs random = {_fmt(ivs['random'], 1)} "
+                    "number": f"Δ vs uniform = {_fmt(ivs['uniform'], True)}; Δ vs random = {_fmt(ivs['random'], True)} "
                               "(accuracy points)",
                     "verdict": weakest(*levels)})
     return sorted(out, key=lambda r: (r["id"], r["quantizer"] == "all"))
