@@ -22,6 +22,7 @@ Tables (``<out>/tables/``): ``curvature.csv``, ``sensitivity.csv``, ``allocation
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -37,6 +38,13 @@ from landscape.compare.study import study_seed
 __all__ = ["run_compare", "TABLES"]
 
 TABLES = ("curvature", "sensitivity", "allocation")
+
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:  # pragma: no cover - not available
+        return "unknown"
 
 
 def _study_job(recipe: dict, settings: dict, seed: int, quantizer: str, root: str, data_root, device) -> dict:
@@ -83,7 +91,7 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
     from landscape.zsq.runs import DEFAULT_OUT
 
     clock = _Clock()
-    start, cpu0 = time.perf_counter(), _Clock._cpu()
+    start, cpu0, load0 = time.perf_counter(), _Clock._cpu(), _load()
     recipe = load_recipe(recipe) if not isinstance(recipe, Mapping) else dict(recipe)
     settings = compare_settings(recipe)
     if seeds is not None:
@@ -119,7 +127,8 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
     clock.cpu["total"] = _Clock._cpu() - cpu0
     provenance = (f"Recipe {recipe.get('path', recipe['name'])}; seeds {' '.join(map(str, settings['seeds']))}; "
                   f"{jobs} process(es) × {threads} torch thread(s); torch {torch.__version__}; "
-                  f"python {platform.python_version()}.")
+                  f"python {platform.python_version()}; {os.cpu_count()} cores, load average {load0} at the start "
+                  f"and {_load()} at the end (the machine's, all users).")
     timings = _timings(clock.wall, clock.cpu)
     _readme(out, paths, findings, settings, provenance, timings)
     results = out / "results.md"
