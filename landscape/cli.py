@@ -250,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", default=None, metavar="DIR", help="teacher cache root (default: checkpoints/)")
     p.add_argument("--out", default="figures/compare", help="where tables, figures, README.md and results.md go")
     p.add_argument("--publish", metavar="README", default=None,
-                   help="also copy the compare:* results blocks into this Markdown file (and docs/results.md)")
-    p.add_argument("--data-root", default=None, help="folder holding the data (mnist5k and digits need none)")
+                   help="also copy the compare:* results blocks into this Markdown file (and docs/results.md; default: publish nowhere)")
+    p.add_argument("--data-root", default=None, help="folder holding the data (default: the recipe's [data] root; mnist5k and digits need none)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     p.set_defaults(func=_compare)
     return parser
