@@ -212,3 +212,25 @@ def test_cli_compare_refuses_a_bad_recipe_in_one_line(tmp_path, capsys):
     assert main(["compare", str(recipe), "--out", str(tmp_path / "o"), "--checkpoints", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "unknown quantizer 'nope'" in err and "Traceback" not in err
+
+
+def test_qat_mode_trains_the_weights_and_the_quantizer_step(tiny):
+    recipe, root, _ = tiny
+    d = recipe["data"]
+    data = load_dataset(d["name"], None, d["test_fraction"], d["split_seed"])
+    teacher = teacher_from_file(load_teacher_file(teacher_path(recipe, root / "ckpt", 0))).requires_grad_(False)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    r = copy.deepcopy(TINY)
+    r["compare"].update(mode="qat", qat_steps=3, qat_lr=0.01)
+    qat = compare_settings(validate_recipe(r, "tiny.toml"))
+    ptq = compare_settings(validate_recipe(copy.deepcopy(TINY), "tiny.toml"))
+    a = make_student(teacher, "lsq", "lsq", 3, 3, data, ptq, 0)
+    b = make_student(teacher, "lsq", "lsq", 3, 3, data, qat, 0)
+    again = make_student(teacher, "lsq", "lsq", 3, 3, data, qat, 0)
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert not torch.equal(pa["fc.weight"], pb["fc.weight"])          # the weights trained
+    steps = [n for n in pa if n.endswith(".wq.step") or ".wq." in n]
+    assert steps and any(not torch.equal(pa[n], pb[n]) for n in steps)  # and LSQ's step with them
+    assert all(torch.equal(pb[n], p) for n, p in again.named_parameters())  # seeded: the same student twice
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert all(p.grad is None for p in b.parameters())
