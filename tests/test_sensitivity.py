@@ -73,8 +73,8 @@ def check_against_exact(model, quantized, loss_fn, batches, expected_layers):
         delta = (w_hat - w).reshape(-1)
         assert delta.abs().max() > 1e-3  # the quantizer really moved this layer
         f = lambda flat: direct(model, loss_fn, batches, row.layer, flat.view_as(w))  # noqa: E731
-        g = torch.func.grad(f)(w.reshape(-1))
-        H = torch.func.hessian(f)(w.reshape(-1))
+        g = torch.func.grad(f)(w.reshape(-1)).detach()
+        H = torch.func.hessian(f)(w.reshape(-1)).detach()
         assert row.n_params == w.numel()
         assert row.loss == pytest.approx(base, abs=1e-12)
         assert row.measured == pytest.approx(float(f(w_hat.reshape(-1)).detach()) - base, abs=1e-8)
