@@ -10,7 +10,7 @@ JOBS   ?=
 # The default recipe on its own seeds publishes its results into README.md (docs/results.md).
 PUBLISH ?= $(if $(SEEDS),,$(if $(filter analyses/default.toml,$(RECIPE)),README.md,))
 
-.PHONY: setup test figures bench plot clean lock
+.PHONY: setup test figures bench plot clean lock compare
 
 # The numbers depend on every package's version: set-up installs the exact versions of
 # requirements.lock (torch and all transitive dependencies), then this package without deps.
@@ -43,6 +43,11 @@ test: $(STAMP)
 figures: $(STAMP)
 	$(PY) -m landscape figures $(RECIPE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),) \
 		$(if $(SEEDS),--seeds $(SEEDS),) $(if $(JOBS),--jobs $(JOBS),) $(if $(PUBLISH),--publish $(PUBLISH),)
+
+# quantizers x bit widths x layers (analyses/compare.toml); publishes its blocks into README.md
+compare: $(STAMP)
+	$(PY) -m landscape compare analyses/compare.toml $(if $(SEEDS),--seeds $(SEEDS),--publish README.md) \
+		$(if $(JOBS),--jobs $(JOBS),)
 
 plot: $(STAMP)
 	$(PY) -m landscape plot

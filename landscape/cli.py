@@ -1,10 +1,11 @@
-"""The ``landscape`` command line: train, analyze, plot, figures, report.
+"""The ``landscape`` command line: train, analyze, plot, figures, report, compare.
 
     landscape train RECIPE [--runs NAME ...] [--epochs N] [--out DIR] [--seed S] [--threads T] [--nproc N]
     landscape analyze RUN_DIR... [--analyses NAME ...] [--settings FILE] [--force] [--keep-going] [--nproc N [--data-parallel]]
     landscape plot [--tables DIR] [--out DIR]
     landscape figures [RECIPE] [--seeds S ...] [--jobs N] [--checkpoints DIR] [--publish README] [--nproc N]
     landscape report RUN_OR_RECIPE_DIR...
+    landscape compare [RECIPE] [--seeds S ...] [--jobs N] [--checkpoints DIR] [--out DIR] [--publish README]
 
 ``--nproc N`` runs the command as N processes on this machine: it relaunches itself through
 ``torchrun`` (``python -m torch.distributed.run --standalone``); under torchrun (``RANK`` and
@@ -35,7 +36,7 @@ from typing import Sequence
 from landscape.errors import LandscapeError, LockError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_BUSY, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
-COMMANDS = ("train", "analyze", "plot", "figures", "report")
+COMMANDS = ("train", "analyze", "plot", "figures", "report", "compare")
 
 
 class _Incomplete(Exception):
@@ -146,6 +147,13 @@ def _report(args: argparse.Namespace) -> None:
     print(report(args.dirs))
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from landscape.compare import run_compare
+
+    run_compare(args.recipe, out=args.out, checkpoints=args.checkpoints, seeds=args.seeds, jobs=args.jobs,
+                publish=args.publish, data_root=args.data_root, device=args.device)
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -234,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report", "best and final test accuracy of run folders (mean ± std over seeds, and per seed)")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders or a recipe folder (checkpoints/<recipe>)")
     p.set_defaults(func=_report)
+
+    p = command("compare", "quantizers × bit widths × layers: curvature, per-layer damage (measured and "
+                           "predicted), mixed precision, findings")
+    p.add_argument("recipe", nargs="?", default="analyses/compare.toml", help="a recipe TOML with a [compare] table "
+                   "(default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the [compare] or recipe seeds)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes (default: the usable cores); never changes the numbers")
+    p.add_argument("--checkpoints", default=None, metavar="DIR", help="teacher cache root (default: checkpoints/)")
+    p.add_argument("--out", default="figures/compare", help="where tables, figures, README.md and results.md go")
+    p.add_argument("--publish", metavar="README", default=None,
+                   help="also copy the compare:* results blocks into this Markdown file (and docs/results.md; default: publish nowhere)")
+    p.add_argument("--data-root", default=None, help="folder holding the data (default: the recipe's [data] root; mnist5k and digits need none)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    p.set_defaults(func=_compare)
     return parser
 
 

@@ -11,7 +11,8 @@ A recipe has the sections
     [train]   defaults shared by every run      (TRAIN_FIELDS)
     [runs.<name>] one table per run, overriding [train] keys (and w_bits, a_bits,
                   weight_zero_point, weight, act)
-    [analysis], [figures]  passed through untouched for the analyzers, which check them
+    [analysis], [figures], [compare]  passed through untouched for the analyzers (and
+                           `landscape compare`), which check them
                            with the same schema (:mod:`landscape.schema`) themselves.
 
 Every key has a type, a range and a default in one schema (:mod:`landscape.schema`); an
@@ -53,7 +54,7 @@ TOP_FIELDS = {
     "threads": Int(1, lo=1, hi=4096),  # torch.set_num_threads: same numbers on any machine
     "reproducible": Bool(True),      # pinned AVX2 kernels (landscape.kernels); false = fast, machine-dependent
 }
-SECTIONS = ("data", "model", "quant", "teacher", "train", "runs", "analysis", "figures")
+SECTIONS = ("data", "model", "quant", "teacher", "train", "runs", "analysis", "figures", "compare")
 DATA_FIELDS = {
     "name": Choice("mnist5k", DATASETS),
     "root": Str(""),                 # folder (or .tar.gz for CIFAR); "" = the data set's default
@@ -171,7 +172,7 @@ def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
                           "ships inside a Python package; remove the key")
 
     runs = raw.get("runs", {})
-    if not isinstance(runs, Mapping) or not runs:
+    if not isinstance(runs, Mapping) or (not runs and "compare" not in raw):  # `landscape compare` trains no run
         raise RecipeError(f"{source}: a recipe needs at least one [runs.<name>] table")
     recipe["runs"] = {}
     for name, overrides in runs.items():
@@ -180,7 +181,7 @@ def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
                                                   where, drop_default=False)
         validate_run(resolve_run(recipe, name), where)
     # the analyzers' sections travel untouched; they check them with landscape.schema
-    for section in ("analysis", "figures"):
+    for section in ("analysis", "figures", "compare"):  # [compare]: landscape.compare.settings checks it
         if section in raw:
             if not isinstance(raw[section], Mapping):
                 raise RecipeError(f"{source}: [{section}] must be a table")

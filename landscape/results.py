@@ -31,7 +31,7 @@ from landscape.tables import read_table, resolve_roles
 __all__ = ["BLOCKS", "accuracy_table", "write_results", "read_blocks", "replace_blocks", "publish_results"]
 
 BLOCKS = ("provenance", "findings", "accuracy", "timings-cold", "timings-warm")
-_BLOCK_RE = re.compile(r"<!-- results:(?P<name>[a-z-]+) -->\n(?P<body>.*?)<!-- /results:(?P=name) -->", re.S)
+_BLOCK_RE = re.compile(r"<!-- results:(?P<name>[a-z:-]+) -->\n(?P<body>.*?)<!-- /results:(?P=name) -->", re.S)
 
 
 def accuracy_table(tables_dir: str | Path, roles: Mapping | None = None, tables: Mapping | None = None) -> str:
