@@ -42,7 +42,8 @@ COMPARE_FIELDS = {
     "temperature": Float(4.0, 1e-3, 1e4),   # the KL-to-teacher loss (curvature, sensitivity, QAT)
     "analysis_batches": Int(1, lo=1),       # fixed training batches every curvature is taken on
     "analysis_batch_size": Int(128, lo=1),
-    "trace_matvecs": Int(20, lo=2),         # Hutchinson probes, whole model
+    "trace_matvecs": Int(20, lo=2),         # Hutchinson probes, whole model (a cap)
+    "trace_rtol": Float(0.1, 0.0, 1.0, lo_open=True),  # stop when stderr <= rtol·|trace| (converged)
     "eigen_iters": Int(20, lo=1),           # power iterations for the top eigenvalue
     "layer_trace_matvecs": Int(10, lo=2),   # Hutchinson probes per layer (the trace proxy)
     "budgets": StrList([]),                 # placeholder: checked below as numbers

@@ -49,7 +49,7 @@ def _curvature_rows(student, names, losses, batches, settings, base: dict) -> li
     rows = []
     for loss_name, loss_fn in losses.items():
         H = Hessian(student, loss_fn, batches, params=names)
-        tr = H.trace(max_matvecs=settings["trace_matvecs"], seed=base["seed"])
+        tr = H.trace(max_matvecs=settings["trace_matvecs"], rtol=settings["trace_rtol"], seed=base["seed"])
         eig = H.eigenpairs(k=1, method="power", max_iter=settings["eigen_iters"], tol=1e-3, seed=base["seed"])
         rows += [{**base, "loss": loss_name, "metric": "trace", "value": tr.value, "stderr": tr.stderr,
                   "converged": tr.converged},
@@ -149,7 +149,8 @@ def study_seed(recipe: dict, settings: dict, seed: int, root: str | Path = "chec
                               "converged": True})
             for loss_name, loss_fn in losses.items():
                 table = layer_damage(float_model, student, loss_fn, batches,
-                                     trace_matvecs=settings["layer_trace_matvecs"], seed=seed)
+                                     trace_matvecs=settings["layer_trace_matvecs"], trace_rtol=settings["trace_rtol"],
+                                     seed=seed)
                 sensitivity.append(table.assign(quantizer=q, bits=bits, seed=seed, loss=loss_name))
             forward[bits] = dict(quantized_weights(student))
         damage = pd.concat([t for t in sensitivity if t["quantizer"].iloc[0] == q and t["seed"].iloc[0] == seed
