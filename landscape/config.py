@@ -29,6 +29,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
+from landscape.safe_paths import safe_name
 from landscape.schema import (Bool, Choice, Float, Int, IntList, RecipeError, Str, check_keys,
                               check_section, defaults_of)
 
@@ -130,6 +131,8 @@ def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
     check_keys(raw, set(TOP_FIELDS) | set(SECTIONS), f"recipe {source}")
     top = check_section({k: v for k, v in raw.items() if k in TOP_FIELDS}, TOP_FIELDS, f"{source}:")
     recipe: dict[str, Any] = {**top, "name": top["name"] or Path(source).stem or "recipe"}
+    # the recipe name and each run name become one folder level under --out
+    safe_name(recipe["name"], f"{source}: name" if top["name"] else f"recipe {source}: its file name's stem")
     if not recipe["seeds"]:
         recipe["seeds"] = [recipe["seed"]]
     for section, fields in SECTION_FIELDS.items():
@@ -145,6 +148,7 @@ def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
     recipe["runs"] = {}
     for name, overrides in runs.items():
         where = f"{source}: [runs.{name}]"
+        safe_name(name, f"{source}: the run name of [runs.{name!r}]")
         recipe["runs"][name] = check_section(overrides, RUN_FIELDS, where, defaults=False)
         validate_run(resolve_run(recipe, name), where)
     # the analyzers' sections travel untouched; they check them with landscape.schema

@@ -25,6 +25,7 @@ from typing import Iterator
 import pandas as pd
 
 from landscape.analyzers.tidy import to_table, write_csv
+from landscape.safe_paths import open_no_follow
 
 __all__ = ["Cache", "cache_key"]
 
@@ -116,9 +117,9 @@ class Cache:
         """An exclusive OS lock ``<root>/locks/<name>.lock``; blocks while another process holds it."""
         path = self.root / "locks" / f"{name}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        fd = open_no_follow(path)  # never through a planted symlink
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock

@@ -27,6 +27,7 @@ from landscape.checkpoints import (TEACHER_FORMAT, VERSION, load_teacher_file, r
                                    save_atomic, seal, sha256_file)
 from landscape.data import Dataset, iterate_batches
 from landscape.locking import exclusive_lock
+from landscape.safe_paths import inside
 from landscape.models import build_model, evaluate, model_spec
 from landscape.pretrained import load_state_dict_file
 from landscape.zsq.trainer import TrainingError
@@ -138,6 +139,7 @@ def get_teacher(recipe: dict, data: Dataset, out: Path, seed: int, device="cpu",
 def _get_teacher(recipe: dict, data: Dataset, out: Path, seed: int, device="cpu",
                  progress=True) -> tuple[Path, dict]:
     path = teacher_path(recipe, out, seed)
+    inside(out, path)  # a planted link <out>/teachers -> elsewhere is refused
     if not path.is_file():
         with exclusive_lock(path.with_suffix(".lock"), f"teacher cache {path}"):
             remove_orphans(path.parent, prefix=path.name + ".")
