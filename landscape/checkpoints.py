@@ -253,6 +253,14 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _is_zip(path: Path) -> bool:
+    """``zipfile.is_zipfile``, which raises (BadZipFile: "span multiple disks") on some junk."""
+    try:
+        return zipfile.is_zipfile(path)
+    except Exception:  # noqa: BLE001 - any failure to read the directory means "not a sound zip"
+        return False
+
+
 def _torch_load(path: Path, kind: str) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{kind} {path} is missing; re-run `landscape train` for its "
@@ -263,7 +271,7 @@ def _torch_load(path: Path, kind: str) -> Any:
     if head != b"PK\x03\x04":
         raise CheckpointError(f"{path} is not a landscape {kind} (a foreign file: not a torch zip "
                               "archive); point at a file written by `landscape train`")
-    if size == 0 or not zipfile.is_zipfile(path):
+    if size == 0 or not _is_zip(path):
         raise CheckpointError(f"{kind} {path} is truncated ({size} bytes, incomplete archive); "
                               "delete it and re-run `landscape train`, which resumes from the "
                               "last complete epoch")
@@ -272,7 +280,8 @@ def _torch_load(path: Path, kind: str) -> Any:
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path} is not a landscape {kind} (it holds objects other than "
                               f"tensors and plain data: {str(exc).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - corrupt bytes make torch's unpickler raise anything
+        # (IndexError, TypeError, AttributeError, MemoryError, ...): each means "corrupt file"
         raise CheckpointError(f"{kind} {path} is truncated or corrupt ({exc.__class__.__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it and re-run "
                               "`landscape train`, which resumes from the last complete epoch") from None
@@ -310,7 +319,23 @@ def _who(d: dict) -> str:
 
 def _check_identity(ckpt: dict, path: Path) -> None:
     """The epoch in the file name, the folder name and the folder's config.json agree with
-    what the checkpoint says it is (CheckpointMismatch naming both sides)."""
+    what the checkpoint says it is (CheckpointMismatch naming both sides). A checkpoint whose
+    identity fields are not even of the right types (a corrupt file read without its content
+    hash checked, as :func:`check_placement` does) is a CheckpointError."""
+    if not isinstance(ckpt, dict) or not all(
+            isinstance(ckpt.get(k), t) for k, t in (("epoch", int), ("run", str), ("seed", int))):
+        raise CheckpointError(f"checkpoint {path} is corrupt (its epoch, run or seed is not readable); "
+                              "delete it and re-run `landscape train`, which retrains that epoch")
+    try:
+        _check_identity_fields(ckpt, path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - junk fields (a corrupt file) compare in odd ways
+        raise CheckpointError(f"checkpoint {path} is corrupt ({type(exc).__name__} reading its identity); "
+                              "delete it and re-run `landscape train`, which retrains that epoch") from None
+
+
+def _check_identity_fields(ckpt: dict, path: Path) -> None:
     fix = ("it was copied or renamed from elsewhere: move it back, or delete it and re-run "
            "`landscape train`, which retrains a missing epoch")
     m = EPOCH_RE.match(path.name)
@@ -345,9 +370,13 @@ def _check_shapes(ckpt: dict, path: Path) -> None:
         raise CheckpointMismatch(f"{path}: model spec {spec!r} is not one this landscape builds "
                                  f"({exc}); retrain the run with this version") from None
     state = ckpt.get("student_state") or {}
+    if not isinstance(state, dict):
+        raise CheckpointMismatch(f"{path}: its student_state is {type(state).__name__}, not a state_dict; "
+                                 "retrain the run")
     for key, ref in reference.items():
-        if key not in state or tuple(state[key].shape) != tuple(ref.shape):
-            found = tuple(state[key].shape) if key in state else "nothing"
+        if key not in state or not isinstance(state[key], torch.Tensor) or \
+                tuple(state[key].shape) != tuple(ref.shape):
+            found = tuple(state[key].shape) if isinstance(state.get(key), torch.Tensor) else "nothing"
             raise CheckpointMismatch(f"{path}: the student's {key} has shape {found}, but the "
                                      f"model of its spec {spec} has {tuple(ref.shape)}; the "
                                      "weights do not fit this model: retrain the run")
@@ -377,7 +406,7 @@ def check_placement(path: str | Path) -> None:
     full load, e.g. a cache hit keyed by the file's sha256. Raises CheckpointMismatch (or
     CheckpointError for a file that is not a checkpoint)."""
     path = Path(path)
-    if not path.is_file() or not zipfile.is_zipfile(path):
+    if not path.is_file() or not _is_zip(path):
         _torch_load(path, "checkpoint")  # raises the usual message
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

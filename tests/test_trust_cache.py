@@ -12,16 +12,15 @@ import pytest
 
 from landscape.analyzers import analyze_runs
 from landscape.analyzers.cache import Cache, _record_seal
-from tiny_runs import recipe, train_tiny  # noqa: F401 - the shared fixture
 
 SETTINGS = {"max_batches": 1, "losses": ["ce"], "trace": {"rtol": 0.5, "max_matvecs": 3}}
 ANALYSES = ["trace"]
 
 
 @pytest.fixture(scope="module")
-def analysed(recipe, tmp_path_factory):
+def analysed(tiny_kd, tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    train_tiny(recipe, root / "ck", ["kd"])
+    shutil.copytree(tiny_kd, root / "ck")
     kd = root / "ck" / "digits_tiny" / "kd-seed0"
     ref = analyze_runs([kd], ANALYSES, settings=SETTINGS, out_dir=root / "t", device="cpu", progress=False)
     return root, {n: ref[n] for n in ANALYSES}

@@ -122,7 +122,10 @@ def _read_log(path: Path, columns: list[str], types, kind: str,
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise LogError(f"{path} is not a {kind} (not UTF-8 text: random bytes?); {_fix(path)}") from None
-    header = next(csv.reader(io.StringIO(text)), None)
+    try:
+        header = next(csv.reader(io.StringIO(text)), None)
+    except csv.Error as exc:
+        raise LogError(f"{path} is not a {kind} (malformed header: {exc}); {_fix(path)}") from None
     missing = [c for c in columns if c not in header] if legacy and header == legacy else []
     if header != columns and not missing:
         raise LogError(f"{path} is not a {kind}: its columns are {header}, expected {columns}; "
