@@ -399,12 +399,13 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def check_placement(path: str | Path) -> None:
+def check_placement(path: str | Path) -> dict:
     """The identity checks of :func:`load_checkpoint` alone (epoch, run, seed, recipe hash and
     model spec against the file name, folder name and config.json), reading only the
     checkpoint's small pickle (tensors memory-mapped, never read): for callers that skip the
     full load, e.g. a cache hit keyed by the file's sha256. Raises CheckpointMismatch (or
-    CheckpointError for a file that is not a checkpoint)."""
+    CheckpointError for a file that is not a checkpoint). Returns the checkpoint dict (plain
+    data such as its ``metrics`` row read, tensors memory-mapped)."""
     path = Path(path)
     if not path.is_file() or not _is_zip(path):
         _torch_load(path, "checkpoint")  # raises the usual message
@@ -415,6 +416,7 @@ def check_placement(path: str | Path) -> None:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         _check_format(ckpt, path, FORMAT, "checkpoint")
     _check_identity(ckpt, path)
+    return ckpt  # its plain data is read; its tensors are memory-mapped, their content hash unchecked
 
 
 def load_teacher_file(path: str | Path) -> dict:
