@@ -37,6 +37,7 @@ import pickle
 import re
 import sys
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,11 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     for p in run_dir.iterdir():
         m = EPOCH_RE.match(p.name)
         if m and p.is_file():
+            if p.name != checkpoint_path(run_dir, int(m.group(1))).name:  # e.g. epoch_00002.pt
+                warnings.warn(f"{p} is not a name landscape writes (epoch {int(m.group(1))} is "
+                              f"{checkpoint_path(run_dir, int(m.group(1))).name}); ignored: rename or "
+                              "delete it", UserWarning, stacklevel=2)
+                continue
             found.append((int(m.group(1)), p))
     return sorted(found)
 
@@ -420,10 +426,17 @@ def check_placement(path: str | Path) -> dict:
 
 
 def load_teacher_file(path: str | Path) -> dict:
-    """Load a cached teacher (format, version and content hash checked)."""
+    """Load a cached teacher (format, version and content hash checked, weights finite)."""
     path = Path(path)
-    return _check_format(_torch_load(path, "teacher checkpoint"), path, TEACHER_FORMAT,
-                         "teacher checkpoint")
+    tfile = _check_format(_torch_load(path, "teacher checkpoint"), path, TEACHER_FORMAT, "teacher checkpoint")
+    state = tfile.get("state_dict")
+    bad = [k for k, v in (state.items() if isinstance(state, dict) else ())
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointMismatch(f"teacher {path} has NaN or inf weights ({bad[0]}): no student can learn from "
+                                 "it; delete it to retrain the teacher (with a lower [teacher] lr), or fix the "
+                                 "file given as [teacher] weights")
+    return tfile
 
 
 # ----------------------------------------------------------------------------- rebuilding

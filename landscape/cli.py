@@ -343,10 +343,11 @@ def _execute(args: argparse.Namespace, debug: bool) -> tuple[int, bool]:
             raise
         code = EXIT_BUSY if isinstance(exc, LockError) else EXIT_BAD_INPUT
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename:
+        where = getattr(exc, "filename", None) or getattr(args, "out", None)  # a write without a name: --out's
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and where:
             from landscape.errors import storage_error
 
-            message = storage_error(exc, exc.filename)   # named as the docs' exit-code table names it
+            message = storage_error(exc, where)   # named as the docs' exit-code table names it
         _error(f"landscape: {type(message).__name__ if isinstance(message, BaseException) else type(exc).__name__}: "
                f"{message}\n(rerun with --debug for the traceback)", exc)
         return code, agreed(exc)

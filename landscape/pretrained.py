@@ -130,6 +130,9 @@ def load_state_dict_file(path: str | Path, spec: dict) -> dict:
         if not isinstance(state[key], torch.Tensor):
             raise RecipeError(f"{where}: {key} is {type(state[key]).__name__}, not a tensor; point "
                               "[teacher] weights at a saved state_dict")
+        if state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all()):
+            raise RecipeError(f"{where}: {key} holds NaN or inf values; point [teacher] weights at a "
+                              "trained model's state_dict")
         if tuple(state[key].shape) != tuple(ref.shape):
             raise RecipeError(f"{where}: {key} has shape {tuple(state[key].shape)}, the model of "
                               f"[model] ({spec}) needs {tuple(ref.shape)}; check [model] width "

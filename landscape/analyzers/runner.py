@@ -154,6 +154,12 @@ def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping
     if threads is not None:
         import torch
 
+        from landscape.config import TOP_FIELDS
+
+        try:
+            TOP_FIELDS["threads"].check(threads, "--threads")
+        except LandscapeError as exc:
+            raise AnalysisError(str(exc)) from None
         torch.set_num_threads(int(threads))
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]

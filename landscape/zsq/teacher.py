@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from landscape.checkpoints import (CheckpointError, TEACHER_FORMAT, VERSION, load_teacher_file, remove_orphans,
+from landscape.checkpoints import (CheckpointError, CheckpointMismatch, TEACHER_FORMAT, VERSION, load_teacher_file, remove_orphans,
                                    save_atomic, seal, sha256_file)
 from landscape.data import Dataset, iterate_batches
 from landscape.locking import exclusive_lock
@@ -161,6 +161,8 @@ def _sound_teacher(path: Path, warn: bool = False) -> dict | None:
         return None
     try:
         return load_teacher_file(path)
+    except CheckpointMismatch:  # sound bytes, unusable weights (NaN): retraining gives the same
+        raise
     except CheckpointError as exc:
         if warn:
             warnings.warn(f"{exc} (the teacher is rebuilt from the recipe)", stacklevel=4)
