@@ -6,9 +6,9 @@ Every checkpoint holds its epoch's ``metrics.csv`` row (without the wall-clock `
 sealed by its content hash, so the checkpoints, not the log, decide which epochs are
 committed and what their numbers are:
 
-- **one row per sealed epoch**: a row of an epoch whose checkpoint was never written (a kill
-  between the log append and the checkpoint save, or rows edited in) beyond the last
-  checkpoint is uncommitted and dropped; a row missing for a checkpoint (deleted, or the whole
+- **one row per sealed epoch**: a row of an epoch beyond the last checkpoint file (a kill
+  between the log append and the checkpoint save, or rows edited in) is uncommitted and
+  dropped; a row missing for a checkpoint (deleted, or the whole
   log deleted) is **rebuilt from the checkpoint** (``seconds`` then reads NaN), and said;
 - **the same numbers**: every value of a row must equal the one its checkpoint holds (NaN
   equals NaN); a row that differs is a :class:`~landscape.zsq.tables.LogError` naming the
@@ -21,8 +21,8 @@ committed and what their numbers are:
   seen); rows of uncommitted epochs are dropped.
 
 Checkpoints are read for this through :func:`~landscape.checkpoints.check_placement` (their
-small pickle only, identity checked, a few ms each); a checkpoint that cannot be read counts
-as absent here (the analyses name it).
+small pickle only, identity checked, a few ms each); the row of a checkpoint that cannot be
+read is kept as logged, unchecked (the analyses name the checkpoint).
 """
 
 from __future__ import annotations
@@ -64,18 +64,20 @@ def _row_of(path: Path) -> dict | None:
     return _MEMO[key]
 
 
-def _sealed_rows(run_dir: Path) -> dict[int, tuple[Path, dict]]:
-    """``{epoch: (checkpoint, its metrics row)}`` of the checkpoints that can be read (memoised
-    on each file's size, mtime, ctime and inode)."""
+def _sealed_rows(run_dir: Path) -> tuple[int | None, dict[int, tuple[Path, dict]]]:
+    """``(last epoch with a checkpoint file, {epoch: (checkpoint, its metrics row)})`` of the
+    checkpoints that can be read (memoised on each file's size, mtime, ctime and inode); an
+    unreadable checkpoint still marks its epoch as reached (its row is kept unchecked)."""
     out = {}
-    for epoch, path in list_checkpoints(run_dir):
+    present = list_checkpoints(run_dir)
+    for epoch, path in present:
         try:
             row = _row_of(path)
         except OSError:
             continue
         if row is not None:
             out[epoch] = (path, row)
-    return out
+    return (max(e for e, _ in present) if present else None), out
 
 
 def _effective_batch(run_dir: Path) -> float:
@@ -106,10 +108,9 @@ def sealed_metrics(run_dir: str | Path) -> pd.DataFrame:
     run_dir = Path(run_dir)
     path = run_dir / "metrics.csv"
     log = read_metrics(path)
-    sealed = _sealed_rows(run_dir)
-    if not sealed:
+    last, sealed = _sealed_rows(run_dir)
+    if last is None:
         return log
-    last = max(sealed)
     later = log[log["epoch"] > last]
     if len(later):
         warnings.warn(f"{path}: epoch(s) {', '.join(map(str, later['epoch']))} have no checkpoint after "

@@ -112,25 +112,25 @@ def test_train_retrains_an_epoch_whose_checkpoint_is_corrupt_and_rebuilds_a_corr
     assert teacher.read_bytes() == next((tiny_kd / "teachers").glob("*.pt")).read_bytes()
 
 
-def test_the_command_line_names_a_corrupt_file_in_one_line(copy, tmp_path):
+def test_the_command_line_names_a_corrupt_checkpoint_in_one_line(copy, tmp_path):
     """`landscape analyze` on a checkpoint that made torch's unpickler raise IndexError: exit 3,
-    the file named, no traceback; `[teacher] weights` = a text file: exit 2, one line."""
-    kd = copy / "digits_tiny" / "kd-seed0"
-    _flip(kd / "epoch_0002.pt", 26, 5)
-    recipe = tmp_path / "r.toml"
-    notes = tmp_path / "notes.txt"
-    notes.write_text("root:x:0:0:root:/root:/bin/bash\n" * 40)
-    recipe.write_text(TINY.read_text().replace("[teacher]", f"[teacher]\nweights = {str(notes)!r}"))
-    env = {"PYTHONPATH": str(ROOT)}
+    the file named, no traceback."""
     import os
 
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "landscape", *map(str, args)], cwd=tmp_path,
-                              env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
-
-    p = run("analyze", kd, "--analyses", "crossings", "--out", tmp_path / "t", "--device", "cpu")
+    kd = copy / "digits_tiny" / "kd-seed0"
+    _flip(kd / "epoch_0002.pt", 26, 5)
+    p = subprocess.run([sys.executable, "-m", "landscape", "analyze", str(kd), "--analyses", "crossings",
+                        "--out", str(tmp_path / "t"), "--device", "cpu"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 3 and "Traceback" not in p.stderr, p.stderr
     assert f"{kd / 'epoch_0002.pt'}: load: CheckpointError" in p.stderr
-    p = run("train", recipe, "--runs", "kd", "--out", tmp_path / "o", "--device", "cpu")
-    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
-    assert f"weights = {str(notes)!r} is not a torch state_dict file" in p.stderr
+
+
+def test_a_text_file_as_teacher_weights_is_one_line(copy, tmp_path):
+    """`[teacher] weights = "/etc/passwd"`-like: a RecipeError naming the key, not an IndexError."""
+    notes = tmp_path / "passwd"
+    notes.write_text("root:x:0:0:root:/root:/bin/bash\n" * 40)
+    recipe = load_recipe(TINY)
+    recipe["teacher"]["weights"] = str(notes)
+    with pytest.raises(LandscapeError, match=rf"weights = {str(notes)!r} is not a torch state_dict file"):
+        train_tiny(recipe, tmp_path / "o", ["kd"])
