@@ -10,13 +10,13 @@ are built:
   replaced tensor inside one (``batch[0] = x2``, ``d["labels"] = y2``), counts; plain values
   (ints, strings, ``None``) inside a batch are compared by value;
 * every **tensor**'s layout (storage pointer, dtype, device, shape, stride, autograd version
-  counter: any in-place write through autograd, ``mul_``, ``copy_``, ``y[3] = 7``) and a
-  digest of its bytes, compared exactly (catches writes that bypass the version counter:
-  ``x.data.mul_(3)``, a NumPy view written in place); CPU tensors are digested (blake2b, no
-  copy kept), tensors on another device are kept as a copy and compared with ``torch.equal``.
+  counter, ``requires_grad``: any in-place write through autograd, ``mul_``, ``copy_``,
+  ``y[3] = 7``) and its values, compared exactly with a copy taken at the snapshot (catches
+  writes that bypass the version counter: ``x.data.mul_(3)``, a NumPy view written in place).
 
-A check costs one read of the batches (the same order of work as the forward pass every
-product makes anyway when graphs are not cached). Not watched: a ``DataLoader``'s dataset (a
+Like the model's :class:`~landscape.curvature.state.StateTracker`, the snapshot costs one copy
+of the batches (small beside the cached graphs built from them) and a check one exact
+comparison with it (a memcmp-speed scan on the CPU). Not watched: a ``DataLoader``'s dataset (a
 loader is re-read and fingerprinted on every pass it makes -- see
 :class:`~landscape.curvature.batches.BatchSource` -- but with every graph cached no pass is made:
 build a new operator, or pass a list), and objects inside a batch that are neither containers,
@@ -25,7 +25,6 @@ tensors nor plain values.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
@@ -36,23 +35,23 @@ __all__ = ["BatchWatch"]
 _PLAIN = (bool, int, float, complex, str, bytes, type(None))
 
 
-def _digest(t: torch.Tensor) -> Any:
-    """Exact summary of a tensor's values: a blake2b of its bytes on the CPU, a copy elsewhere."""
+def _digest(t: torch.Tensor) -> torch.Tensor:
+    """A copy of a tensor's values (compared exactly by :func:`_same_digest`)."""
+    return t.detach().clone()
+
+
+def _same_digest(t: torch.Tensor, old: torch.Tensor) -> bool:
+    """Exact comparison with the copy: through NumPy on the CPU (a memcmp-speed scan), else one
+    ``torch.equal``."""
     t = t.detach()
-    if t.device.type == "cpu" and t.layout == torch.strided and t.dtype != torch.bfloat16:
+    if t.shape != old.shape or t.dtype != old.dtype:
+        return False
+    if t.device.type == "cpu" and t.layout == torch.strided and t.dtype != torch.bfloat16 and not t.is_complex():
         try:
-            a = np.ascontiguousarray(t.resolve_conj().resolve_neg().numpy())
-            return hashlib.blake2b(a.view(np.uint8).reshape(-1).data, digest_size=16).digest() if a.size \
-                else b""
+            return bool(np.array_equal(t.numpy(), old.numpy(), equal_nan=t.is_floating_point()))
         except (TypeError, RuntimeError, ValueError):
             pass
-    return t.clone()
-
-
-def _same_digest(a: Any, b: Any) -> bool:
-    if isinstance(a, bytes) or isinstance(b, bytes):
-        return a == b
-    return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    return bool(torch.equal(t, old))
 
 
 def _layout(t: torch.Tensor) -> tuple:
@@ -131,6 +130,6 @@ class BatchWatch:
                 return f"{path} (replaced)"
             if _layout(t) != layout:
                 return f"{path} (written in place)"
-            if not _same_digest(_digest(t), digest):
+            if not _same_digest(t, digest):
                 return f"{path} (its values changed)"
         return None
