@@ -24,8 +24,8 @@ import pandas as pd
 
 from landscape.checkpoints import CheckpointError, read_run_config
 from landscape.errors import LandscapeError
-from landscape.zsq.parallel import effective_batch
 from landscape.sealed_logs import sealed_metrics
+from landscape.zsq.parallel import effective_batch
 
 RUN_ORDER = ["teacher", "ptq", "kd", "gdfq", "kl", "ait"]
 

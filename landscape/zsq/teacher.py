@@ -24,13 +24,13 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from landscape.checkpoints import (CheckpointError, CheckpointMismatch, TEACHER_FORMAT, VERSION, load_teacher_file, remove_orphans,
-                                   save_atomic, seal, sha256_file)
+from landscape.checkpoints import (TEACHER_FORMAT, VERSION, CheckpointError, CheckpointMismatch,
+                                   load_teacher_file, remove_orphans, save_atomic, seal, sha256_file)
 from landscape.data import Dataset, iterate_batches
 from landscape.locking import exclusive_lock
-from landscape.safe_paths import inside
 from landscape.models import build_model, evaluate, model_spec
 from landscape.pretrained import load_state_dict_file
+from landscape.safe_paths import inside
 from landscape.zsq.trainer import TrainingError
 
 
