@@ -37,6 +37,7 @@ import pickle
 import re
 import sys
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -249,8 +250,21 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     for p in run_dir.iterdir():
         m = EPOCH_RE.match(p.name)
         if m and p.is_file():
+            if p.name != checkpoint_path(run_dir, int(m.group(1))).name:  # e.g. epoch_00002.pt
+                warnings.warn(f"{p} is not a name landscape writes (epoch {int(m.group(1))} is "
+                              f"{checkpoint_path(run_dir, int(m.group(1))).name}); ignored: rename or "
+                              "delete it", UserWarning, stacklevel=2)
+                continue
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def _is_zip(path: Path) -> bool:
+    """``zipfile.is_zipfile``, which raises (BadZipFile: "span multiple disks") on some junk."""
+    try:
+        return zipfile.is_zipfile(path)
+    except Exception:  # noqa: BLE001 - any failure to read the directory means "not a sound zip"
+        return False
 
 
 def _torch_load(path: Path, kind: str) -> Any:
@@ -263,7 +277,7 @@ def _torch_load(path: Path, kind: str) -> Any:
     if head != b"PK\x03\x04":
         raise CheckpointError(f"{path} is not a landscape {kind} (a foreign file: not a torch zip "
                               "archive); point at a file written by `landscape train`")
-    if size == 0 or not zipfile.is_zipfile(path):
+    if size == 0 or not _is_zip(path):
         raise CheckpointError(f"{kind} {path} is truncated ({size} bytes, incomplete archive); "
                               "delete it and re-run `landscape train`, which resumes from the "
                               "last complete epoch")
@@ -272,7 +286,8 @@ def _torch_load(path: Path, kind: str) -> Any:
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path} is not a landscape {kind} (it holds objects other than "
                               f"tensors and plain data: {str(exc).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - corrupt bytes make torch's unpickler raise anything
+        # (IndexError, TypeError, AttributeError, MemoryError, ...): each means "corrupt file"
         raise CheckpointError(f"{kind} {path} is truncated or corrupt ({exc.__class__.__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it and re-run "
                               "`landscape train`, which resumes from the last complete epoch") from None
@@ -310,7 +325,23 @@ def _who(d: dict) -> str:
 
 def _check_identity(ckpt: dict, path: Path) -> None:
     """The epoch in the file name, the folder name and the folder's config.json agree with
-    what the checkpoint says it is (CheckpointMismatch naming both sides)."""
+    what the checkpoint says it is (CheckpointMismatch naming both sides). A checkpoint whose
+    identity fields are not even of the right types (a corrupt file read without its content
+    hash checked, as :func:`check_placement` does) is a CheckpointError."""
+    if not isinstance(ckpt, dict) or not all(
+            isinstance(ckpt.get(k), t) for k, t in (("epoch", int), ("run", str), ("seed", int))):
+        raise CheckpointError(f"checkpoint {path} is corrupt (its epoch, run or seed is not readable); "
+                              "delete it and re-run `landscape train`, which retrains that epoch")
+    try:
+        _check_identity_fields(ckpt, path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - junk fields (a corrupt file) compare in odd ways
+        raise CheckpointError(f"checkpoint {path} is corrupt ({type(exc).__name__} reading its identity); "
+                              "delete it and re-run `landscape train`, which retrains that epoch") from None
+
+
+def _check_identity_fields(ckpt: dict, path: Path) -> None:
     fix = ("it was copied or renamed from elsewhere: move it back, or delete it and re-run "
            "`landscape train`, which retrains a missing epoch")
     m = EPOCH_RE.match(path.name)
@@ -345,9 +376,13 @@ def _check_shapes(ckpt: dict, path: Path) -> None:
         raise CheckpointMismatch(f"{path}: model spec {spec!r} is not one this landscape builds "
                                  f"({exc}); retrain the run with this version") from None
     state = ckpt.get("student_state") or {}
+    if not isinstance(state, dict):
+        raise CheckpointMismatch(f"{path}: its student_state is {type(state).__name__}, not a state_dict; "
+                                 "retrain the run")
     for key, ref in reference.items():
-        if key not in state or tuple(state[key].shape) != tuple(ref.shape):
-            found = tuple(state[key].shape) if key in state else "nothing"
+        if key not in state or not isinstance(state[key], torch.Tensor) or \
+                tuple(state[key].shape) != tuple(ref.shape):
+            found = tuple(state[key].shape) if isinstance(state.get(key), torch.Tensor) else "nothing"
             raise CheckpointMismatch(f"{path}: the student's {key} has shape {found}, but the "
                                      f"model of its spec {spec} has {tuple(ref.shape)}; the "
                                      "weights do not fit this model: retrain the run")
@@ -370,14 +405,15 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def check_placement(path: str | Path) -> None:
+def check_placement(path: str | Path) -> dict:
     """The identity checks of :func:`load_checkpoint` alone (epoch, run, seed, recipe hash and
     model spec against the file name, folder name and config.json), reading only the
     checkpoint's small pickle (tensors memory-mapped, never read): for callers that skip the
     full load, e.g. a cache hit keyed by the file's sha256. Raises CheckpointMismatch (or
-    CheckpointError for a file that is not a checkpoint)."""
+    CheckpointError for a file that is not a checkpoint). Returns the checkpoint dict (plain
+    data such as its ``metrics`` row read, tensors memory-mapped)."""
     path = Path(path)
-    if not path.is_file() or not zipfile.is_zipfile(path):
+    if not path.is_file() or not _is_zip(path):
         _torch_load(path, "checkpoint")  # raises the usual message
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -386,13 +422,21 @@ def check_placement(path: str | Path) -> None:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         _check_format(ckpt, path, FORMAT, "checkpoint")
     _check_identity(ckpt, path)
+    return ckpt  # its plain data is read; its tensors are memory-mapped, their content hash unchecked
 
 
 def load_teacher_file(path: str | Path) -> dict:
-    """Load a cached teacher (format, version and content hash checked)."""
+    """Load a cached teacher (format, version and content hash checked, weights finite)."""
     path = Path(path)
-    return _check_format(_torch_load(path, "teacher checkpoint"), path, TEACHER_FORMAT,
-                         "teacher checkpoint")
+    tfile = _check_format(_torch_load(path, "teacher checkpoint"), path, TEACHER_FORMAT, "teacher checkpoint")
+    state = tfile.get("state_dict")
+    bad = [k for k, v in (state.items() if isinstance(state, dict) else ())
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointMismatch(f"teacher {path} has NaN or inf weights ({bad[0]}): no student can learn from "
+                                 "it; delete it to retrain the teacher (with a lower [teacher] lr), or fix the "
+                                 "file given as [teacher] weights")
+    return tfile
 
 
 # ----------------------------------------------------------------------------- rebuilding

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 from landscape.errors import LandscapeError, LockError
+from landscape.launch_guard import check_nproc, die_with_parent
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_BUSY, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
 COMMANDS = ("train", "analyze", "plot", "figures", "report", "compare")
@@ -196,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="processes on this machine (relaunches through torchrun; default: 1, or torchrun's)")
+    p.add_argument("--oversubscribe", action="store_true",
+                   help="allow --nproc above the usable cores or the memory for that many workers")
     p.set_defaults(func=_train)
 
     p = command("analyze", "run the loss-landscape analyses over run folders into tidy CSV tables")
@@ -212,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="processes on this machine (relaunches through torchrun; default: 1, or torchrun's)")
+    p.add_argument("--oversubscribe", action="store_true",
+                   help="allow --nproc above the usable cores or the memory for that many workers")
     p.add_argument("--data-parallel", action="store_true",
                    help="with several processes: analyse every checkpoint on all of them, its batches shared "
                         "out (default: each checkpoint on one process)")
@@ -237,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="processes on this machine (relaunches through torchrun; default: 1, or torchrun's)")
+    p.add_argument("--oversubscribe", action="store_true",
+                   help="allow --nproc above the usable cores or the memory for that many workers")
     p.set_defaults(func=_figures)
 
     p = command("report", "best and final test accuracy of run folders (mean ± std over seeds, and per seed)")
@@ -322,6 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     if not distributed.launched():
         if nproc and nproc > 1:  # become N processes: torchrun runs this same command line in each
+            try:
+                check_nproc(nproc, getattr(args, "oversubscribe", False))
+            except LandscapeError as exc:
+                print(f"landscape: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return EXIT_BAD_INPUT
             return distributed.launch(_without_nproc(argv) + (["--debug"] if debug else []), nproc)
         return _execute(args, debug)[0]
     return _execute_rank(args, debug, nproc)
@@ -347,6 +359,7 @@ def _execute_rank(args: argparse.Namespace, debug: bool, nproc: int | None) -> i
     torchrun, so that it stays quiet; the launcher returns the real code."""
     from landscape import distributed
 
+    die_with_parent()  # a worker ends with the torchrun that started it, however that ends
     try:
         ctx = distributed.init(device=getattr(args, "device", None))
         if nproc is not None and nproc != ctx.local_world_size:
@@ -385,10 +398,11 @@ def _execute(args: argparse.Namespace, debug: bool) -> tuple[int, bool]:
             raise
         code = EXIT_BUSY if isinstance(exc, LockError) else EXIT_BAD_INPUT
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename:
+        where = getattr(exc, "filename", None) or getattr(args, "out", None)  # a write without a name: --out's
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and where:
             from landscape.errors import storage_error
 
-            message = storage_error(exc, exc.filename)   # named as the docs' exit-code table names it
+            message = storage_error(exc, where)   # named as the docs' exit-code table names it
         _error(f"landscape: {type(message).__name__ if isinstance(message, BaseException) else type(exc).__name__}: "
                f"{message}\n(rerun with --debug for the traceback)", exc)
         return code, agreed(exc)

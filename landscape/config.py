@@ -31,7 +31,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from landscape.schema import (Bool, Choice, Float, Int, IntList, RecipeError, Str, check_keys,
+from landscape.safe_paths import safe_name
+from landscape.schema import (Bool, Choice, Field, Float, Int, IntList, RecipeError, Str, check_keys,
                               check_section, defaults_of)
 
 __all__ = ["RecipeError", "check_keys", "check_bits", "load_recipe", "validate_recipe",
@@ -45,12 +46,14 @@ REDUCTIONS = ("batchmean", "mean")
 GI_FORMS = ("official", "buffer")
 ZERO_POINTS = ("integral", "float")
 MIN_BITS, MAX_BITS = 2, 16
+MAX_SEED = 2**63 - 1    # torch.manual_seed takes a signed 64-bit integer
+MAX_BATCH = 1 << 20     # samples in one batch: more never fits a machine, and is a typo
 
 TOP_FIELDS = {
     "name": Str(""),                 # default: the file's stem
     "description": Str(""),
-    "seed": Int(0, lo=0),            # the seed `train` uses when --seed is not given
-    "seeds": IntList([], lo=0, nonempty=True, unique=True),  # the seeds the pipeline trains; default [seed]
+    "seed": Int(0, lo=0, hi=MAX_SEED),  # the seed `train` uses when --seed is not given
+    "seeds": Field("int_list", [], lo=0, hi=MAX_SEED, nonempty=True, unique=True),  # the seeds the pipeline trains; default [seed]
     "threads": Int(1, lo=1, hi=4096),  # torch.set_num_threads: same numbers on any machine
     "reproducible": Bool(True),      # pinned AVX2 kernels (landscape.kernels); false = fast, machine-dependent
 }
@@ -79,7 +82,7 @@ QUANT_FIELDS = {
 QUANTIZER_KEYS = ("weight", "act")
 TEACHER_FIELDS = {
     "epochs": Int(8, lo=1),
-    "batch_size": Int(128, lo=1),
+    "batch_size": Int(128, lo=1, hi=MAX_BATCH),
     "lr": Float(0.1, 0.0, 10.0, lo_open=True),   # SGD, Nesterov momentum, cosine decay to 0
     "momentum": Float(0.9, 0.0, 1.0),
     "weight_decay": Float(5e-4, 0.0, 1.0),
@@ -89,7 +92,7 @@ TRAIN_FIELDS = {
     "source": Choice("synthetic", SOURCES),   # generator | real training data (KD) | none (PTQ)
     "epochs": Int(12, lo=1),          # all epochs, the generator-only warm-up included
     "iters_per_epoch": Int(30, lo=1),
-    "batch_size": Int(128, lo=1),
+    "batch_size": Int(128, lo=1, hi=MAX_BATCH),
     "warmup_epochs": Int(2, lo=0),    # generator-only epochs (student frozen, ranges EMA)
     "lr": Float(1e-3, 0.0, 1e6),              # student SGD
     "momentum": Float(0.9, 0.0, 1.0),
@@ -114,7 +117,7 @@ TRAIN_FIELDS = {
     "bns_scale": Float(0.1, 0.0, 1e6),
     "calib_batches": Int(4, lo=1),    # PTQ calibration batches (real training data)
     "analysis_batches": Int(2, lo=1),  # fixed batches kept in every checkpoint
-    "analysis_batch_size": Int(128, lo=1),
+    "analysis_batch_size": Int(128, lo=1, hi=MAX_BATCH),  # <= batch_size (checked per run)
 }
 #: keys a [runs.<name>] table may set: every [train] key and the [quant] keys but act_momentum
 RUN_QUANT_KEYS = ("w_bits", "a_bits", "weight_zero_point") + QUANTIZER_KEYS
@@ -161,6 +164,8 @@ def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
     check_keys(raw, set(TOP_FIELDS) | set(SECTIONS), f"recipe {source}")
     top = check_section({k: v for k, v in raw.items() if k in TOP_FIELDS}, TOP_FIELDS, f"{source}:")
     recipe: dict[str, Any] = {**top, "name": top["name"] or Path(source).stem or "recipe"}
+    # the recipe name and each run name become one folder level under --out
+    safe_name(recipe["name"], f"{source}: name" if top["name"] else f"recipe {source}: its file name's stem")
     if not recipe["seeds"]:
         recipe["seeds"] = [recipe["seed"]]
     for section, fields in SECTION_FIELDS.items():
@@ -177,6 +182,7 @@ def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
     recipe["runs"] = {}
     for name, overrides in runs.items():
         where = f"{source}: [runs.{name}]"
+        safe_name(name, f"{source}: the run name of [runs.{name!r}]")
         recipe["runs"][name] = check_quantizers(check_section(overrides, RUN_FIELDS, where, defaults=False),
                                                   where, drop_default=False)
         validate_run(resolve_run(recipe, name), where)
@@ -200,6 +206,20 @@ def validate_run(run: Mapping[str, Any], where: str) -> None:
     if run.get("weight", "uniform") != "uniform" and run["weight_zero_point"] != "integral":
         raise RecipeError(f"{where}: weight_zero_point = {run['weight_zero_point']!r} applies to the uniform "
                           f"weight quantizer only, not to weight = {run['weight']!r}; remove it")
+    if run["source"] != "none" and run["ce_scale"] == 0 and run["kd_scale"] == 0:
+        raise RecipeError(f"{where}: ce_scale = kd_scale = 0 gives the student no loss: it would train "
+                          "nothing; set ce_scale or kd_scale > 0 (or source = \"none\" for PTQ)")
+    # the analysis batches are the first samples of the first training (or calibration) batches
+    if run["analysis_batch_size"] > run["batch_size"]:
+        raise RecipeError(f"{where}: analysis_batch_size ({run['analysis_batch_size']}) is larger than "
+                          f"batch_size ({run['batch_size']}): analysis batches are the first samples of "
+                          "the training batches; set analysis_batch_size <= batch_size")
+    steps, what = ((run["calib_batches"], "calib_batches") if run["source"] == "none"
+                   else (run["iters_per_epoch"], "iters_per_epoch"))
+    if run["analysis_batches"] > steps:
+        raise RecipeError(f"{where}: analysis_batches ({run['analysis_batches']}) is larger than {what} "
+                          f"({steps}): they are kept from the first batches of an epoch; set "
+                          f"analysis_batches <= {what}")
 
 
 def check_overrides(seed: Any = None, epochs: Any = None, threads: Any = None,
@@ -244,6 +264,9 @@ def resolve_run(recipe: Mapping[str, Any], name: str) -> dict:
 def load_recipe(path: str | Path) -> dict:
     """Read and check a recipe TOML; unknown keys and out-of-range values are one clear error."""
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe {path} is a folder, not a recipe file; point at a TOML recipe "
+                          "such as analyses/default.toml")
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist; recipes live in analyses/ "
                           "(e.g. analyses/default.toml)")

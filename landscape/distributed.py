@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from landscape.errors import LandscapeError
+from landscape.launch_guard import die_with_parent
 
 __all__ = ["Context", "DistributedError", "launched", "init", "current", "is_main", "world_size", "rank",
            "shutdown", "on_main", "broadcast_object", "all_gather_objects", "barrier", "agreed", "launch",
@@ -311,7 +312,7 @@ def launch(argv: Sequence[str], nproc: int) -> int:
         env.setdefault("OMP_NUM_THREADS", "1")  # each process sets its own torch threads
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "landscape", *argv]
-        proc = subprocess.Popen(cmd, env=env)
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)  # dies with the launcher
         try:
             rc = proc.wait()
         except KeyboardInterrupt:  # torchrun got the same Ctrl-C and stops its workers: let it

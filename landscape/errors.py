@@ -4,6 +4,7 @@ and the fix, so the CLI prints ``str(exc)`` and nothing else.
     LandscapeError            base class (catch this to catch them all)
       StorageError            an OSError on a run file: read-only folder, disk full, ...
       LockError               another process holds a run folder (or cache entry)
+      UnsafePathError         a name or a planted link would write outside --out, or through a link
 
 The older, more specific classes (``RecipeError``, ``CheckpointError``, ``TrainingError``,
 ``DataError``, ``LogError``) derive from :class:`LandscapeError` too, and also from the
@@ -26,6 +27,10 @@ class StorageError(LandscapeError, RuntimeError):
 
 class LockError(LandscapeError, RuntimeError):
     """Another process is writing the same run folder (or cache entry)."""
+
+
+class UnsafePathError(LandscapeError, ValueError):
+    """A name that is not one safe path component, or a lock file planted as a link."""
 
 
 _READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from landscape.errors import LockError, storage_error
+from landscape.safe_paths import open_no_follow
 
 
 def _holder(path: Path) -> str:
@@ -36,15 +37,17 @@ def exclusive_lock(path: str | Path, what: str) -> Iterator[Path]:
 
     Raises :class:`~landscape.errors.LockError` at once if another holder has it:
     ``"<what> is in use by process <pid> (lock <path>); wait for it to finish or stop it"``,
-    and :class:`~landscape.errors.StorageError` if the lock file cannot be created
-    (read-only folder, disk full).
+    :class:`~landscape.errors.StorageError` if the lock file cannot be created
+    (read-only folder, disk full), and :class:`~landscape.errors.UnsafePathError` if ``path``
+    is a symbolic link or not a regular file (it is never followed, so the file a planted
+    link points to is never truncated).
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise storage_error(exc, path) from None
+    fd = open_no_follow(path)  # a planted symlink is refused, never followed and truncated
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

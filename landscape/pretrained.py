@@ -24,14 +24,12 @@ is not imported: it needs torchvision.)
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from pathlib import Path
 
 import torch
 
-from landscape.checkpoints import TEACHER_FORMAT
+from landscape.checkpoints import TEACHER_FORMAT, content_hash
 from landscape.models import build_model
 from landscape.schema import RecipeError
 
@@ -77,6 +75,13 @@ def _unwrap(obj, where: str) -> dict:
     """The state_dict inside what torch.load returned (a bare dict, a landscape teacher file,
     or a training checkpoint's ``state_dict``/``model``), without DataParallel's ``module.``."""
     if isinstance(obj, dict) and obj.get("format") == TEACHER_FORMAT:
+        try:
+            sound = obj.get("content_hash") == content_hash(obj)
+        except TypeError:
+            sound = False
+        if not sound:  # a sealed teacher file: its seal is checked like every read of one
+            raise RecipeError(f"{where} is a landscape teacher file whose content hash does not match "
+                              "(bytes changed on disk or in a copy); restore it or retrain the teacher")
         obj = obj["state_dict"]
     elif isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("state_dict", "model", "net"):
@@ -105,8 +110,8 @@ def load_state_dict_file(path: str | Path, spec: dict) -> dict:
         raise RecipeError(f"{where} does not exist; point it at a saved state_dict (.pt/.pth)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - junk bytes make torch's unpickler raise anything
+        # (IndexError, TypeError, AttributeError, ...): each means "not a state_dict file"
         raise RecipeError(f"{where} is not a torch state_dict file ({exc.__class__.__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     state = _unwrap(obj, where)
@@ -122,6 +127,12 @@ def load_state_dict_file(path: str | Path, spec: dict) -> dict:
         raise RecipeError(f"{where} does not fit the {spec['name']} of [model] "
                           f"(missing {missing[:3]}, unexpected {extra[:3]}); check [model] and the file")
     for key, ref in reference.items():
+        if not isinstance(state[key], torch.Tensor):
+            raise RecipeError(f"{where}: {key} is {type(state[key]).__name__}, not a tensor; point "
+                              "[teacher] weights at a saved state_dict")
+        if state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all()):
+            raise RecipeError(f"{where}: {key} holds NaN or inf values; point [teacher] weights at a "
+                              "trained model's state_dict")
         if tuple(state[key].shape) != tuple(ref.shape):
             raise RecipeError(f"{where}: {key} has shape {tuple(state[key].shape)}, the model of "
                               f"[model] ({spec}) needs {tuple(ref.shape)}; check [model] width "

@@ -38,6 +38,8 @@ def describe_type(value: Any) -> str:
 
 
 def _fmt(x: float) -> str:
+    if isinstance(x, int) and not isinstance(x, bool):
+        return str(x)  # 1048576, not 1.04858e+06
     return repr(x) if isinstance(x, float) and (abs(x) >= 1e5 or 0 < abs(x) < 1e-3) else f"{x:g}"
 
 
@@ -145,8 +147,8 @@ class Field:
             if type(value) not in (int, float):
                 raise bad_type
             value = float(value)
-            if value != value:
-                raise RecipeError(f"{where} = nan; expected {self.expected()}")
+            if value != value or value in (float("inf"), float("-inf")):
+                raise RecipeError(f"{where} = {value!r}; expected a finite number: {self.expected()}")
         if not self._in_range(value):
             raise RecipeError(f"{where} = {value!r} is out of range; expected {self.expected()}")
         return value

@@ -107,3 +107,15 @@ def model():
 @pytest.fixture
 def teacher():
     return make_model(123)
+
+
+@pytest.fixture(scope="session")
+def tiny_kd(tmp_path_factory):
+    """digits_tiny's ``kd`` run (3 epochs) and its teacher under one root, trained once per session
+    (the trust tests share it; copy it before changing anything)."""
+    from landscape.config import load_recipe
+    from tiny_runs import TINY, train_tiny
+
+    out = tmp_path_factory.mktemp("tiny_kd")
+    train_tiny(load_recipe(TINY), out, ["kd"])
+    return out

@@ -59,9 +59,9 @@ def from_log(run_dir: Path, meta: dict, epochs=None) -> list[dict]:
 
     A damaged log (unreadable, wrong columns, duplicated rows) is a
     :class:`~landscape.zsq.tables.LogError` naming the file, never fewer rows in silence."""
-    from landscape.zsq.tables import read_crossings
+    from landscape.sealed_logs import sealed_crossings
 
-    log = read_crossings(Path(run_dir) / "crossings.csv")
+    log = sealed_crossings(run_dir)  # checked against metrics.csv and the sealed checkpoints
     if log.empty:
         return []
     if epochs is not None:

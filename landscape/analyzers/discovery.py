@@ -66,11 +66,12 @@ def expected_epochs(run_dir: Path, avail: list[int]) -> set[int]:
 
 
 def training_rows(run_dir: Path, ident: dict) -> list[dict]:
-    """The run's ``metrics.csv`` in long form: run, seed, epoch, metric, value (a damaged log is
-    a :class:`~landscape.zsq.tables.LogError` naming the file)."""
-    from landscape.zsq.tables import read_metrics
+    """The run's ``metrics.csv`` in long form: run, seed, epoch, metric, value, checked against the
+    sealed checkpoints (:func:`landscape.sealed_logs.sealed_metrics`; a damaged or disagreeing
+    log is a :class:`~landscape.zsq.tables.LogError` naming the file)."""
+    from landscape.sealed_logs import sealed_metrics
 
-    m = read_metrics(Path(run_dir) / "metrics.csv")
+    m = sealed_metrics(run_dir)  # checked against the sealed checkpoints, rebuilt from them if lost
     if m.empty:
         return []
     long = m.drop(columns=[c for c in ("phase",) if c in m]).melt(id_vars=["epoch"], var_name="metric",

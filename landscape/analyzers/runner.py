@@ -154,6 +154,12 @@ def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping
     if threads is not None:
         import torch
 
+        from landscape.config import TOP_FIELDS
+
+        try:
+            TOP_FIELDS["threads"].check(threads, "--threads")
+        except LandscapeError as exc:
+            raise AnalysisError(str(exc)) from None
         torch.set_num_threads(int(threads))
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
@@ -176,6 +182,7 @@ def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping
     for run_dir, ident in zip(run_dirs, idents):
         job.run(run_dir, ident)
     job.cache.save_index()
+    _say_rejected(job.cache)
     return job.finish(out_dir)
 
 
@@ -265,6 +272,13 @@ class _Job:
             return False
         hit = self.cache.get(name, key)
         if hit is None:
+            return False
+        if "epoch" in hit and not (pd.to_numeric(hit["epoch"], errors="coerce") == meta["epoch"]).all():
+            # the key hashes the checkpoint, which holds its epoch: rows of another epoch are misplaced
+            line = (f"cache entry {name}/{key}.csv holds rows of another epoch than epoch {meta['epoch']} "
+                    f"of {meta['run']}; recomputed")
+            if line not in self.cache.rejected:
+                self.cache.rejected.append(line)
             return False
         self.add(name, _restamp(hit, meta))
         return True
@@ -357,6 +371,16 @@ class _Job:
         write_csv(train_df, out_dir / "training.csv")
         out["training"] = train_df
         return out
+
+
+def _say_rejected(cache: Cache) -> None:
+    """One warning for the cache entries found bad on a hit (they were recomputed, never used)."""
+    bad = getattr(cache, "rejected", [])
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        warnings.warn(f"{len(bad)} cache entr{'y' if len(bad) == 1 else 'ies'} failed the integrity check "
+                      f"and were recomputed: {'; '.join(bad[:3])}{more}", AnalysisWarning, stacklevel=3)
+        bad.clear()
 
 
 def _reason(exc: BaseException, path) -> str:

@@ -50,7 +50,7 @@ def _placement(epochs: Any = "all") -> dict:
 
 SCHEMA: dict[str, Any] = {
     "max_batches": Int(2, lo=0),
-    "losses": StrList(["ce", "kl"], nonempty=True),
+    "losses": StrList(["ce", "kl"], choices=("ce", "kl"), nonempty=True),
     "cosine": {**_placement(), "per_layer": Bool(True)},
     "trace": {**_placement(), "method": Choice("hutchinson", ("hutchinson", "hutch++")),
               "max_matvecs": Int(30, lo=3), "rtol": Float(0.15, lo=0.0, lo_open=True, optional=True),
@@ -64,7 +64,7 @@ SCHEMA: dict[str, Any] = {
     "density": {**_placement("last"), "n_runs": Int(2, lo=1), "n_steps": Int(20, lo=1),
                 "grid_points": Int(400, lo=2), "seed": Int(0, lo=0),
                 "curvature": StrList(["hessian"], choices=CURVATURES, nonempty=True)},
-    "interepoch": {**_placement(), "loss": Str("kl"), "per_layer": Bool(True), "fixed_batches": Bool(True)},
+    "interepoch": {**_placement(), "loss": Choice("kl", ("ce", "kl")), "per_layer": Bool(True), "fixed_batches": Bool(True)},
     "crossings": _placement(),
 }
 

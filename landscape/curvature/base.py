@@ -17,7 +17,10 @@ to take products with it; this class does the rest:
   ``dense()`` and every estimator answers for the model as it is at that moment. A parameter that is no longer in the model
   (a replaced module) is looked up again by name, or refused with a clear error;
 * **batches** (:class:`~landscape.curvature.batches.BatchSource`): a loader that reshuffles
-  or augments at random is refused on its second pass;
+  or augments at random is refused on its second pass; a list (or tuple) of batches is watched
+  like the model (:class:`~landscape.curvature.batch_state.BatchWatch`: an item replaced, added
+  or removed, a tensor written in place, through ``.data`` too), and the graphs are rebuilt, so a
+  product answers for the batches as they are now;
 * **curvature that cannot be computed is never a silent zero**: a parameter whose gradient
   has no graph (a backward that detaches) or passes through a ``@once_differentiable``
   backward (e.g. a straight-through estimator written as an ``autograd.Function``) gets zero
@@ -45,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batch_state import BatchWatch
 from .batches import BatchSource, reduce_over_batches, shard_failure
 from .errors import CurvatureError, CurvatureWarning
 from .graph_cache import GraphCache
@@ -128,6 +132,8 @@ class _Core:
         self.device = params[0].device
         self.cache = GraphCache(self.source, build, self.device, cache_graph, memory_budget)
         self.tracker = StateTracker(model, loss_fn, modes=not eval_mode)  # eval_mode=True sets the modes itself
+        # a list (or tuple) of batches is watched like the model; a loader is fingerprinted per pass
+        self.watch = BatchWatch(self.source.batches) if self.source.fixed else None
         self.n_fills = 0
         self.unused: set[int] = set()
         self.no_curvature: set[int] = set()
@@ -138,6 +144,12 @@ class _Core:
     # ------------------------------------------------------------------ freshness
     def refresh(self) -> None:
         """Make the cached graphs correspond to the model as it is now (rebuild if anything changed)."""
+        frozen = [n for n, p in zip(self.names, self.params) if not p.requires_grad]
+        if frozen:  # toggled after the operator was built: its curvature cannot be taken
+            raise CurvatureError(
+                f"parameter(s) {frozen[:3]} of this operator no longer require grad (requires_grad_(False) "
+                "after it was built): set requires_grad back, or build a new operator with params= the "
+                "parameters you want")
         if self.cache.policy is False:  # nothing is kept: follow replaced parameters, snapshot nothing
             if not self.eval_mode:  # every product builds graphs in the model's modes
                 _refuse_dropout(self.model)
@@ -147,10 +159,12 @@ class _Core:
                 self.n_fills += 1
             return
         if self.cache.filled:
-            what = self.tracker.changed()
+            what = self.tracker.changed() or (self.watch.changed() if self.watch is not None else None)
             if what is not None:
                 self.cache.clear()
                 self.tracker.clear()
+                if self.watch is not None:
+                    self.watch.clear()
                 self._reresolve()
                 self.inspected.clear()  # a changed model may have gained or lost (computable) gradients
                 self.unused.clear()
@@ -161,6 +175,8 @@ class _Core:
             self.cache.fill({p.untyped_storage().data_ptr() for p in self.model.parameters()})
             self.n_fills += 1
             self.tracker.snapshot()
+            if self.watch is not None:
+                self.watch.snapshot()
 
     def _reresolve(self) -> None:
         """Parameters may have been replaced (new module, ``load_state_dict(assign=True)``): look them up by name."""

@@ -6,7 +6,8 @@
 
 The official AIT code reports the **best** test accuracy over all epochs (warm-up
 included); the **final** one is the last epoch's. Both come from each run's validated
-metrics.csv (:func:`landscape.zsq.tables.read_metrics`): best = max of ``test_acc``.
+metrics.csv, checked against the sealed checkpoints (:func:`landscape.sealed_logs.sealed_metrics`:
+the checkpoints decide the committed epochs and their numbers): best = max of ``test_acc``.
 The table gives mean ± std (ddof 1) over seeds, then one row per run and seed, each with its
 **effective batch** (samples per optimizer step: N ranks × per-rank batch), from metrics.csv's
 ``effective_batch`` or, for a metrics.csv written before that column, from the run's
@@ -23,8 +24,8 @@ import pandas as pd
 
 from landscape.checkpoints import CheckpointError, read_run_config
 from landscape.errors import LandscapeError
+from landscape.sealed_logs import sealed_metrics
 from landscape.zsq.parallel import effective_batch
-from landscape.zsq.tables import read_metrics
 
 RUN_ORDER = ["teacher", "ptq", "kd", "gdfq", "kl", "ait"]
 
@@ -41,14 +42,18 @@ def _run_folders(paths) -> list[Path]:
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     found: list[Path] = []
     for path in map(Path, paths):
-        here = [path] if (path / "metrics.csv").is_file() else \
-            sorted(p.parent for p in path.glob("*-seed*/metrics.csv"))
+        here = [path] if _is_run(path) else sorted(p for p in path.glob("*-seed*") if _is_run(p))
         if not here:
             raise ReportError(f"no metrics.csv in {path} nor in any {path}/<run>-seed<S>/; point at "
                               "run folders or a recipe folder (checkpoints/<recipe>) after "
                               "`landscape train`")
         found += [p for p in here if p not in found]
     return found
+
+
+def _is_run(path: Path) -> bool:
+    """A run folder: its metrics.csv, or (the log lost) a checkpoint to rebuild it from."""
+    return (path / "metrics.csv").is_file() or (path.is_dir() and any(path.glob("epoch_*.pt")))
 
 
 def _effective_batch(run_dir: Path, table: pd.DataFrame) -> float:
@@ -72,7 +77,7 @@ def accuracies(paths: Paths) -> pd.DataFrame:
     rows = []
     for run_dir in _run_folders(paths):
         run, _, seed = run_dir.name.rpartition("-seed")
-        table = read_metrics(run_dir / "metrics.csv")
+        table = sealed_metrics(run_dir)  # checked against the sealed checkpoints
         if table.empty:
             continue
         best = int(table["test_acc"].to_numpy().argmax())

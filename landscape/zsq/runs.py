@@ -48,6 +48,7 @@ from landscape.config import RecipeError, check_overrides, load_recipe, resolve_
 from landscape.data import load_dataset
 from landscape.errors import LandscapeError, storage_error
 from landscape.locking import exclusive_lock
+from landscape.safe_paths import inside, safe_name
 from landscape.zsq import tables
 from landscape.zsq.parallel import DataParallel, batch_record, effective_batch
 from landscape.zsq.teacher import get_teacher, teacher_settings
@@ -62,6 +63,10 @@ def default_device() -> str:
 
 
 def run_dir_for(out: str | Path, recipe_name: str, run: str, seed: int) -> Path:
+    """``<out>/<recipe>/<run>-seed<S>``; each name must be one safe path component
+    (:func:`landscape.safe_paths.safe_name`, checked in the recipe's schema too)."""
+    safe_name(recipe_name, "the recipe name")
+    safe_name(run, "the run name")
     return Path(out) / recipe_name / f"{run}-seed{seed}"
 
 
@@ -260,6 +265,7 @@ def train_recipe(recipe: str | Path | dict, runs: Iterable[str] | None = None,
         if epochs is not None:
             cfg["epochs"] = epochs
         validate_run(cfg, f"run {name}" + (f" (with --epochs {epochs})" if epochs is not None else ""))
+        inside(out, run_dir_for(out, recipe["name"], name, seed))  # no planted link sends it elsewhere
         cfgs.append(cfg)
 
     previous_threads = torch.get_num_threads()

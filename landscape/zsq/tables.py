@@ -48,6 +48,14 @@ PHASES = ("warmup", "train", "ptq")
 _METRICS_TYPES = (["epoch", "kappa_capped", "effective_batch"], ["test_acc", "best_acc", "teacher_acc", "lr", "rho"],
                   ["acc_drop", "loss_ce", "loss_kl", "loss_total", "loss_g", "loss_bns",
                    "kappa_mean", "crossing_fraction", "seconds"])
+#: (column, lo, hi, NaN allowed): accuracies are percentages, losses and rates finite
+_INF = math.inf
+_METRICS_RANGES = ([("test_acc", 0.0, 100.0, False), ("best_acc", 0.0, 100.0, False),
+                    ("teacher_acc", 0.0, 100.0, False), ("acc_drop", -100.0, 100.0, True),
+                    ("kappa_mean", 0.0, _INF, True), ("crossing_fraction", 0.0, 1.0, True),
+                    ("kappa_capped", 0, _INF, False), ("lr", 0.0, _INF, False), ("rho", 0.0, _INF, False),
+                    ("seconds", 0.0, _INF, True)]
+                   + [(c, -_INF, _INF, True) for c in ("loss_ce", "loss_kl", "loss_total", "loss_g", "loss_bns")])
 _CROSSING_TYPES = (["epoch", "step", "n_evals", "capped"], ["kappa", "crossing_fraction"], [])
 
 
@@ -122,7 +130,10 @@ def _read_log(path: Path, columns: list[str], types, kind: str,
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise LogError(f"{path} is not a {kind} (not UTF-8 text: random bytes?); {_fix(path)}") from None
-    header = next(csv.reader(io.StringIO(text)), None)
+    try:
+        header = next(csv.reader(io.StringIO(text)), None)
+    except csv.Error as exc:
+        raise LogError(f"{path} is not a {kind} (malformed header: {exc}); {_fix(path)}") from None
     missing = [c for c in columns if c not in header] if legacy and header == legacy else []
     if header != columns and not missing:
         raise LogError(f"{path} is not a {kind}: its columns are {header}, expected {columns}; "
@@ -160,6 +171,15 @@ def read_metrics(path: str | Path) -> pd.DataFrame:
         i = int(bad_phase.to_numpy().nonzero()[0][0])
         raise LogError(f"{path} line {i + 2}: phase = {df['phase'].iloc[i]!r} is not one of "
                        f"{', '.join(PHASES)}; {_fix(path)}")
+    for col, lo, hi, nan_ok in _METRICS_RANGES:
+        v = df[col]
+        bad = ~((v >= lo) & (v <= hi) & v.abs().lt(_INF)) & ~(v.isna() & nan_ok)
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            what = "NaN" if math.isnan(v.iloc[i]) else f"{v.iloc[i]!r}"
+            raise LogError(f"{path} line {i + 2}: {col} = {what} is out of range; expected "
+                           f"{'a finite number' if math.isinf(hi) else f'a number in [{lo:g}, {hi:g}]'}"
+                           f"{' or nan' if nan_ok else ''}; {_fix(path)}")
     eb = df["effective_batch"]
     bad_batch = eb.notna() & (eb < 1)   # a whole number already (the column's type is checked)
     if bad_batch.any():

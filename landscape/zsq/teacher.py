@@ -17,18 +17,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from landscape.checkpoints import (TEACHER_FORMAT, VERSION, load_teacher_file, remove_orphans,
-                                   save_atomic, seal, sha256_file)
+from landscape.checkpoints import (TEACHER_FORMAT, VERSION, CheckpointError, CheckpointMismatch,
+                                   load_teacher_file, remove_orphans, save_atomic, seal, sha256_file)
 from landscape.data import Dataset, iterate_batches
 from landscape.locking import exclusive_lock
 from landscape.models import build_model, evaluate, model_spec
 from landscape.pretrained import load_state_dict_file
+from landscape.safe_paths import inside
 from landscape.zsq.trainer import TrainingError
 
 
@@ -142,11 +144,30 @@ def get_teacher(recipe: dict, data: Dataset, out: Path, seed: int, device="cpu",
 def _get_teacher(recipe: dict, data: Dataset, out: Path, seed: int, device="cpu",
                  progress=True) -> tuple[Path, dict]:
     path = teacher_path(recipe, out, seed)
-    if not path.is_file():
-        with exclusive_lock(path.with_suffix(".lock"), f"teacher cache {path}"):
-            remove_orphans(path.parent, prefix=path.name + ".")
-            if not path.is_file():  # another process may have written it meanwhile
-                make = (pretrained_teacher(recipe, data, seed, device) if recipe["teacher"]["weights"]
-                        else train_teacher(recipe, data, seed, device, progress))
-                save_atomic(make, path)
+    inside(out, path)  # a planted link <out>/teachers -> elsewhere is refused
+    found = _sound_teacher(path, warn=True)
+    if found is not None:
+        return path, found
+    with exclusive_lock(path.with_suffix(".lock"), f"teacher cache {path}"):
+        remove_orphans(path.parent, prefix=path.name + ".")
+        if _sound_teacher(path) is None:  # another process may have written it meanwhile
+            make = (pretrained_teacher(recipe, data, seed, device) if recipe["teacher"]["weights"]
+                    else train_teacher(recipe, data, seed, device, progress))
+            save_atomic(make, path)
     return path, load_teacher_file(path)
+
+
+def _sound_teacher(path: Path, warn: bool = False) -> dict | None:
+    """The cached teacher file if it is there and sound; None if absent, or corrupt (truncated,
+    a bit flipped: then it is rebuilt like a missing one, which gives the same bytes for the
+    same recipe and seed, and said when ``warn``)."""
+    if not path.is_file():
+        return None
+    try:
+        return load_teacher_file(path)
+    except CheckpointMismatch:  # sound bytes, unusable weights (NaN): retraining gives the same
+        raise
+    except CheckpointError as exc:
+        if warn:
+            warnings.warn(f"{exc} (the teacher is rebuilt from the recipe)", stacklevel=4)
+        return None
