@@ -84,6 +84,7 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
     the numbers; ``checkpoints``: the root of the teacher cache (default ``checkpoints/``)."""
     import torch
 
+    from landscape import kernels
     from landscape.config import load_recipe
     from landscape.pipeline import _Clock, recipe_seeds
     from landscape.results import _timings, publish_results
@@ -126,7 +127,8 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
     clock.wall["total"] = time.perf_counter() - start
     clock.cpu["total"] = _Clock._cpu() - cpu0
     provenance = (f"Recipe {recipe.get('path', recipe['name'])}; seeds {' '.join(map(str, settings['seeds']))}; "
-                  f"{jobs} process(es) × {threads} torch thread(s); torch {torch.__version__}; "
+                  f"{jobs} process(es) × {threads} torch thread(s); "
+                  + "; ".join(f"{k} {v}" for k, v in kernels.describe().items()) + f"; torch {torch.__version__}; "
                   f"python {platform.python_version()}; {os.cpu_count()} cores, load average {load0} at the start "
                   f"and {_load()} at the end (the machine's, all users).")
     timings = _timings(clock.wall, clock.cpu)
