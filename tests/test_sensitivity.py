@@ -162,6 +162,20 @@ def test_allocate_bits_matches_brute_force(seed):
     assert cost == pytest.approx(brute_force(table, budget), abs=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_allocate_bits_is_exact_whatever_the_scale_of_the_costs(seed):
+    """HiGHS's absolute gap is 1e-6: costs of 1e-8 (8-bit damages) must still give the optimum."""
+    rng = np.random.default_rng(100 + seed)
+    bits = [2, 3, 4, 8]
+    rows = [{"layer": f"l{i}", "bits": b, "n_params": int(rng.integers(1, 500)), "cost": 1e-8 * float(rng.random() / b)}
+            for i in range(4) for b in bits]
+    table = pd.DataFrame(rows)
+    table["n_params"] = table.groupby("layer")["n_params"].transform("first")
+    alloc = allocate_bits(table, 3.5)
+    cost = sum(float(table[(table["layer"] == l) & (table["bits"] == b)]["cost"].iloc[0]) for l, b in alloc.items())
+    assert cost == pytest.approx(brute_force(table, 3.5), rel=1e-9, abs=0)
+
+
 def test_allocate_bits_spends_bits_where_the_cost_is():
     table = pd.DataFrame([{"layer": l, "bits": b, "n_params": 100, "cost": c / b}
                           for l, c in (("a", 1.0), ("b", 100.0)) for b in (2, 8)])

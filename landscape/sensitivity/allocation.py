@@ -10,8 +10,10 @@ measured loss increase) and the layer's size n_l, choose one width per layer:
 
 a multiple-choice knapsack, the integer programme of HAWQ-V3 (Yao et al., ICML 2021). It is
 solved by ``scipy.optimize.milp`` (HiGHS branch and bound) with a zero optimality gap, so the
-answer is a true optimum, not a greedy approximation; the size constraint is in integers
-(bits × weights), so no rounding can let an allocation exceed the budget.
+answer is a true optimum, not a greedy approximation: the costs are shifted per layer and
+scaled to [0, 1] first, so the solver's absolute gap (1e-6) is 1e-6 of the cost range at any
+scale of the costs. The size constraint is in integers (bits × weights), so no rounding can let
+an allocation exceed the budget.
 """
 
 from __future__ import annotations
@@ -90,7 +92,12 @@ def allocate_bits(table: pd.DataFrame, budget: float) -> dict[str, int]:
         raise SensitivityError(f"allocate_bits: budget = {budget} bits per weight is infeasible: even every layer at "
                                f"its fewest bits needs {smallest / total:.4g}; raise the budget to at least that")
     index = {l: i for i, l in enumerate(layers)}
-    cost = t["cost"].to_numpy(float)
+    # HiGHS stops within an absolute gap of 1e-6 (scipy cannot set it): costs of 1e-8 would all
+    # look equal. Shift each layer's costs by its own minimum (one width per layer: the argmin is
+    # unchanged) and divide by the largest, so the gap is 1e-6 of the cost range, whatever its scale.
+    cost = (t["cost"] - t.groupby("layer", sort=False)["cost"].transform("min")).to_numpy(float)
+    if cost.max() > 0:
+        cost = cost / cost.max()
     size = (t["bits"].astype(int) * t["layer"].map(n).astype(int)).to_numpy(float)
     choose = np.zeros((len(layers), len(t)))
     choose[t["layer"].map(index).to_numpy(), np.arange(len(t))] = 1.0
