@@ -72,4 +72,8 @@ def open_no_follow(path: str | Path, flags: int = os.O_RDWR | os.O_CREAT, mode: 
         os.close(fd)
         raise UnsafePathError(f"{path} is not a regular file (a fifo, socket or device) where "
                               "landscape keeps a lock file; delete it and re-run")
+    if st.st_nlink > 1:  # a hard link planted where the lock goes: truncating it would write another file
+        os.close(fd)
+        raise UnsafePathError(f"{path} is a hard link ({st.st_nlink} names for one file); landscape never "
+                              "writes through a link: delete it (the other names keep the file) and re-run")
     return fd

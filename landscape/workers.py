@@ -22,10 +22,9 @@ __all__ = ["default_jobs", "set_threads", "run_jobs", "teacher_job", "train_job"
 
 def default_jobs() -> int:
     """Worker processes: the cores this process may use (at least 1)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    from landscape.launch_guard import usable_cores
+
+    return usable_cores()
 
 
 def set_threads(threads: int) -> None:

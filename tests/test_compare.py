@@ -234,3 +234,34 @@ def test_qat_mode_trains_the_weights_and_the_quantizer_step(tiny):
     assert all(torch.equal(pb[n], p) for n, p in again.named_parameters())  # seeded: the same student twice
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert all(p.grad is None for p in b.parameters())
+
+
+def test_the_pooled_row_counts_a_weight_quantizer_once():
+    """PACT quantizes activations only: its weight-only damage repeats uniform's points, which the
+    pooled 'all' row must not count twice; ‖δ‖² is reported as the curvature-free baseline."""
+    import numpy as np
+    import pandas as pd
+
+    from landscape.compare.claims import spearman_rows
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for q in ("uniform", "pact", "lsq"):
+        for seed in (0, 1):
+            for i in range(5):
+                r = rng.random(4) if q != "pact" else None
+                rows.append({"quantizer": q, "seed": seed, "loss": "ce", "layer": f"l{i}", "bits": 4, "n_params": 10,
+                             "measured": 0.0, "second_order": 0.0, "taylor": 0.0, "trace_proxy": 0.0,
+                             "delta_sq_mean": 0.0} if r is None else
+                            {"quantizer": q, "seed": seed, "loss": "ce", "layer": f"l{i}", "bits": 4, "n_params": 10,
+                             "measured": r[0], "second_order": r[1], "taylor": r[2], "trace_proxy": r[3],
+                             "delta_sq_mean": r[1] / 10})
+    df = pd.DataFrame(rows)
+    pact = df["quantizer"] == "pact"
+    df.loc[pact, ["measured", "second_order", "taylor", "trace_proxy", "delta_sq_mean"]] = \
+        df.loc[df["quantizer"] == "uniform", ["measured", "second_order", "taylor", "trace_proxy",
+                                                "delta_sq_mean"]].to_numpy()
+    out = {(r["quantizer"], r["predictor"]): r for r in spearman_rows(df)}
+    assert out[("all", "second_order")]["n_points"] == 20  # uniform and lsq, 2 seeds × 5 layers each
+    # ‖δ‖² = delta_sq_mean · n_params ranks exactly as second_order here
+    assert out[("lsq", "delta_sq")]["rho"] == out[("lsq", "second_order")]["rho"]

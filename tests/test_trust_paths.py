@@ -30,6 +30,16 @@ def test_a_lock_planted_as_a_symlink_is_refused_and_its_target_untouched(tmp_pat
     assert precious.read_text() == "precious\n"
 
 
+def test_a_lock_planted_as_a_hard_link_is_refused_and_its_other_name_untouched(tmp_path, precious):
+    run = tmp_path / "run"
+    run.mkdir()
+    os.link(precious, run / ".lock")
+    with pytest.raises(UnsafePathError, match=r"run/.lock is a hard link.*delete it"):
+        with exclusive_lock(run / ".lock", "run folder"):
+            pass
+    assert precious.read_text() == "precious\n"
+
+
 def test_a_dangling_lock_symlink_creates_nothing(tmp_path):
     target = tmp_path / "created-through-link"
     os.symlink(target, tmp_path / "x.lock")

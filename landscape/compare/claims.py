@@ -15,7 +15,8 @@ r"""The two claims of ``landscape compare``, judged in the verdict levels of
    (seeds, then budgets). Supported when both differences and their whole intervals are above
    0; the claim gets the weaker of the two levels.
 
-Row ``all`` pools the quantizers (their points together within each seed).
+Row ``all`` pools the quantizers (their points together within each seed), each distinct
+weight quantizer once (:func:`distinct_weights`: PACT's weights are uniform's).
 """
 
 from __future__ import annotations
@@ -26,19 +27,23 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from landscape.errors import LandscapeError
 from landscape.findings.stats import Interval, bootstrap
 from landscape.findings.verdicts import NO_DATA, judge, weakest
 
 __all__ = ["RHO_MIN", "spearman_rows", "allocation_rows", "claim_rows", "findings_table", "RULES"]
 
 RHO_MIN = 0.5
-PREDICTORS = ("second_order", "taylor", "trace_proxy")
+PREDICTORS = ("second_order", "taylor", "trace_proxy", "delta_sq")  # delta_sq: ‖δ‖², no curvature at all
 RULES = [
     "1 — ρ: Spearman rank correlation of the predicted and the measured CE loss increase of quantizing one layer "
-    "alone, over the (layer, bit width) points of a seed, mean over seeds; supported when ρ and its 95 % interval "
+    "alone, over the (layer, bit width) points of a seed (pooled over bit widths, so the ordering of the widths "
+    "counts too: ‖δ‖² alone is reported beside it as the baseline without curvature), mean over seeds; supported when ρ and its 95 % interval "
     f"(bootstrap over seeds, then points) are above {RHO_MIN}, suggestive when only ρ is, not supported otherwise.",
     "2 — Δ: test accuracy (points) of the curvature-guided allocation minus uniform bits at the same budget "
-    "(budgets that are bit widths), and minus the mean of random allocations at the same budget; supported when "
+    "(budgets that are bit widths), and minus the mean of random allocations at the same budget (each the exact "
+    "optimum of the cost table with its layers randomly permuted: a random ranking of the layers that spends the "
+    "budget as the guided one does); supported when "
     "both Δ and their 95 % intervals (bootstrap over seeds, then budgets) are above 0; the weaker level of the two.",
 ]
 
@@ -58,13 +63,33 @@ def _groups(df: pd.DataFrame, columns: list[str]) -> dict:
     return {s: g[columns].to_numpy(float) for s, g in df.groupby("seed")}
 
 
+def distinct_weights(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the quantizers whose weight quantizer no earlier one has. Per-layer damage and
+    the allocations are weight-only, so a quantizer that differs only in its activations (PACT:
+    uniform weights) repeats another's points exactly; pooling them would count those twice."""
+    from landscape.compare.settings import quantizer_pair
+
+    seen, keep = set(), []
+    for q in dict.fromkeys(df["quantizer"]):
+        try:
+            weight = quantizer_pair(q)[0]
+        except LandscapeError:
+            weight = q
+        if weight not in seen:
+            seen.add(weight)
+            keep.append(q)
+    return df[df["quantizer"].isin(keep)]
+
+
 def spearman_rows(sensitivity: pd.DataFrame, loss: str = "ce") -> list[dict]:
     """One row per (quantizer or ``all``, predictor): ρ with its interval, over seeds."""
     df = sensitivity[sensitivity["loss"] == loss]
+    if "delta_sq_mean" in df:  # the curvature-free baseline the Hessian terms must beat
+        df = df.assign(delta_sq=df["delta_sq_mean"] * df["n_params"])
     rows = []
     for q in [*dict.fromkeys(df["quantizer"]), "all"]:
-        part = df if q == "all" else df[df["quantizer"] == q]
-        for p in PREDICTORS:
+        part = distinct_weights(df) if q == "all" else df[df["quantizer"] == q]
+        for p in (p for p in PREDICTORS if p in part):
             iv = bootstrap(_groups(part, [p, "measured"]), _spearman) if len(part) else None
             rows.append({"quantizer": q, "loss": loss, "predictor": p,
                          "rho": iv.estimate if iv else math.nan, "low": iv.low if iv else math.nan,
@@ -88,7 +113,7 @@ def allocation_rows(allocation: pd.DataFrame) -> list[dict]:
     for against in ("uniform", "random"):
         d = _differences(allocation, against)
         for q in [*dict.fromkeys(allocation["quantizer"]), "all"]:
-            part = d if q == "all" else d[d["quantizer"] == q]
+            part = distinct_weights(d) if q == "all" else d[d["quantizer"] == q]
             iv = bootstrap({s: g["delta"].to_numpy(float) for s, g in part.groupby("seed")}) if len(part) else None
             rows.append({"quantizer": q, "against": against, "delta": iv.estimate if iv else math.nan,
                          "low": iv.low if iv else math.nan, "high": iv.high if iv else math.nan,

@@ -98,8 +98,15 @@ def compare_settings(recipe: Mapping, where: str | None = None) -> dict:
     out["a_bits"] = _a_bits(a_bits, where)
     out["budgets"] = _budgets(budgets, out["bits"], where)
     out["seeds"] = out["seeds"] or list(recipe.get("seeds") or [recipe.get("seed", 0)])
-    for q in out["quantizers"]:
-        quantizer_pair(q)
+    from landscape.quant.errors import QuantizerError
+    from landscape.quant.interface import resolve_quantizer
+
+    for q in out["quantizers"]:  # a name that cannot be imported fails here, before any teacher trains
+        for spec, role in zip(quantizer_pair(q), ("weight", "act")):
+            try:
+                resolve_quantizer(spec, role, f"{where} quantizers")
+            except QuantizerError as exc:
+                raise RecipeError(str(exc)) from None
     if len(set(out["quantizers"])) != len(out["quantizers"]):
         raise RecipeError(f"{where} quantizers = {out['quantizers']} names one twice")
     return out

@@ -9,39 +9,14 @@ parameters that the float teacher also has (quantize_model keeps the layer names
 
 from __future__ import annotations
 
-import importlib
-import inspect
-
 import torch
 from torch import nn
 
 from landscape.data import Dataset, iterate_batches
 from landscape.losses import distillation_loss
 from landscape.quant import calibrate, quantize_model
-from landscape.schema import RecipeError
 
-__all__ = ["make_student", "float_names", "resolve_quantizer"]
-
-
-def resolve_quantizer(spec: str):
-    """A built-in name as it is, or ``"package.module:Name"`` imported (a class or factory)."""
-    if ":" not in spec:
-        return spec
-    module, _, attr = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise RecipeError(f"[compare] quantizers: cannot import {spec!r} ({exc}); give an importable "
-                          "\"package.module:Name\" (the folder on PYTHONPATH)") from None
-
-
-def _quantize(teacher: nn.Module, bits: int, a_bits: int | None, weight, act) -> nn.Module:
-    if "weight" in inspect.signature(quantize_model).parameters:  # the quantizer interface
-        return quantize_model(teacher, bits, a_bits, weight=weight, act=act)
-    if weight != "uniform" or act != "uniform" or a_bits is None:  # pragma: no cover - before the interface
-        raise RecipeError(f"[compare] quantizer ({weight!r}, {act!r}) with a_bits={a_bits} needs the quantizer "
-                          "interface (quantize_model(weight=..., act=...)), which this version lacks")
-    return quantize_model(teacher, bits, a_bits)
+__all__ = ["make_student", "float_names"]
 
 
 def float_names(student: nn.Module, teacher: nn.Module) -> list[str]:
@@ -53,7 +28,7 @@ def float_names(student: nn.Module, teacher: nn.Module) -> list[str]:
 def make_student(teacher: nn.Module, weight, act, bits: int, a_bits: int | None, data: Dataset,
                  settings: dict, seed: int) -> nn.Module:
     """The quantized, calibrated (and for ``mode = "qat"`` fine-tuned) student, in eval mode."""
-    student = _quantize(teacher, bits, a_bits, weight, act).requires_grad_(True)  # a frozen teacher's copy
+    student = quantize_model(teacher, bits, a_bits, weight=weight, act=act).requires_grad_(True)  # a frozen teacher's copy
     gen = torch.Generator().manual_seed(seed)
     calib = [b for _, b in zip(range(settings["calib_batches"]),
                                iterate_batches(data.x_train, data.y_train, settings["batch_size"], gen))]

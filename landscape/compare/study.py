@@ -32,7 +32,7 @@ from landscape.data import iterate_batches, load_dataset
 from landscape.losses import cross_entropy, kl_to_teacher
 from landscape.models import evaluate
 from landscape.compare.settings import quantizer_pair
-from landscape.compare.students import float_names, make_student, resolve_quantizer
+from landscape.compare.students import float_names, make_student
 from landscape.sensitivity import allocate_bits, allocation_size, layer_damage, quantized_weights
 
 __all__ = ["study_seed", "analysis_batches", "SeedTables"]
@@ -136,7 +136,7 @@ def study_seed(recipe: dict, settings: dict, seed: int, root: str | Path = "chec
     a_bits = settings["a_bits"]
     curvature, sensitivity, allocation = [], [], []
     for q in quantizers or settings["quantizers"]:
-        weight, act = (resolve_quantizer(s) for s in quantizer_pair(q))
+        weight, act = quantizer_pair(q)  # names quantize_model resolves ("package.module:Name" too)
         forward: dict[int, dict[str, torch.Tensor]] = {}
         for bits in settings["bits"]:
             base = {"quantizer": q, "bits": bits, "seed": seed}

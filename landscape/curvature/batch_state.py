@@ -109,9 +109,6 @@ class BatchWatch:
         self._refs = refs
         self._tensors = [(path, t, _layout(t), _digest(t)) for path, t in tensors]
 
-    def refresh_versions(self) -> None:
-        """Nothing an operator does bumps a batch's counters; kept for symmetry with the model's tracker."""
-
     def clear(self) -> None:
         self._refs, self._tensors = None, []
 
