@@ -105,3 +105,27 @@ def test_the_environment_has_the_locked_versions():
         if have != want:
             wrong[name] = (have, want)
     assert wrong == {}
+
+
+def test_a_teacher_not_recorded_in_this_kernel_mode_is_rebuilt_not_reused(tmp_path):
+    """A cached teacher of v0.2 (or one made in the other mode under this name) carries no record
+    of this mode: it is rebuilt, never reused, so no reproducible run learns from it."""
+    from landscape.config import load_recipe
+    from landscape.data import load_dataset
+    from landscape.zsq.teacher import get_teacher, kernels_record
+
+    recipe = load_recipe(RECIPE)
+    d = recipe["data"]
+    data = load_dataset(d["name"], None, d["test_fraction"], d["split_seed"])
+    path, _ = get_teacher(recipe, data, tmp_path, 0, progress=False)
+    assert kernels_record(path).read_text() == kernels.REPRODUCIBLE
+    made = path.read_bytes()
+    path.write_bytes(made)  # the same weights, but as an old file: no record beside it
+    kernels_record(path).unlink()
+    with pytest.warns(UserWarning, match="not made in this process's kernel mode"):
+        get_teacher(recipe, data, tmp_path, 0, progress=False)
+    assert kernels_record(path).read_text() == kernels.REPRODUCIBLE
+    assert path.read_bytes() == made  # rebuilt in this mode: the same bytes (seeded)
+    kernels_record(path).write_text("machine-dependent")
+    with pytest.warns(UserWarning, match="not made in this process's kernel mode"):
+        get_teacher(recipe, data, tmp_path, 0, progress=False)

@@ -25,8 +25,10 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from landscape.checkpoints import (TEACHER_FORMAT, VERSION, CheckpointError, CheckpointMismatch,
-                                   load_teacher_file, remove_orphans, save_atomic, seal, sha256_file)
+                                   load_teacher_file, remove_orphans, save_atomic, seal, sha256_file,
+                                   write_text_atomic)
 from landscape.data import Dataset, iterate_batches
+from landscape.kernels import current as current_kernels
 from landscape.locking import exclusive_lock
 from landscape.models import build_model, evaluate, model_spec
 from landscape.pretrained import load_state_dict_file
@@ -146,15 +148,34 @@ def _get_teacher(recipe: dict, data: Dataset, out: Path, seed: int, device="cpu"
     path = teacher_path(recipe, out, seed)
     inside(out, path)  # a planted link <out>/teachers -> elsewhere is refused
     found = _sound_teacher(path, warn=True)
-    if found is not None:
+    if found is not None and _same_kernels(path):
         return path, found
     with exclusive_lock(path.with_suffix(".lock"), f"teacher cache {path}"):
         remove_orphans(path.parent, prefix=path.name + ".")
-        if _sound_teacher(path) is None:  # another process may have written it meanwhile
+        found = _sound_teacher(path)  # another process may have written it meanwhile
+        if found is None or not _same_kernels(path):
+            if found is not None:
+                warnings.warn(f"{path} was not made in this process's kernel mode ({current_kernels()}; "
+                              "landscape.kernels), or before landscape recorded the mode: it is rebuilt, so that "
+                              "no run of this mode learns from a teacher of another", stacklevel=3)
             make = (pretrained_teacher(recipe, data, seed, device) if recipe["teacher"]["weights"]
                     else train_teacher(recipe, data, seed, device, progress))
             save_atomic(make, path)
+            write_text_atomic(current_kernels(), kernels_record(path))
     return path, load_teacher_file(path)
+
+
+def kernels_record(path: Path) -> Path:
+    """The file beside a cached teacher that says which kernel mode made it (outside the teacher
+    file, so that its bytes and hash, which the runs record, stay those of the weights)."""
+    return path.with_suffix(".kernels")
+
+
+def _same_kernels(path: Path) -> bool:
+    try:
+        return kernels_record(path).read_text(encoding="utf-8").strip() == current_kernels()
+    except OSError:
+        return False
 
 
 def _sound_teacher(path: Path, warn: bool = False) -> dict | None:
