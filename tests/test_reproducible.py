@@ -47,7 +47,6 @@ def _user_env(machine: str) -> dict:
 def _tables(tmp: Path, machine: str, *fast: str) -> dict[str, pd.DataFrame]:
     out = tmp / f"{machine}{'-fast' if fast else ''}"
     env = _user_env(machine)
-    (tmp / "settings.toml").write_text(SETTINGS)
     for cmd in (["train", RECIPE, "--runs", "gdfq", "--epochs", "2", "--out", out / "ck"],
                 ["analyze", out / "ck" / "digits_tiny" / "gdfq-seed0", "--analyses", "trace", "cosine",
                  "--settings", tmp / "settings.toml", "--out", out / "t"]):
@@ -73,10 +72,14 @@ def _differ(a: dict, b: dict) -> list[str]:
 
 
 def test_every_table_is_bit_identical_whatever_the_machine_selects_and_differs_in_fast_mode(tmp_path):
-    ref = _tables(tmp_path, "avx512")
-    for machine in ("avx2", "sse4"):
-        assert _differ(ref, _tables(tmp_path, machine)) == [], machine
-    fast = _differ(_tables(tmp_path, "avx512", "--fast"), _tables(tmp_path, "sse4", "--fast"))
+    from concurrent.futures import ThreadPoolExecutor
+
+    (tmp_path / "settings.toml").write_text(SETTINGS)
+    cases = [("avx512",), ("avx2",), ("sse4",), ("avx512", "--fast"), ("sse4", "--fast")]
+    with ThreadPoolExecutor(max_workers=3) as pool:  # independent processes of one thread each
+        ref, avx2, sse4, fast512, fast_sse4 = pool.map(lambda c: _tables(tmp_path, *c), cases)
+    assert _differ(ref, avx2) == [] and _differ(ref, sse4) == []
+    fast = _differ(fast512, fast_sse4)
     assert "metrics.csv" in fast and "trace.csv" in fast, fast
 
 
