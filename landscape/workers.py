@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable

@@ -25,7 +25,7 @@ from landscape.data import load_dataset
 from landscape.findings.verdicts import NO_DATA, NOT_SUPPORTED, SUGGESTIVE, SUPPORTED
 from landscape.losses import cross_entropy
 from landscape.models import evaluate
-from landscape.results import publish_results, read_blocks
+from landscape.results import read_blocks
 from landscape.schema import RecipeError
 from landscape.sensitivity import forward_weight
 from landscape.zsq.teacher import teacher_path

@@ -9,7 +9,7 @@ import torch
 from conftest import exact_hessian, make_batches
 from landscape.curvature import CurvatureError, Hessian, hutchinson, hutchpp, lanczos, power_iteration, slq
 from landscape.curvature.operators import _generator, rademacher
-from landscape.losses import distillation, kl_to_teacher
+from landscape.losses import distillation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,10 +14,8 @@ import torch
 from torch import nn
 
 from landscape.config import RecipeError, resolve_run, validate_recipe
-from landscape.errors import LandscapeError
 from landscape.models import SmallCNN
-from landscape.quant import (ActQuant, QuantConv2d, QuantizationWarning, QuantizerError, QuantLinear,
-                             act_quantizers, calibrate, coverage_report, frozen_rounding, quantize_model,
+from landscape.quant import (QuantizationWarning, QuantizerError, act_quantizers, calibrate, coverage_report, frozen_rounding, quantize_model,
                              quantized_layers)
 from landscape.quant import functional as Q
 

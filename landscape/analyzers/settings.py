@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from landscape.analyzers._common import AnalysisError, closest
-from landscape.schema import (Bool, Choice, Epochs, Float, Int, RecipeError, Str, StrList, check_keys, check_section,
+from landscape.schema import (Bool, Choice, Epochs, Float, Int, RecipeError, StrList, check_keys, check_section,
                               defaults_of)
 
 __all__ = ["ANALYSES", "SCHEMA", "DEFAULTS", "SLICE_SCALES", "SLICE_KINDS", "CURVATURES", "PLACEMENT_KEYS",

@@ -28,6 +28,7 @@ from landscape.checkpoints import (TEACHER_FORMAT, VERSION, CheckpointError, Che
                                    load_teacher_file, remove_orphans, save_atomic, seal, sha256_file,
                                    write_text_atomic)
 from landscape.data import Dataset, iterate_batches
+from landscape.kernels import REPRODUCIBLE
 from landscape.kernels import current as current_kernels
 from landscape.locking import exclusive_lock
 from landscape.models import build_model, evaluate, model_spec
@@ -54,11 +55,10 @@ def teacher_settings(recipe: dict) -> dict:
 
 def teacher_key(recipe: dict) -> str:
     data = {k: v for k, v in recipe["data"].items() if k != "root"}
-    from landscape.kernels import REPRODUCIBLE, current
-
     ident = {"data": data, "model": recipe["model"], "teacher": teacher_settings(recipe)}
-    if current() != REPRODUCIBLE:  # a teacher trained on machine-dependent kernels is another file
-        ident["kernels"] = current()
+    mode = current_kernels()
+    if mode != REPRODUCIBLE:  # a teacher trained on machine-dependent kernels is another file
+        ident["kernels"] = mode
     blob = json.dumps(ident, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
