@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from landscape.quant import coverage_report, frozen_rounding, quantize_model
+from landscape.quant import (check_dequantization, coverage_report, forward_weights, frozen_rounding, integer_codes,
+                             quantize_model)
 from landscape.quant.quantizers import UniformWeight
 
 from tests.lm_fixtures import TinyLM
@@ -148,3 +149,19 @@ def test_gpt2_conv1d_groups_along_the_input_and_weight_only_coverage():
     c_attn = q.transformer.h[0].attn.c_attn
     assert torch.equal(c_attn.quantized_weight(), _fq(gpt2.transformer.h[0].attn.c_attn.weight.T, 4, 8).T)
     assert (q(ids).logits - gpt2(ids).logits).abs().max() > 1e-4
+
+
+def test_codes_check_and_forward_weights_name_every_attention_tensor():
+    torch.manual_seed(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        student = quantize_model(TinyLM().double(), 3, None, group_size=4)
+    names = coverage_report(student).covered
+    assert list(forward_weights(student)) == names
+    assert set(integer_codes(student)) == {n[:-len(".weight")] if n.endswith(".weight") else n for n in names}
+    rows = check_dequantization(student)
+    assert [r["layer"] for r in rows][:2] == ["blocks.0.attn.in_proj_weight", "blocks.0.attn.out_proj"]
+    attn = student.blocks[0].attn
+    assert torch.equal(forward_weights(student)["blocks.0.attn.in_proj_weight"],
+                       _fq(attn.in_proj_weight, 3, 4))
+    assert attn.quantized_parameters().keys() == {"in_proj_weight"}

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from landscape.errors import LandscapeError
-from landscape.quant import QuantizerError, coverage_report, quantize_model, weight_qparams
+from landscape.quant import (QuantizerError, check_dequantization, coverage_report, forward_weights, integer_codes,
+                             quantize_model, weight_qparams)
 from landscape.quant.quantizers import LSQ, UniformWeight
 from landscape.schema import RecipeError
 
@@ -116,3 +117,14 @@ def test_lsq_learns_one_step_per_group():
 def test_bad_group_arguments_name_the_argument(kwargs, match):
     with pytest.raises(QuantizerError, match=match):
         quantize_model(_linear(W), 4, None, **kwargs)
+
+
+def test_group_codes_and_the_dequantization_check():
+    student = quantize_model(nn.Sequential(_linear(W)), 2, None, group_size=4)
+    codes = integer_codes(student)["0"]
+    assert codes.tolist() == [[-2, -2, -1, 1, -2, 0, 0, 1], [-2, -1, 0, 1, -2, -2, -2, -2]]
+    (row,) = check_dequantization(student)
+    assert row["layer"] == "0" and row["group_size"] == 4 and row["n_clipped"] == 1  # the 7 of [1, 2, 4, 7]
+    assert row["max_error_over_scale"] <= 0.5 + 1e-9
+    assert forward_weights(student).keys() == {"0.weight"}
+    assert torch.allclose(forward_weights(student)["0.weight"], HAND, atol=1e-8, rtol=0)

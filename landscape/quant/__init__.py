@@ -43,7 +43,7 @@ from landscape.quant.targets import Target, weight_targets, weight_tensors
 __all__ = ["quantize_model", "quantized_layers", "integer_codes", "act_quantizers", "coverage_report",
            "CoverageReport", "calibrating", "calibrate", "check_dequantization", "frozen_rounding",
            "QuantizationError", "QuantizationWarning", "FrozenRoundingError", "QuantizerError",
-           "BUILTIN_WEIGHT", "BUILTIN_ACT",
+           "BUILTIN_WEIGHT", "BUILTIN_ACT", "quantized_tensors", "forward_weights",
            "QuantConv2d", "QuantLinear", "ActQuant", "ActQuantPerCall", "functional", "weight_codes",
            "weight_qparams", "fake_quant_weight", "quantize", "dequantize", "qrange"]
 
@@ -234,13 +234,51 @@ def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_moment
 
 
 def quantized_layers(student: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, layer)`` of every quantized Conv2d/Linear, whatever its weight quantizer."""
-    return [(n, m) for n, m in student.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    """``(name, layer)`` of every layer whose quantized ``weight`` is stored (out, in, ...):
+    QuantConv2d, QuantLinear and the quantized subclasses of nn.Linear / nn.Conv2d, whatever
+    the weight quantizer. GPT-2's Conv1D (stored (in, out)) and attention projections are in
+    :func:`quantized_tensors`."""
+    return [(n, m) for n, m in student.named_modules()
+            if isinstance(m, _QuantWeight) and isinstance(m, (nn.Linear, nn.Conv2d)) and "weight" in m.quantized_params]
 
 
-def _grid_layers(student: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The quantized layers on the built-in uniform grid (no ``wq`` quantizer): those with integer codes."""
-    return [(n, m) for n, m in quantized_layers(student) if m.weight_quantizer is None]
+def quantized_tensors(student: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """``(parameter name, module, local name)`` of every quantized weight tensor, in model order
+    (``blocks.0.attn.in_proj_weight``, ``blocks.0.attn.out_proj.weight``, ...)."""
+    return [(f"{n}.{p}" if n else p, m, p) for n, m in student.named_modules() if isinstance(m, _QuantWeight)
+            for p in m.quantized_params]
+
+
+@torch.no_grad()
+def forward_weights(student: nn.Module) -> dict[str, torch.Tensor]:
+    """``{parameter name: ŵ}``: the value every quantized weight tensor computes with (detached,
+    in its parameter's shape); the names are the float model's parameter names."""
+    return {name: m.quantized_param(p).detach().clone() for name, m, p in quantized_tensors(student)}
+
+
+def _grid(m: nn.Module, p: str) -> tuple[int, str, int | None] | None:
+    """(bits, zero point, group size) of a tensor on the uniform grid (the built-in path or a
+    UniformWeight quantizer), else None."""
+    from landscape.quant.quantizers.uniform import UniformWeight
+
+    q = m.param_quantizer(p)
+    if q is None:
+        return m.w_bits, m.zero_point, None
+    if type(q) is UniformWeight:
+        return q.bits, q.zero_point, q.group_size
+    return None
+
+
+def _grid_tensors(student: nn.Module) -> list[tuple[str, nn.Module, str, tuple[int, str, int | None]]]:
+    """(key, module, local name, grid) of every quantized tensor on the uniform grid; the key is
+    the layer name for a layer's ``weight`` (``"fc"``), else the parameter name."""
+    out = []
+    for name, m, p in quantized_tensors(student):
+        grid = _grid(m, p)
+        if grid is not None:
+            key = name[:-len(".weight")] if name.endswith(".weight") else "" if name == "weight" else name
+            out.append((key, m, p, grid))
+    return out
 
 
 def act_quantizers(student: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -250,10 +288,13 @@ def act_quantizers(student: nn.Module) -> list[tuple[str, nn.Module]]:
 
 @torch.no_grad()
 def integer_codes(student: nn.Module) -> dict[str, torch.Tensor]:
-    """The integer weight codes q of every quantized layer on the built-in uniform grid
-    (LongTensor, weight-shaped), each on its own layer's grid (``m.zero_point``). Layers with
-    another weight quantizer (``wq``) have no codes on that grid and are not listed."""
-    return {n: weight_codes(m.weight, m.w_bits, m.zero_point) for n, m in _grid_layers(student)}
+    """The integer codes q of every quantized weight tensor on the uniform grid (the built-in
+    per-channel path and per-group ``group_size=`` uniform), LongTensor in the parameter's
+    shape, keyed by layer name for a layer's ``weight`` (``"fc"``) and by parameter name
+    otherwise (``"attn.in_proj_weight"``). Tensors of another quantizer have no codes on that
+    grid and are not listed."""
+    return {key: m._oriented(weight_codes(m._oriented(m._parameters[p]), *grid))
+            for key, m, p, grid in _grid_tensors(student)}
 
 
 @contextmanager
@@ -299,20 +340,21 @@ def check_dequantization(student: nn.Module, atol: float = 1e-6) -> list[dict]:
     :mod:`.functional`); ``n_clipped`` counts the weights beyond the grid's end points. Floating-point rounding of w/s + z adds a
     slack of a few ulps of the code magnitude (16 bits in float32: ~1e-2·s).
 
-    Returns one row per layer on the built-in uniform grid (layer, bits, zero_point, n,
-    n_clipped, code_min, code_max, max_error_over_scale) and raises QuantizationError naming the
-    first layer that fails. Layers with another weight quantizer (``wq``) are not checked here.
+    Returns one row per tensor on the uniform grid, per channel or per group (layer, bits,
+    zero_point, group_size, n, n_clipped, code_min, code_max, max_error_over_scale; ``layer``
+    as the keys of :func:`integer_codes`) and raises QuantizationError naming the first that
+    fails. Tensors of another weight quantizer are not checked here.
     """
     rows = []
-    for name, m in _grid_layers(student):
-        w, bits = m.weight.detach(), m.w_bits
-        scale, zp = weight_qparams(w, bits, m.zero_point)
+    for name, m, p, (bits, zero_point, group_size) in _grid_tensors(student):
+        w = m._oriented(m._parameters[p].detach())  # (out, in, ...): channels and groups by rows
+        scale, zp = weight_qparams(w, bits, zero_point, group_size)
         q = quantize(w, scale, zp, bits)
         lo, hi = qrange(bits)
         if q.min() < lo or q.max() > hi or not torch.equal(q, q.round()):
             raise QuantizationError(f"{name}: codes outside [{lo}, {hi}] or not integers")
         w_hat = dequantize(q, scale, zp)
-        used = m.quantized_weight().detach()
+        used = m._oriented((m.quantized_weight() if p == "weight" else m.quantized_param(p)).detach())
         if not torch.allclose(used, w_hat, atol=atol, rtol=0):
             raise QuantizationError(f"{name}: forward weight differs from scale*(q - zero_point) "
                                     f"by {(used - w_hat).abs().max():.3g}")
@@ -321,7 +363,7 @@ def check_dequantization(student: nn.Module, atol: float = 1e-6) -> list[dict]:
         if ratio > 0.5 + max(slack, 1e-6):
             raise QuantizationError(f"{name}: dequantization error {ratio:.4f} x scale > scale/2")
         t, tol = w / scale + zp, max(slack, 1e-6)  # beyond the grid's end points: clipped
-        rows.append({"layer": name, "bits": bits, "zero_point": m.zero_point, "n": w.numel(),
+        rows.append({"layer": name, "bits": bits, "zero_point": zero_point, "group_size": group_size, "n": w.numel(),
                      "n_clipped": int(((t < lo - tol) | (t > hi + tol)).sum()),
                      "code_min": int(q.min()), "code_max": int(q.max()), "max_error_over_scale": ratio})
     return rows

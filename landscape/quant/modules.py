@@ -86,6 +86,10 @@ class _QuantWeight:
             return self._oriented(wq(self._oriented(w)))
         return w + self.param_offset(param)
 
+    def quantized_parameters(self) -> dict[str, torch.Tensor]:
+        """``{parameter name: ŵ}`` for every quantized parameter of this module (names local to it)."""
+        return {p: self.quantized_param(p) for p in self.quantized_params}
+
     def weight_offset(self) -> torch.Tensor:
         """c = ŵ − w at the current weight (detached)."""
         return self.param_offset("weight")
