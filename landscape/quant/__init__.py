@@ -26,7 +26,7 @@ from torch import nn
 
 from landscape.quant import functional
 from landscape.quant.batches import Call, call_model, to_device
-from landscape.quant.coverage import ACTIVATION_MODULES, activation_sites
+from landscape.quant.coverage import ACTIVATION_MODULES, activation_sites, float_activation
 from landscape.quant.coverage_report import ATTR as _COVERAGE
 from landscape.quant.coverage_report import EXCLUDED, CoverageReport, coverage_report, skip_reason
 from landscape.quant.errors import FrozenRoundingError, QuantizationError, QuantizationWarning, QuantizerError
@@ -36,6 +36,7 @@ from landscape.quant.functional import (check_zero_point, dequantize, fake_quant
 from landscape.quant.interface import (BUILTIN_ACT, BUILTIN_WEIGHT, ROLE, build, check_bits, is_builtin_uniform,
                                        resolve_quantizer, role_of, select_layers, spec_name)
 from landscape.quant.groups import check_group_size
+from landscape.quant.source_scan import source_sites
 from landscape.quant.modules import (ActQuant, ActQuantPerCall, CallCounters, QuantConv2d, QuantLinear, _QuantWeight,
                                      _to_quant, quant_class)
 from landscape.quant.targets import Target, weight_targets, weight_tensors
@@ -72,17 +73,30 @@ def _call_sites(student: nn.Module) -> dict[int, list[str]]:
     An activation module held under two names gets one quantizer per holder (no site list).
     """
     sites = activation_sites(student)
+    relus = [n for n, m in student.named_modules() if type(m) in ACTIVATION_MODULES]
+    floats = [f"`{n}` ({'nn.' if type(m).__module__.startswith('torch.nn') else ''}{type(m).__name__})"
+              for n, m in student.named_modules() if float_activation(m)]
+    unread: list[str] = []
     if isinstance(sites, str):
-        warnings.warn(f"quantize_model: torch.fx cannot trace {type(student).__name__} ({sites}), so activation "
-                      f"call sites were not checked: each nn.ReLU module gets one quantizer shared by all its "
-                      f"calls, and functional activations (F.relu) are not quantized", QuantizationWarning,
-                      stacklevel=3)
-        return {}
-    if sites.functional:
-        warnings.warn(f"quantize_model: {len(sites.functional)} functional activation(s) are not quantized "
-                      f"(only nn.ReLU / nn.ReLU6 modules get an activation quantizer): "
-                      + "; ".join(sites.functional) + ". Use an nn.ReLU module there to quantize it.",
+        if relus:  # what the fallback loses: a ReLU module called twice shares one quantizer
+            warnings.warn(f"quantize_model: torch.fx cannot trace {type(student).__name__} ({sites}), so the call "
+                          f"sites of its {len(relus)} nn.ReLU/ReLU6 module(s) were not checked: each gets one "
+                          f"quantizer shared by all its calls", QuantizationWarning, stacklevel=3)
+        functional, unread = source_sites(student)  # exact for what the source says; no warning of its own
+    else:
+        functional = sites.functional
+    if floats or functional or unread:
+        parts = ([f"module(s) {', '.join(floats)}"] if floats else []) \
+            + ([f"functional call(s) {'; '.join(functional)}"] if functional else []) \
+            + ([f"the functional calls of {', '.join(unread)}.forward (its source could not be read)"]
+               if unread else [])
+        warnings.warn(f"quantize_model: {len(floats) + len(functional)} activation(s) cannot be quantized in place "
+                      f"and stay in float (only nn.ReLU / nn.ReLU6 modules get an activation quantizer): "
+                      + "; ".join(parts) + "." + (" A functional ReLU is quantized once it is an nn.ReLU module."
+                                                  if any("relu" in f for f in functional) else ""),
                       QuantizationWarning, stacklevel=3)
+    if isinstance(sites, str):
+        return {}
     holders = Counter(id(c) for parent in student.modules() for c in parent._modules.values() if c is not None)
     return {id(m): sites.modules.get(n, [])[:1 if holders[id(m)] > 1 else None]
             for n, m in student.named_modules()}
