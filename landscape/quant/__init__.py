@@ -2,9 +2,11 @@
 
     student = quantize_model(teacher, w_bits=4, a_bits=4)   # deep copy, eval mode
     student = quantize_model(teacher, 4, None, weight="lsq") # weights only, another quantizer
+    student = quantize_model(lm, 4, None, group_size=64)      # weights only, per-group scales
     coverage_report(student)  -> which weight tensors were quantized, which skipped and why
     calibrate(student, batches)                               # PTQ: activation ranges
-    quantized_layers(student) -> [(name, QuantConv2d | QuantLinear)]
+    quantized_layers(student) -> [(name, QuantConv2d | QuantLinear | a quantized Linear subclass)]
+    forward_weights(student)  -> {parameter name: ŵ}      # attention projections included
     integer_codes(student)    -> {name: LongTensor}
     check_dequantization(student) -> per-layer report; raises QuantizationError on failure
     with frozen_rounding(student, batches): ...   # rounding offsets held fixed at θ
@@ -152,12 +154,28 @@ def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_moment
                    group_size: int | None = None, include=None, exclude=None) -> nn.Module:
     """A fake-quantized deep copy of ``model``, in eval mode.
 
-    * Every nn.Conv2d and nn.Linear (first and last included; exactly those classes, not
-      subclasses) gets ``w_bits`` weights from the quantizer ``weight``; the default
-      ``"uniform"`` is per-output-channel on the grid ``weight_zero_point``: ``"integral"``
-      (default; the official GDFQ/AIT grid, anchored at 0) or ``"float"`` (anchored at min); see
-      :mod:`.functional`. Another quantizer is held by the layer as ``wq`` and called on its
-      weight (once here, so a lazily initialised step is set now).
+    * **Weights** (:mod:`.targets`): every nn.Linear and nn.Conv2d and every subclass of them
+      (first and last layers included; nn.MultiheadAttention's ``out_proj``, a
+      NonDynamicallyQuantizableLinear, too), GPT-2's ``Conv1D``, and nn.MultiheadAttention's
+      input projection (the packed ``in_proj_weight``, or ``q_proj_weight`` / ``k_proj_weight`` /
+      ``v_proj_weight`` when kdim/vdim differ from embed_dim) get ``w_bits`` weights from the
+      quantizer ``weight``. Exactly nn.Linear / nn.Conv2d become QuantLinear / QuantConv2d;
+      any other class keeps its class and its own forward, which reads ŵ in place of each
+      quantized parameter for the duration of the call (MHA also reads its out_proj's ŵ). The
+      parameters stay the float ones (names, state-dict keys, ``requires_grad``): gradients
+      and curvature are taken with respect to them through the straight-through estimator.
+    * The default ``"uniform"`` is per-output-channel on the grid ``weight_zero_point``:
+      ``"integral"`` (default; the official GDFQ/AIT grid, anchored at 0) or ``"float"``
+      (anchored at min); see :mod:`.functional`. Another quantizer is held by the layer as
+      ``wq`` (``wq_<param>`` for an attention projection) and called on its weight (once here,
+      so a lazily initialised step is set now).
+    * ``group_size = g``: per-group scales, one per g consecutive inputs of each output
+      channel (GPTQ/AWQ-style; a Conv2d kernel's inputs are in·kh·kw; Conv1D's are the rows of
+      its stored (in, out) weight); the last group is shorter when g does not divide the input
+      dimension; g ≥ the input dimension is the per-channel quantizer (:mod:`.groups`). For
+      ``"uniform"`` (round to nearest, on ``weight_zero_point``'s grid) and ``"lsq"`` (one
+      learned step per group), or a class whose ``__init__`` takes ``group_size=``. The name
+      ``"uniform_g64"`` / ``"lsq_g64"`` is the same as ``weight=..., group_size=64``.
     * ``weight`` / ``act``: a built-in name (weights: uniform, lsq, dorefa, pow2, torch_ao;
       activations: uniform, lsq, pact, torch_ao -- :mod:`landscape.quant.quantizers`), a string
       ``"package.module:Name"`` (imported), or any class/factory called as ``Cls(bits)``
@@ -165,33 +183,38 @@ def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_moment
       (:mod:`landscape.quant.interface`). A quantizer's own parameters (an LSQ step, a PACT
       clip) train with the student and are marked *auxiliary*: the curvature engine leaves
       them out unless they are named in ``params=``.
-    * ``include`` / ``exclude``: which Conv2d/Linear layers are quantized, by their names in
-      ``model`` (kept in the student); each an exact name or a shell-style ``fnmatch`` pattern
-      (``"layer1.*"``), a string or a list; a pattern that matches no layer is an error.
-      Activation quantizers do not depend on them.
+    * ``include`` / ``exclude``: which weight modules are quantized, by their names in
+      ``model`` (kept in the student; an nn.MultiheadAttention's name selects its input
+      projection, ``<name>.out_proj`` its output projection); each an exact name or a
+      shell-style ``fnmatch`` pattern (``"layer1.*"``), a string or a list; a pattern that
+      matches no layer is an error. Activation quantizers do not depend on them.
     * ``a_bits=None``: weights only, no activation quantizer. Otherwise every nn.ReLU and
       nn.ReLU6 module (as in the official code) is replaced by ``Sequential(relu=<it>,
       quant=<quantizer>)``. The default ``"uniform"`` is :class:`ActQuant`: a per-tensor
       quantizer whose range is an EMA (``act_momentum``) of batch min/max. **Uncalibrated, it
       passes values through**: run :func:`calibrate` (post-training) or the trainer's warm-up
-      before using the student.
+      before using the student. Every other activation (GELU, SiLU, ... modules, functional
+      calls) cannot be quantized in place and stays in float: one :class:`QuantizationWarning`
+      names them all (:mod:`.coverage`).
 
     What was covered: :func:`coverage_report` ``(student)`` lists every weight tensor quantized
     and every one skipped with its reason (names of ``model``); a matrix or kernel skipped
-    because its module type is not quantized (nn.Conv1d, nn.Embedding, a subclass of
-    nn.Linear, ...) is also named in one :class:`QuantizationWarning`. A bad ``w_bits``,
-    ``a_bits``, quantizer or pattern is a :class:`QuantizerError` (a ``LandscapeError`` and
-    ``ValueError``) naming the argument.
+    because its module type is not quantized (nn.Conv1d, nn.Embedding, ...) is also named in
+    one :class:`QuantizationWarning`. A bad ``w_bits``, ``a_bits``, ``group_size``, quantizer
+    or pattern is a :class:`QuantizerError` (a ``LandscapeError`` and ``ValueError``) naming
+    the argument.
 
     Call sites are found by torch.fx symbolic tracing (no example input needed; the model is
     not run): a ReLU module that the forward pass calls k > 1 times (torchvision's BasicBlock
     calls ``self.relu`` twice) gets an :class:`ActQuantPerCall` with one quantizer per call
     site, so each site has its own range (state-dict keys ``<relu>.quant.0.lo``, ...); a module
     called once keeps ``<relu>.quant.lo`` (our models' checkpoints rely on that). Functional
-    activations (``F.relu``, ``torch.relu``, ``x.relu()``, ``F.relu6``) cannot be wrapped in
-    place: one :class:`QuantizationWarning` names each of them with its module and source line
-    (use an nn.ReLU module to quantize it). If the model cannot be traced (data-dependent
-    control flow), one warning says so and every ReLU module gets one quantizer, as if called once.
+    activations (``F.relu``, ``F.gelu``, ``torch.tanh``, ``x.relu()``, ...) are named with their
+    module and source line in the one warning (use an nn.ReLU module to quantize a ReLU). If the
+    model cannot be traced (data-dependent control flow; a language model building its causal
+    mask from ``x.size(1)``), the functional calls are read from the forwards' source instead
+    (:mod:`.source_scan`), and -- only if the model has ReLU modules -- one warning says that
+    each of them gets one quantizer, as if called once.
     """
     check_bits(w_bits, "w_bits")
     if a_bits is not None:
