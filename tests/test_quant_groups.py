@@ -128,3 +128,18 @@ def test_group_codes_and_the_dequantization_check():
     assert row["max_error_over_scale"] <= 0.5 + 1e-9
     assert forward_weights(student).keys() == {"0.weight"}
     assert torch.allclose(forward_weights(student)["0.weight"], HAND, atol=1e-8, rtol=0)
+
+
+def test_a_group_suffix_resolves_like_the_argument():
+    from landscape.quant.interface import resolve_quantizer
+
+    lsq = resolve_quantizer("lsq_g4", "weight")(3)
+    assert isinstance(lsq, LSQ) and lsq.group_size == 4
+    assert resolve_quantizer("uniform_g8", "weight")(3).group_size == 8
+    with pytest.raises(QuantizerError, match="weight = Pow2Weight takes no group_size"):
+        resolve_quantizer("pow2_g4", "weight")
+    with pytest.raises(QuantizerError, match="'uniform_g4' is not a built-in act quantizer"):
+        resolve_quantizer("uniform_g4", "act")
+    a = quantize_model(_linear(W), 3, None, weight="lsq_g4")
+    b = quantize_model(_linear(W), 3, None, weight="lsq", group_size=4)
+    assert torch.equal(a.quantized_weight(), b.quantized_weight()) and coverage_report(a).weight == "lsq_g4"

@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
-import re
 import warnings
 from collections import Counter, OrderedDict
 from contextlib import contextmanager
@@ -35,12 +33,13 @@ from landscape.quant.errors import FrozenRoundingError, QuantizationError, Quant
 from landscape.quant.frozen import frozen_rounding
 from landscape.quant.functional import (check_zero_point, dequantize, fake_quant_weight, qrange, quantize,
                                         weight_codes, weight_qparams)
-from landscape.quant.interface import (BUILTIN_ACT, BUILTIN_WEIGHT, ROLE, build, check_bits, is_builtin_uniform,
-                                       resolve_quantizer, role_of, select_layers, spec_name)
 from landscape.quant.groups import check_group_size
-from landscape.quant.source_scan import source_sites
+from landscape.quant.interface import (BUILTIN_ACT, BUILTIN_WEIGHT, ROLE, build, check_bits, is_builtin_uniform,
+                                       resolve_quantizer, role_of, select_layers, spec_name, split_group,
+                                       with_group_size)
 from landscape.quant.modules import (ActQuant, ActQuantPerCall, CallCounters, QuantConv2d, QuantLinear, _QuantWeight,
                                      _to_quant, quant_class)
+from landscape.quant.source_scan import source_sites
 from landscape.quant.targets import Target, weight_targets, weight_tensors
 
 __all__ = ["quantize_model", "quantized_layers", "integer_codes", "act_quantizers", "coverage_report",
@@ -123,30 +122,21 @@ def _coverage(student: nn.Module, targets: dict[str, Target], chosen: set[str], 
 
 def _weight_factory(weight, group_size: int | None, weight_zero_point: str):
     """(factory or None for the built-in per-channel path, group size, the name reported)."""
-    name = weight if isinstance(weight, str) else spec_name(weight)
-    if isinstance(weight, str) and (m := re.fullmatch(r"(\w+)_g(\d+)", weight)) and m[1] in BUILTIN_WEIGHT:
-        if group_size is not None and group_size != int(m[2]):
-            raise QuantizerError(f"quantize_model: weight = {weight!r} says group_size {m[2]} but group_size = "
+    base, suffix = split_group(weight)
+    if suffix is not None:
+        if group_size is not None and group_size != suffix:
+            raise QuantizerError(f"quantize_model: weight = {weight!r} says group_size {suffix} but group_size = "
                                  f"{group_size}; give one of them")
-        weight, group_size = m[1], check_group_size(int(m[2]), f"weight = {weight!r}: group size")
-    elif group_size is not None:
-        name = f"{name}_g{group_size}"
+        group_size = check_group_size(suffix, f"weight = {weight!r}: group size")
+    name = base if isinstance(base, str) else spec_name(base)
     if group_size is None:
-        return (None if is_builtin_uniform(weight, "weight") else resolve_quantizer(weight, "weight")), None, name
-    if is_builtin_uniform(weight, "weight"):
+        return (None if is_builtin_uniform(base, "weight") else resolve_quantizer(base, "weight")), None, name
+    if is_builtin_uniform(base, "weight"):
         from landscape.quant.quantizers.uniform import UniformWeight
 
-        return partial(UniformWeight, zero_point=weight_zero_point, group_size=group_size), group_size, name
-    factory = resolve_quantizer(weight, "weight")
-    try:
-        takes = "group_size" in inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        takes = False
-    if not takes:
-        raise QuantizerError(f"quantize_model: weight = {spec_name(factory)} takes no group_size; per-group scales "
-                             f"come with 'uniform' and 'lsq' (or a class whose __init__ has a group_size= "
-                             f"argument); use group_size=None for it")
-    return partial(factory, group_size=group_size), group_size, name
+        return partial(UniformWeight, zero_point=weight_zero_point, group_size=group_size), group_size, \
+            f"{name}_g{group_size}"
+    return with_group_size(resolve_quantizer(base, "weight"), group_size, "weight"), group_size, f"{name}_g{group_size}"
 
 
 def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_momentum: float = 0.9, *,
@@ -225,7 +215,7 @@ def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_moment
         raise QuantizerError(f"quantize_model: weight_zero_point: {exc}") from None
     w_factory, group_size, w_name = _weight_factory(weight, check_group_size(group_size), weight_zero_point)
     a_factory = None if a_bits is None or is_builtin_uniform(act, "act") else resolve_quantizer(act, "act")
-    uniform = is_builtin_uniform(re.sub(r"_g\d+$", "", weight) if isinstance(weight, str) else weight, "weight")
+    uniform = is_builtin_uniform(split_group(weight)[0], "weight")
     if not uniform and weight_zero_point != "integral":
         raise QuantizerError(f"quantize_model: weight_zero_point = {weight_zero_point!r} applies to the uniform "
                              f"weight quantizer only, not to weight = {spec_name(weight)}; leave it at 'integral'")
