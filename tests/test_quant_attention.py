@@ -192,3 +192,20 @@ def test_curvature_through_quantized_attention_is_the_exact_hessian_wrt_the_floa
         v = torch.randn(exact.shape[0], dtype=torch.float64)
         assert torch.allclose(H @ v, exact @ v, atol=1e-12, rtol=0)
     assert exact.abs().max() > 1e-3
+
+
+def test_a_transformer_encoder_layer_uses_the_quantized_weights_in_its_inference_mode_too():
+    torch.manual_seed(6)
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True).double().eval()
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).double().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        student = quantize_model(encoder, 3, None)
+    assert len(coverage_report(student).covered) == 2 * 4
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    for kw in ({}, {"src_key_padding_mask": pad}):
+        with_grad = student(x, **kw)  # the slow path: the quantized weights through every module's forward
+        with torch.no_grad():         # torch's fast path would read the float weights itself
+            assert torch.allclose(student(x, **kw), with_grad, atol=1e-12, rtol=0)
+            assert (encoder(x, **kw) - with_grad).abs().max() > 1e-3

@@ -40,7 +40,7 @@ from landscape.quant.interface import (BUILTIN_ACT, BUILTIN_WEIGHT, ROLE, build,
 from landscape.quant.modules import (ActQuant, ActQuantPerCall, CallCounters, QuantConv2d, QuantLinear, _QuantWeight,
                                      _to_quant, quant_class)
 from landscape.quant.source_scan import source_sites
-from landscape.quant.targets import Target, weight_targets, weight_tensors
+from landscape.quant.targets import Target, close_fast_paths, weight_targets, weight_tensors
 
 __all__ = ["quantize_model", "quantized_layers", "integer_codes", "act_quantizers", "coverage_report",
            "CoverageReport", "calibrating", "calibrate", "check_dequantization", "frozen_rounding",
@@ -238,6 +238,7 @@ def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_moment
         if isinstance(m, nn.MultiheadAttention) and not isinstance(m, _QuantWeight) \
                 and isinstance(m.out_proj, _QuantWeight):
             _to_quant(m, quant_class(type(m)), w_bits, weight_zero_point, params=())
+    close_fast_paths(student)
     for parent_name, parent in list(student.named_modules()):
         if a_bits is None:
             continue
