@@ -139,3 +139,12 @@ def test_frozen_rounding_on_dict_batches_with_group_quantizers():
             assert torch.allclose(model(input_ids=batches[1]["input_ids"]), before[1], atol=1e-12, rtol=0)
             with pytest.raises(FrozenRoundingError, match="not one of the 2 batches"):
                 model(torch.randint(0, 11, (2, 6)))
+
+
+def test_torch_transformer_layers_name_their_functional_activation():
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)  # F.relu inside
+    _, messages = _messages(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), 4)
+    (act,) = [m for m in messages if "activation(s)" in m]
+    assert ("2 activation(s)" in act and "`layers.0` (nn.TransformerEncoderLayer's relu), "
+            "`layers.1` (nn.TransformerEncoderLayer's relu)" in act)
+    assert "A functional ReLU" not in act  # a module's inner call: no nn.ReLU to put there

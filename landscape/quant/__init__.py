@@ -68,6 +68,10 @@ def _act_quant(a_bits: int, act_momentum: float, sites: list[str], like: torch.T
     return quant
 
 
+RELU_CALLS = {"F.relu", "F.relu_", "torch.relu", "torch.relu_", "F.relu6", "Tensor.relu()", "Tensor.relu_()",
+              "relu", "relu6"}
+
+
 def _call_sites(student: nn.Module) -> dict[int, list[str]]:
     """id(activation module) -> its call sites; the warnings for what cannot be quantized.
 
@@ -77,6 +81,10 @@ def _call_sites(student: nn.Module) -> dict[int, list[str]]:
     relus = [n for n, m in student.named_modules() if type(m) in ACTIVATION_MODULES]
     floats = [f"`{n}` ({'nn.' if type(m).__module__.startswith('torch.nn') else ''}{type(m).__name__})"
               for n, m in student.named_modules() if float_activation(m)]
+    floats += [f"`{n}` (nn.{type(m).__name__}'s {getattr(m.activation, '__name__', 'activation')})"
+               for n, m in student.named_modules()  # torch's layers call a functional activation inside
+               if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+               and not isinstance(m.activation, nn.Module)]
     unread: list[str] = []
     if isinstance(sites, str):
         if relus:  # what the fallback loses: a ReLU module called twice shares one quantizer
@@ -94,7 +102,7 @@ def _call_sites(student: nn.Module) -> dict[int, list[str]]:
         warnings.warn(f"quantize_model: {len(floats) + len(functional)} activation(s) cannot be quantized in place "
                       f"and stay in float (only nn.ReLU / nn.ReLU6 modules get an activation quantizer): "
                       + "; ".join(parts) + "." + (" A functional ReLU is quantized once it is an nn.ReLU module."
-                                                  if any("relu" in f for f in functional) else ""),
+                                                  if any(f.split()[0] in RELU_CALLS for f in functional) else ""),
                       QuantizationWarning, stacklevel=3)
     if isinstance(sites, str):
         return {}
