@@ -213,7 +213,7 @@ def select_layers(names: Sequence[str], include: Any, exclude: Any) -> tuple[set
             if not any(fnmatchcase(n, p) for n in names):
                 shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
                 raise QuantizerError(f"quantize_model: {argument} pattern {p!r} matches no Conv2d/Linear layer "
-                                     f"of the model (layers: {shown})")
+                                     f"(nor attention, nor Conv1D) of the model (layers: {shown})")
         return items
 
     inc, exc = patterns(include, "include"), patterns(exclude, "exclude")
