@@ -198,7 +198,7 @@ def test_teacher_reachable_from_the_loss_is_watched(model, teacher, form):
 
 
 # a loss's plain settings: every change gives the fresh answer
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # a loss module stays hashable (see landscape.losses)
 class _WeightedCE(CrossEntropy):
     weight: float = 1.0
 
@@ -228,6 +228,19 @@ def _kd_scale(teacher):
 
 def _dataclass_field(teacher):
     loss = _WeightedCE(weight=1.0)
+    return loss, lambda: setattr(loss, "weight", 0.3)
+
+
+@dataclasses.dataclass
+class _PlainWeightedCE:  # a loss object that is no module: its fields are found by the loss walk
+    weight: float = 1.0
+
+    def __call__(self, model, batch):
+        return self.weight * ce(model(batch[0]), batch[1])
+
+
+def _plain_dataclass_field(teacher):
+    loss = _PlainWeightedCE(weight=1.0)
     return loss, lambda: setattr(loss, "weight", 0.3)
 
 
@@ -271,7 +284,7 @@ def _class_weights_tensor(teacher):
 
 
 SPLIT = [_temperature, _reduction, _kd_scale, _dataclass_field]  # split at the outputs: the GGN's too
-SETTINGS = SPLIT + [_other_teacher, _partial_keyword, _closure_value, _module_attribute, _criterion_setting,
+SETTINGS = SPLIT + [_plain_dataclass_field, _other_teacher, _partial_keyword, _closure_value, _module_attribute, _criterion_setting,
                     _class_weights_tensor]
 
 
