@@ -37,12 +37,14 @@ by functions defined in the loss's own module, at most :data:`MAX_DEPTH` referen
 Every module it reaches (a teacher) is watched as a tree like the model; every tensor and plain
 value it reaches (a captured temperature, class weights) is compared too.
 
-*Why a walk and not a documented* ``H.clear_cache()`` *for such losses* (measured with
-``python benchmarks/freshness.py``, which prints the line): the walk of a closure-held teacher
-costs tens of microseconds per check -- about 0.05 % of one Hessian-vector product on the
-bench's small CNN, below the noise of the product itself -- while asking the user to refresh
-by hand would trade a silent stale answer for that saving. Only losses that are not modules
-pay for it; :mod:`landscape.losses` are modules, so the analyzers never do.
+*A walk, not a documented* ``H.clear_cache()``, *for such losses* -- chosen by measurement:
+the walk of each teacher-holding form the tests pin (closure, default argument, partial, bound
+method, partial of a method, module global) takes 6-35 µs on this project's 2-core machine
+(under load; ``loss_state`` timed alone), i.e. at most 0.04 % of one Hessian-vector product on
+the bench's small CNN (97 ms) and 0.1 % of one on its worst case (31 ms); the whole check with
+a closure-held teacher was 0.08x the previous check's time, side by side. Asking users to
+refresh by hand would trade that for a silent stale answer whenever they forget. Only losses
+that are not modules pay for it; :mod:`landscape.losses`' are modules, so the analyzers never do.
 
 **Counters** are not settings and are left out: integer buffers named ``num_batches_tracked``
 (a train-mode forward increments them; no output depends on them) and any private attribute.
@@ -60,14 +62,16 @@ and anything a non-module loss reaches only beyond the walk's bounds (another mo
 globals, objects of classes defined elsewhere, more than :data:`MAX_DEPTH` references deep,
 containers of more than :data:`MAX_ITEMS` items).
 
-The snapshot costs one copy of the watched tensors; a check reads them and the copy once.
-That read is the check's floor: on the bench's worst case (a 6.3M-parameter MLP at batch 8)
-it alone exceeds 2 % of a product (see ``benchmarks/README.md``, row (e)).
+The snapshot costs one copy of the watched tensors; a check reads them and the copy once
+(:mod:`~landscape.curvature.exact`: ``memcmp``). That read is the check's floor, and on the
+bench's worst case -- a 6.3M-parameter MLP at batch 8, 25 MB of weights against a product that
+does little arithmetic -- a single bare read of the weights alone costs about 2 % of a product:
+there the 2 % target cannot be met by any check that is exact for writes through ``.data``.
+A block product ``H @ V`` (m vectors) runs one check for all m.
 """
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import functools
 import itertools
@@ -78,6 +82,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from .exact import copy_of, first_changed
 
 __all__ = ["StateTracker", "loss_state", "module_values"]
 
@@ -267,66 +273,10 @@ def _layout(t: torch.Tensor) -> tuple:
     return (id(t), ptr, t._version, t.dtype, t.device, tuple(t.shape), t.stride())
 
 
-_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """The tensor's bytes as integers of its element size (exact: NaN equals itself, -0.0 differs from 0.0)."""
-    t = t.detach()
-    kind = _BITS.get(t.element_size())
-    try:
-        return t.view(kind) if kind is not None and t.dtype != kind else t
-    except RuntimeError:  # a layout that cannot be viewed (sparse): compared as it is
-        return t
-
-
-def _copy(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy of the tensor's values (as it is, for a layout that has no contiguous form)."""
-    try:
-        return t.detach().clone(memory_format=torch.contiguous_format)
-    except RuntimeError:
-        return t.detach().clone()
-
-
-def _libc_memcmp() -> Any:
-    try:
-        f = ctypes.CDLL(None).memcmp
-    except (OSError, AttributeError, TypeError):  # no C library to load symbols from (Windows)
-        return None
-    f.argtypes, f.restype = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t), ctypes.c_int
-    return f
-
-
-_MEMCMP = _libc_memcmp()
-
-
-def _first_written(current: list[tuple[str, torch.Tensor]], copies: list[torch.Tensor]) -> str | None:
-    """Name of the first tensor whose bytes differ from its (contiguous) copy; layouts already agree.
-
-    A contiguous CPU tensor is compared with the C library's ``memcmp`` (one read of each, no
-    temporary: 2-6x NumPy's ``array_equal``); another CPU tensor through NumPy; tensors on a device
-    with one reduction each and a single synchronisation for all.
-    """
-    other = []
-    with torch.no_grad():
-        for (name, t), old in zip(current, copies):
-            if t.device.type == "cpu":
-                if _MEMCMP is not None and t.layout == torch.strided and t.is_contiguous():
-                    if t.numel() and _MEMCMP(t.data_ptr(), old.data_ptr(), t.numel() * t.element_size()):
-                        return name
-                    continue
-                try:
-                    if not np.array_equal(_bits(t).numpy(), _bits(old).numpy()):
-                        return name
-                    continue
-                except (TypeError, RuntimeError):  # a conjugate or negative view, a sparse tensor
-                    pass
-            other.append((name, t, old))
-        if other:
-            flags = torch.stack([torch.ne(_bits(t), _bits(old)).any() for _, t, old in other])
-            if bool(flags.any()):
-                return other[int(flags.nonzero()[0, 0])][0]
-    return None
+def _first_written(entries: list[tuple[str, torch.Tensor]], copies: list[torch.Tensor]) -> str | None:
+    """Name of the first tensor whose bytes differ from its copy (:mod:`~landscape.curvature.exact`)."""
+    i = first_changed([(t, old) for (_, t), old in zip(entries, copies)])
+    return None if i is None else entries[i][0]
 
 
 class StateTracker:
@@ -376,7 +326,7 @@ class StateTracker:
         self._record_modules(_tree([("model", self.model), *self._roots], self.modes))
         self._layouts = [_layout(t) for _, t in self._entries]
         with torch.no_grad():
-            self._values = [_copy(t) for _, t in self._entries]
+            self._values = [copy_of(t) for _, t in self._entries]
         self._recorded = True
 
     def refresh_versions(self) -> None:
