@@ -338,11 +338,10 @@ class StateTracker:
         if not self._recorded:
             return
         if not self._same_structure():
-            entries = self._entries
-            self._record_modules(_tree([("model", self.model), *self._roots], self.modes))
-            if [id(t) for _, t in entries] != [id(t) for _, t in self._entries]:  # cannot happen in a forward
-                self.clear()
-                return
+            tree = _tree([("model", self.model), *self._roots], self.modes)
+            if [id(t) for _, t in _tensors(tree, self._loose)] != [id(t) for _, t in self._entries]:
+                return  # a forward pass that replaced a tensor: left for the next check to see
+            self._record_modules(tree)
         self._layouts = [_layout(t) for _, t in self._entries]
 
     # ------------------------------------------------------------------ the check
