@@ -42,7 +42,7 @@ the walk of each teacher-holding form the tests pin (closure, default argument, 
 method, partial of a method, module global) takes 6-35 µs on this project's 2-core machine
 (under load; ``loss_state`` timed alone), i.e. at most 0.04 % of one Hessian-vector product on
 the bench's small CNN (97 ms) and 0.1 % of one on its worst case (31 ms); the whole check with
-a closure-held teacher was 0.08x the previous check's time, side by side. Asking users to
+a closure-held teacher took 0.15x the previous check's time, side by side. Asking users to
 refresh by hand would trade that for a silent stale answer whenever they forget. Only losses
 that are not modules pay for it; :mod:`landscape.losses`' are modules, so the analyzers never do.
 
