@@ -8,6 +8,15 @@ Two forms of the same maths, so that nothing is written twice:
   analyzers: :func:`cross_entropy`, :func:`kl_to_teacher`, :func:`distillation`. Each has a
   ``name`` (``"ce"``, ``"kl"``, ``"ce+kl"``) and a readable ``repr``.
 
+The loss objects are ``nn.Module``\ s, so that what their value depends on is explicit and
+seen by the curvature engine's freshness check (:mod:`landscape.curvature.state`) through the
+module walk everyone knows: the teacher is a registered submodule (``loss.teacher``), the
+temperature, reduction and scales are plain attributes. The curvature engine and the trainer
+take parameters from the model (the student) only, never from a loss object, so the teacher's
+parameters are in no operator and no optimizer. A subclass that is a dataclass is declared
+``@dataclasses.dataclass(eq=False)`` (a module must stay hashable) with plain fields; the
+module is initialised in ``__post_init__``.
+
 The loss objects also split themselves at the model's outputs f (the logits), which the
 Gauss-Newton and Fisher operators need: ``outputs(model, batch) -> f``,
 ``on_outputs(f, batch) -> scalar`` (so ``loss_fn(model, batch) == on_outputs(outputs(model,
@@ -203,7 +212,18 @@ def _model_name(m: nn.Module) -> str:
     return type(m).__name__
 
 
-class CrossEntropy:
+class _LossModule(nn.Module):
+    """A ``loss_fn(model, batch)`` object that is an ``nn.Module`` (its teacher a submodule, its
+    settings plain attributes), called as ``loss(model, batch)``."""
+
+    def __post_init__(self) -> None:  # a dataclass subclass: its generated __init__ calls this, not ours
+        nn.Module.__init__(self)
+
+    def forward(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return self.on_outputs(self.outputs(model, batch), batch)
+
+
+class CrossEntropy(_LossModule):
     """``loss_fn(model, (x, y)) = CE(model(x), y)``, the mean over the batch."""
 
     name = "ce"
@@ -224,14 +244,11 @@ class CrossEntropy:
         f = _check_logits(outputs).detach()
         return SoftmaxOutputHessian(F.softmax(f, dim=-1), 1.0 / f.shape[0])
 
-    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        return self.on_outputs(self.outputs(model, batch), batch)
-
     def __repr__(self) -> str:
         return "cross_entropy()"
 
 
-class KLToTeacher:
+class KLToTeacher(_LossModule):
     """``loss_fn(model, (x, y)) = T² · KL(softmax(teacher(x)/T) ‖ softmax(model(x)/T))``.
 
     The teacher runs in eval mode under ``no_grad``; labels are ignored.
@@ -242,7 +259,8 @@ class KLToTeacher:
     def __init__(self, teacher: nn.Module, temperature: float = 1.0, reduction: str = "batchmean"):
         if not isinstance(teacher, nn.Module):
             raise TypeError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
-        self.teacher = teacher
+        super().__init__()
+        self.teacher = teacher  # a registered submodule
         self.temperature = _check_temperature(temperature)
         self.reduction = _check_reduction(reduction)
 
@@ -261,9 +279,6 @@ class KLToTeacher:
         denom = f.numel() if self.reduction == "mean" else f.shape[0]
         return SoftmaxOutputHessian(F.softmax(f / self.temperature, dim=-1), 1.0 / denom)
 
-    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        return self.on_outputs(self.outputs(model, batch), batch)
-
     def __repr__(self) -> str:
         return (
             f"kl_to_teacher(teacher={_model_name(self.teacher)}, temperature={self.temperature:g}, "
@@ -271,7 +286,7 @@ class KLToTeacher:
         )
 
 
-class Distillation:
+class Distillation(_LossModule):
     """``loss_fn(model, (x, y)) = ce_scale · CE + kd_scale · T² · KL(teacher ‖ student)``."""
 
     def __init__(
@@ -284,7 +299,8 @@ class Distillation:
     ):
         if not isinstance(teacher, nn.Module):
             raise TypeError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
-        self.teacher = teacher
+        super().__init__()
+        self.teacher = teacher  # a registered submodule
         self.temperature = _check_temperature(temperature)
         self.ce_scale = float(ce_scale)
         self.kd_scale = float(kd_scale)
@@ -319,9 +335,6 @@ class Distillation:
             denom = f.numel() if self.reduction == "mean" else f.shape[0]
             terms.append(SoftmaxOutputHessian(F.softmax(f / self.temperature, dim=-1), self.kd_scale / denom))
         return SumOutputHessian(terms)
-
-    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        return self.on_outputs(self.outputs(model, batch), batch)
 
     def __repr__(self) -> str:
         return (

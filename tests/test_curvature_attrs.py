@@ -249,3 +249,35 @@ def test_a_counter_the_forward_pass_moves_does_not_cause_rebuilds():
     assert all(rel(o, out[0]) < 1e-13 for o in out)
     model.net.bn.eps = 0.5  # while a change of the user's is seen
     assert rel(H @ v, out[0]) > 1e-3 and H.n_rebuilds == 2
+
+
+class PrivateScale(nn.Module):
+    """A module whose output depends on private state: it bumps its public ``version`` on every change
+    (the protocol of landscape.curvature.state), which the check sees like any public setting."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = make_model(0)
+        self._scale = 1.0
+        self.version = 0
+
+    def set_scale(self, scale: float) -> None:
+        self._scale = scale
+        self.version += 1
+
+    def forward(self, x):
+        return self.net(x) * self._scale
+
+
+def test_private_state_is_followed_through_a_public_version_counter():
+    model = PrivateScale()
+    batches = make_batches([5, 3])
+    H = Hessian(model, cross_entropy(), batches)
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    before = H @ v
+    model._scale = 2.0  # private and unannounced: not watched (documented), the cached graph answers
+    assert rel(H @ v, before) == 0.0 and H.n_rebuilds == 1
+    model.set_scale(2.0)  # the same value, announced: rebuilt, the fresh answer
+    fresh = Hessian(model, cross_entropy(), batches) @ v
+    assert rel(fresh, before) > 1e-3
+    assert rel(H @ v, fresh) < 1e-12 and H.n_rebuilds == 2

@@ -19,6 +19,7 @@ from torch import nn
 from conftest import make_batches, make_model
 from landscape.curvature import GGN, CurvatureError, CurvatureWarning, Hessian
 from landscape.curvature.batches import _fingerprint, _same
+from landscape.curvature.state import StateTracker
 from landscape.losses import CrossEntropy, ce, cross_entropy, distillation, kl_divergence, kl_to_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -198,7 +199,7 @@ def test_teacher_reachable_from_the_loss_is_watched(model, teacher, form):
 
 
 # a loss's plain settings: every change gives the fresh answer
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # a loss module stays hashable (see landscape.losses)
 class _WeightedCE(CrossEntropy):
     weight: float = 1.0
 
@@ -228,6 +229,19 @@ def _kd_scale(teacher):
 
 def _dataclass_field(teacher):
     loss = _WeightedCE(weight=1.0)
+    return loss, lambda: setattr(loss, "weight", 0.3)
+
+
+@dataclasses.dataclass
+class _PlainWeightedCE:  # a loss object that is no module: its fields are found by the loss walk
+    weight: float = 1.0
+
+    def __call__(self, model, batch):
+        return self.weight * ce(model(batch[0]), batch[1])
+
+
+def _plain_dataclass_field(teacher):
+    loss = _PlainWeightedCE(weight=1.0)
     return loss, lambda: setattr(loss, "weight", 0.3)
 
 
@@ -271,7 +285,7 @@ def _class_weights_tensor(teacher):
 
 
 SPLIT = [_temperature, _reduction, _kd_scale, _dataclass_field]  # split at the outputs: the GGN's too
-SETTINGS = SPLIT + [_other_teacher, _partial_keyword, _closure_value, _module_attribute, _criterion_setting,
+SETTINGS = SPLIT + [_plain_dataclass_field, _other_teacher, _partial_keyword, _closure_value, _module_attribute, _criterion_setting,
                     _class_weights_tensor]
 
 
@@ -499,3 +513,50 @@ def test_uncached_operator_follows_every_change_without_a_snapshot(mutate):
     mutate(model)
     assert rel(H @ v, Hessian(model, cross_entropy(), batches) @ v) < 1e-12
     assert H._core.tracker._values == []  # nothing cached, nothing copied
+
+
+# ------------------------------------------------------------------ loss modules; the exactness of the value check
+def test_a_loss_module_holds_its_teacher_but_no_operator_takes_its_parameters(model, teacher):
+    loss = distillation(teacher, temperature=3.0, ce_scale=0.5, kd_scale=2.0, reduction="mean")
+    assert isinstance(loss, nn.Module) and dict(loss.named_children()) == {"teacher": teacher}
+    assert [id(p) for p in loss.parameters()] == [id(p) for p in teacher.parameters()]
+    batches = make_batches([5])
+    for A in (Hessian(model, loss, batches), GGN(model, loss, batches)):  # the student's parameters only
+        assert A.names == [n for n, _ in model.named_parameters()]
+        assert A.shape[0] == sum(p.numel() for p in model.parameters())
+    x, y = batches[0]
+    with torch.no_grad():
+        t, s = teacher(x), model(x)
+    expected = 0.5 * F.cross_entropy(s, y) + 2.0 * 9.0 * F.kl_div(
+        F.log_softmax(s / 3.0, -1), F.log_softmax(t / 3.0, -1), reduction="sum", log_target=True) / s.numel()
+    assert abs(loss(model, (x, y)).item() - expected.item()) < 1e-12  # an independent evaluation
+    assert repr(loss) == "distillation(teacher=TinyCNN, temperature=3, ce_scale=0.5, kd_scale=2, reduction='mean')"
+
+
+def test_the_change_of_a_loss_module_is_named(model, teacher):
+    loss = kl_to_teacher(teacher, temperature=2.0)
+    tracker = StateTracker(model, loss, modes=False)
+    tracker.snapshot()
+    assert tracker.changed() is None
+    loss.temperature = 4.0
+    assert tracker.changed() == "loss_fn.temperature"
+    loss.temperature = 2.0
+    assert tracker.changed() is None
+    teacher.fc.bias.data.add_(1.0)
+    assert tracker.changed() == "loss_fn.teacher.fc.bias"
+
+
+def test_the_value_check_compares_bytes_exactly(model):
+    with torch.no_grad():
+        model.fc.bias[0] = 0.0
+        model.fc.bias[1] = float("nan")  # NaN equals itself bit for bit: not a change on every check
+        model.conv.weight = nn.Parameter(model.conv.weight.detach().transpose(0, 1).contiguous().transpose(0, 1))
+    assert not model.conv.weight.is_contiguous()  # compared through NumPy, not memcmp
+    tracker = StateTracker(model, cross_entropy())
+    tracker.snapshot()
+    assert tracker.changed() is None and tracker.changed() is None
+    model.fc.bias.data[0] = -0.0  # equal as a number, another value; through .data: no version bump
+    assert tracker.changed() == "model.fc.bias"
+    tracker.snapshot()
+    model.conv.weight.data[1, 0, 0, 0] += 1.0
+    assert tracker.changed() == "model.conv.weight"

@@ -11,12 +11,13 @@ are built:
   (ints, strings, ``None``) inside a batch are compared by value;
 * every **tensor**'s layout (storage pointer, dtype, device, shape, stride, autograd version
   counter, ``requires_grad``: any in-place write through autograd, ``mul_``, ``copy_``,
-  ``y[3] = 7``) and its values, compared exactly with a copy taken at the snapshot (catches
-  writes that bypass the version counter: ``x.data.mul_(3)``, a NumPy view written in place).
+  ``y[3] = 7``) and its values, compared bit for bit with a copy taken at the snapshot
+  (:mod:`~landscape.curvature.exact`; catches writes that bypass the version counter:
+  ``x.data.mul_(3)``, a NumPy view written in place).
 
 Like the model's :class:`~landscape.curvature.state.StateTracker`, the snapshot costs one copy
 of the batches (small beside the cached graphs built from them) and a check one exact
-comparison with it (a memcmp-speed scan on the CPU). Not watched: a ``DataLoader``'s dataset (a
+comparison with it (``memcmp`` on the CPU). Not watched: a ``DataLoader``'s dataset (a
 loader is re-read and fingerprinted on every pass it makes -- see
 :class:`~landscape.curvature.batches.BatchSource` -- but with every graph cached no pass is made:
 build a new operator, or pass a list), and objects inside a batch that are neither containers,
@@ -27,31 +28,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
+
+from .exact import copy_of, first_changed
 
 __all__ = ["BatchWatch"]
 
 _PLAIN = (bool, int, float, complex, str, bytes, type(None))
-
-
-def _digest(t: torch.Tensor) -> torch.Tensor:
-    """A copy of a tensor's values (compared exactly by :func:`_same_digest`)."""
-    return t.detach().clone()
-
-
-def _same_digest(t: torch.Tensor, old: torch.Tensor) -> bool:
-    """Exact comparison with the copy: through NumPy on the CPU (a memcmp-speed scan), else one
-    ``torch.equal``."""
-    t = t.detach()
-    if t.shape != old.shape or t.dtype != old.dtype:
-        return False
-    if t.device.type == "cpu" and t.layout == torch.strided and t.dtype != torch.bfloat16 and not t.is_complex():
-        try:
-            return bool(np.array_equal(t.numpy(), old.numpy(), equal_nan=t.is_floating_point()))
-        except (TypeError, RuntimeError, ValueError):
-            pass
-    return bool(torch.equal(t, old))
 
 
 def _layout(t: torch.Tensor) -> tuple:
@@ -107,7 +90,7 @@ class BatchWatch:
         """Record the batches as they are now (call right after building graphs from them)."""
         refs, tensors = self._walk()
         self._refs = refs
-        self._tensors = [(path, t, _layout(t), _digest(t)) for path, t in tensors]
+        self._tensors = [(path, t, _layout(t), copy_of(t)) for path, t in tensors]
 
     def clear(self) -> None:
         self._refs, self._tensors = None, []
@@ -122,11 +105,10 @@ class BatchWatch:
         for (how, new), (old_how, old) in zip(refs, self._refs):
             if how != old_how or (new is not old if how == "is" else new != old):
                 return "the list of batches (an item replaced, or a value inside a batch changed)"
-        for (path, t), (_, old_t, layout, digest) in zip(tensors, self._tensors):
+        for (path, t), (_, old_t, layout, _) in zip(tensors, self._tensors):
             if t is not old_t:
                 return f"{path} (replaced)"
             if _layout(t) != layout:
                 return f"{path} (written in place)"
-            if not _same_digest(t, digest):
-                return f"{path} (its values changed)"
-        return None
+        i = first_changed([(t, copy) for (_, t), (*_, copy) in zip(tensors, self._tensors)])
+        return None if i is None else f"{tensors[i][0]} (its values changed)"

@@ -1,52 +1,73 @@
-r"""Has the model -- or the loss -- changed since a graph was built? One exact answer, for every kind of change.
+r"""Has the model -- or the loss -- changed since a graph was built? An exact answer, kept in proportion.
 
 A cached first-order graph holds references to the parameters' storage, not copies of their
 values: if the values change behind autograd's back, later products silently mix the old
-graph with the new values. Tensor version counters catch optimizer-style in-place updates
-and ``load_state_dict``, but not writes through ``.data`` (``p.data.mul_(…)``), which share
-storage under a fresh version counter.
+graph with the new values. Tensor version counters catch optimizer-style in-place updates and
+``load_state_dict``, but not writes through ``.data`` (``p.data.mul_(…)``), which share storage
+under a fresh version counter.
 
-:class:`StateTracker` therefore keeps, for every parameter and floating-point buffer of the
-model and of every ``nn.Module`` reachable from the loss (a distillation teacher, wherever the
-loss keeps it -- see :func:`loss_state`), and for every tensor the loss holds outside a module:
+**What is watched.** :class:`StateTracker` watches *module trees*: the model's, and the loss's
+when the loss is an ``nn.Module`` -- as :mod:`landscape.losses`' losses are, their teacher a
+registered submodule and their temperature, reduction and scales plain attributes. For every
+module in those trees it records
 
-* its identity, layout and version counter (the tensor object, storage pointer, dtype,
-  device, shape, ``_version``): catches re-assignment (``p.data = t``,
-  ``vector_to_parameters``, ``model.to(…)``), replaced modules, ``load_state_dict`` and any
-  in-place write through autograd (even one that writes the same values, which would make a
-  cached graph raise);
-* a snapshot of its values, compared exactly (``torch.equal``) on every check: catches every
-  write, through ``.data`` or not, including BatchNorm running statistics.
+* its class, its children, and its public plain attributes (``bool``, ``int``, ``float``,
+  ``str``, ``None``, enums, dtypes, devices, tuples of those; see :func:`module_values`): a
+  quantizer's bit width or grid, a switch such as ``calibrating``, BatchNorm's ``eps``, a
+  convolution's ``stride``, a loss's ``temperature`` or ``reduction``. ``training`` too, except
+  on the model's own modules when the operator sets the model's mode itself (``eval_mode=True``:
+  switching the model between ``train()`` and ``eval()`` then changes nothing);
+* every parameter and floating-point buffer: its identity, layout and version counter (object,
+  storage pointer, dtype, device, shape, stride, ``_version``: catches re-assignment,
+  ``vector_to_parameters``, ``model.to(…)``, ``load_state_dict``, any in-place write through
+  autograd) and a copy of its bytes, compared exactly on every check (catches every write,
+  through ``.data`` or not, BatchNorm's running statistics included).
 
-and, for the loss, the plain values its result depends on: scalar and string attributes (a
-KL's ``temperature`` and ``reduction``, dataclass fields, a ``functools.partial``'s keywords, a
-closure's captured numbers) and the train/eval mode of every module reachable from it (the
-engine puts only the model in eval mode). These are compared by value on every check, and
-the loss is walked anew whenever one of the objects walked at the snapshot refers to something
-else (:class:`_Structure`), so re-pointing it at another teacher counts too.
+When no attribute, child, parameter or buffer of any watched module was re-assigned since the
+snapshot (the usual case), the structural part of the check is one identity comparison of the
+modules' ``__dict__``, ``_modules``, ``_parameters`` and ``_buffers`` with the snapshot's
+(C-level, no ``__eq__`` called); otherwise the values are recomputed and compared, and a
+re-assignment to the same value (or of something not watched) is taken as the new reference.
 
-and, for the model itself, the class of every submodule and its plain public attributes (see
-:func:`module_values`): a quantizer's bit width (``w_bits``, ``bits``) or grid
-(``zero_point``), a switch such as ``calibrating``, a BatchNorm's ``eps``, a convolution's
-``stride`` or ``padding``, a replaced activation module. Train/eval modes (``training``) are
-among them when the operator uses the model's own modes (``eval_mode=False``); with
-``eval_mode=True`` the operator sets the mode itself, so switching the model between
-``train()`` and ``eval()`` changes nothing and is not a change. When no attribute of any
-module was re-assigned since the snapshot (the usual case) this part of the check is two
-C-level comparisons of the modules' ``__dict__`` and children with copies (:class:`_ModelValues`).
+**A loss that is not a module** (a closure, a lambda, a ``functools.partial``, a bound method,
+a plain or dataclass object) is walked on every check by :func:`loss_state`, a bounded walk:
+the loss object's attributes, closure cells, default arguments, a partial's function and
+arguments, a bound method's ``__self__``, the items of small containers, and the globals read
+by functions defined in the loss's own module, at most :data:`MAX_DEPTH` references deep.
+Every module it reaches (a teacher) is watched as a tree like the model; every tensor and plain
+value it reaches (a captured temperature, class weights) is compared too.
 
-The snapshot costs one copy of the tracked tensors in memory and one read of them per check;
-``make bench`` prints the check's time as a fraction of a Hessian-vector product. Counters
-are left out: integer buffers such as BatchNorm's ``num_batches_tracked`` (which a train-mode
-forward increments and which no forward output depends on) and the per-call counters of
-:data:`COUNTERS` (``ActQuantPerCall.calls``, restarted by a pre-hook at every forward of the
-model). Plain values that the operator's own forward passes change are re-recorded after
-them (:meth:`StateTracker.refresh_versions`), so a product never trips the check by itself.
+*A walk, not a documented* ``H.clear_cache()``, *for such losses* -- chosen by measurement:
+the walk of each teacher-holding form the tests pin (closure, default argument, partial, bound
+method, partial of a method, module global) takes 6-35 µs on this project's 2-core machine
+(under load; ``loss_state`` timed alone), i.e. at most 0.04 % of one Hessian-vector product on
+the bench's small CNN (97 ms) and 0.1 % of one on its worst case (31 ms); the whole check with
+a closure-held teacher took 0.15x the previous check's time, side by side. Asking users to
+refresh by hand would trade that for a silent stale answer whenever they forget. Only losses
+that are not modules pay for it; :mod:`landscape.losses`' are modules, so the analyzers never do.
 
-Not watched: private attributes (names starting with ``_``), attributes set on a class rather
-than on the module, values that are neither plain nor tensors (a callable, a dict, a list),
-in-place changes inside a mutable attribute, and hooks. Build a new operator after changing
-those.
+**Counters** are not settings and are left out: integer buffers named ``num_batches_tracked``
+(a train-mode forward increments them; no output depends on them) and any private attribute.
+The protocol for a module that counts its calls (``ActQuantPerCall`` restarts its call-site
+index at every forward of the model) is to keep the counter private -- ``ActQuantPerCall``
+stores it in ``_calls`` behind a ``calls`` property -- while a module whose output depends on
+private state exposes a public counter (``version``) that it bumps on every change. Plain
+values that the operator's own forward passes change are re-recorded after them
+(:meth:`StateTracker.refresh_versions`), so a product never trips the check by itself.
+
+**Not watched** (call ``H.clear_cache()`` after changing them, or build a new operator):
+private attributes (names starting with ``_``), attributes set on a class, values that are
+neither plain nor tensors (a callable, a dict, a list) and in-place changes inside them, hooks,
+and anything a non-module loss reaches only beyond the walk's bounds (another module's
+globals, objects of classes defined elsewhere, more than :data:`MAX_DEPTH` references deep,
+containers of more than :data:`MAX_ITEMS` items).
+
+The snapshot costs one copy of the watched tensors; a check reads them and the copy once
+(:mod:`~landscape.curvature.exact`: ``memcmp``). That read is the check's floor, and on the
+bench's worst case -- a 6.3M-parameter MLP at batch 8, 25 MB of weights against a product that
+does little arithmetic -- a single bare read of the weights alone costs about 2 % of a product:
+there the 2 % target cannot be met by any check that is exact for writes through ``.data``.
+A block product ``H @ V`` (m vectors) runs one check for all m.
 """
 
 from __future__ import annotations
@@ -56,37 +77,33 @@ import functools
 import itertools
 import operator
 import types
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["StateTracker", "tracked_modules", "loss_state", "module_values", "COUNTERS"]
+from .exact import copy_of, first_changed
+
+__all__ = ["StateTracker", "loss_state", "module_values"]
 
 MAX_DEPTH = 6
-"""How many references deep :func:`loss_state` follows from the loss callable."""
+"""How many references deep :func:`loss_state` follows from a loss callable that is not a module."""
 
 MAX_ITEMS = 64
-"""Containers (lists, tuples, dicts) with more items than this are not walked into."""
+"""Containers (lists, tuples, dicts) with more items than this are not walked into; longer tuples are not plain."""
 
 _ATOMS = (bool, int, float, complex, str, bytes, type(None), enum.Enum, torch.dtype, torch.device, np.generic)
-# objects of these libraries are not walked into (their state is not the loss's)
-_OPAQUE = frozenset({"torch", "numpy", "scipy", "builtins", "functools", "typing", "collections", "abc",
-                     "threading", "logging", "pathlib", "os", "sys", "re", "io"})
+_PLAIN = frozenset({bool, int, float, str, type(None)})  # the common plain types (one set lookup)
+_SKIP = object()
 
 
-COUNTERS = frozenset({"calls"})
-"""Attribute names of the model's modules that are counters, not settings: never compared
-(``ActQuantPerCall.calls``, the call-site index a forward pass advances and a pre-hook restarts)."""
-
-# plain values by exact type (the common case, one set lookup); others go through isinstance
-_PLAIN = frozenset({bool, int, float, str, type(None)})
-
-
-def _opaque(obj: Any) -> bool:
-    module = getattr(obj, "__module__", None) or ""
-    return module.split(".", 1)[0] in _OPAQUE
+# ---------------------------------------------------------------------------- a loss that is no module
+def _home(obj: Any) -> str | None:
+    """The module that defines a loss callable: its function's, or its class's."""
+    while isinstance(obj, (functools.partial, types.MethodType)):
+        obj = obj.func if isinstance(obj, functools.partial) else obj.__func__
+    return getattr(obj, "__module__", None) if isinstance(obj, types.FunctionType) else type(obj).__module__
 
 
 @functools.lru_cache(maxsize=256)
@@ -99,48 +116,25 @@ def _global_names(code: types.CodeType) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _attributes(obj: Any) -> Iterable[tuple[str, Any]]:
-    """A loss object's attributes: its ``__dict__`` and its ``__slots__``."""
-    d = getattr(obj, "__dict__", None)
-    if isinstance(d, dict):
-        yield from d.items()
-    for cls in type(obj).__mro__:
-        slots = cls.__dict__.get("__slots__", ())
-        for name in (slots,) if isinstance(slots, str) else slots:
-            if name in ("__dict__", "__weakref__"):
-                continue
-            try:
-                yield name, getattr(obj, name)
-            except Exception:  # noqa: BLE001 - an unset slot, or a descriptor that refuses
-                continue
-
-
-def loss_state(loss_fn: Any, model: nn.Module | None = None, visited: list | None = None) -> tuple[
+def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
         list[tuple[str, nn.Module]], list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
-    """What a loss callable's result depends on besides the model and the batch.
+    """What a loss callable that is not an ``nn.Module`` reaches: ``(modules, tensors, values)``.
 
-    Walks the references the loss holds -- attributes of loss objects (``vars`` / ``__slots__``
-    / dataclass fields), closure cells, default arguments and the globals a function reads, a
-    ``functools.partial``'s function, arguments and keywords, a bound method's ``__self__``, and
-    the items of small containers -- at most :data:`MAX_DEPTH` references deep, each object once.
-    Returns ``(modules, tensors, values)``, each a list of ``(path, object)`` with paths such as
-    ``"loss_fn.teacher"`` or ``"loss_fn.keywords['temperature']"``:
-
-    * ``modules``: every ``nn.Module`` reached (the model excepted; not walked into further,
-      except for the public attributes of a module that is itself the loss);
-    * ``tensors``: every tensor reached outside those modules;
-    * ``values``: every scalar, string, ``None``, enum, dtype or device reached, and the plain
-      public attributes of every submodule of the modules reached (``training``, a criterion's
-      ``reduction`` or ``label_smoothing``).
-
-    Objects of library types (torch, numpy, ...) other than modules and tensors, classes and
-    Python modules are not walked into. ``visited``, if given, receives every object walked into
-    (for :class:`_Structure`).
+    A bounded walk from ``loss_fn`` through the loss object's attributes, closure cells, default
+    arguments, a ``functools.partial``'s function, arguments and keywords, a bound method's
+    ``__self__``, the items of lists, tuples and dicts of at most :data:`MAX_ITEMS` items, the
+    attributes of objects whose class is defined in the loss's own module, and the globals read
+    by functions defined there; at most :data:`MAX_DEPTH` references deep, each object once, the
+    model never. Each result is a list of ``(path, object)``, paths such as ``"loss_fn.teacher"``
+    or ``"loss_fn.keywords['temperature']"``: every ``nn.Module`` reached (not walked into: it is
+    watched as a tree), every tensor, and every plain value (scalar, string, ``None``, enum,
+    dtype, device).
     """
     modules: list[tuple[str, nn.Module]] = []
     tensors: list[tuple[str, torch.Tensor]] = []
     values: list[tuple[str, Any]] = []
     seen: set[int] = {id(model)} if model is not None else set()
+    home = _home(loss_fn)
 
     def walk(obj: Any, path: str, depth: int) -> None:
         if isinstance(obj, _ATOMS):
@@ -149,23 +143,10 @@ def loss_state(loss_fn: Any, model: nn.Module | None = None, visited: list | Non
         if id(obj) in seen or depth > MAX_DEPTH:
             return
         seen.add(id(obj))
-        if visited is not None:
-            visited.append(obj)
         if isinstance(obj, torch.Tensor):
             tensors.append((path, obj))
         elif isinstance(obj, nn.Module):
             modules.append((path, obj))
-            for name, m in obj.named_modules():  # modes, and plain settings (a criterion's reduction)
-                prefix = f"{path}.{name}" if name else path
-                for key, value in vars(m).items():
-                    if not key.startswith("_") and isinstance(value, _ATOMS):
-                        values.append((f"{prefix}.{key}", value))
-            if depth == 0:  # the loss itself is a module: what its public attributes reach is the loss's
-                for key, value in list(vars(obj).items()):
-                    if not key.startswith("_") and not isinstance(value, _ATOMS):
-                        walk(value, f"{path}.{key}", depth + 1)
-        elif isinstance(obj, (type, types.ModuleType, types.BuiltinFunctionType, types.BuiltinMethodType)):
-            return
         elif isinstance(obj, functools.partial):
             walk(obj.func, f"{path}.func", depth + 1)
             for i, a in enumerate(obj.args):
@@ -176,8 +157,6 @@ def loss_state(loss_fn: Any, model: nn.Module | None = None, visited: list | Non
             walk(obj.__self__, f"{path}.__self__", depth + 1)
             walk(obj.__func__, path, depth)
         elif isinstance(obj, types.FunctionType):
-            if _opaque(obj):
-                return
             code = obj.__code__
             for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
                 try:
@@ -189,409 +168,21 @@ def loss_state(loss_fn: Any, model: nn.Module | None = None, visited: list | Non
                 walk(a, f"{path}.__defaults__[{i}]", depth + 1)
             for k, a in (obj.__kwdefaults__ or {}).items():
                 walk(a, f"{path}.__kwdefaults__[{k!r}]", depth + 1)
-            g = obj.__globals__
-            for name in _global_names(code):
-                if name in g:
-                    walk(g[name], f"{path}.{name}", depth + 1)
+            if obj.__module__ == home:
+                g = obj.__globals__
+                for name in _global_names(code):
+                    if name in g:
+                        walk(g[name], f"{path}.{name}", depth + 1)
         elif isinstance(obj, (list, tuple, dict)):
-            if len(obj) > MAX_ITEMS:
-                return
-            items = obj.items() if isinstance(obj, dict) else enumerate(obj)
-            for k, a in list(items):
-                walk(a, f"{path}[{k!r}]", depth + 1)
-        elif isinstance(obj, (set, frozenset)):
-            if len(obj) <= MAX_ITEMS and all(isinstance(a, _ATOMS) for a in obj):
-                values.append((path, frozenset(obj)))
-        elif _opaque(type(obj)):
-            return
-        else:  # a loss object (a dataclass's fields are its attributes)
-            for key, value in list(_attributes(obj)):
+            if len(obj) <= MAX_ITEMS:
+                for k, a in list(obj.items() if isinstance(obj, dict) else enumerate(obj)):
+                    walk(a, f"{path}[{k!r}]", depth + 1)
+        elif depth == 0 or type(obj).__module__ == home:  # the loss object, or an object of its module's classes
+            for key, value in list(getattr(obj, "__dict__", {}).items()):
                 walk(value, f"{path}.{key}", depth + 1)
 
     walk(loss_fn, "loss_fn", 0)
     return modules, tensors, values
-
-
-def tracked_modules(model: nn.Module, loss_fn: Any) -> list[tuple[str, nn.Module]]:
-    """The model and every ``nn.Module`` reachable from the loss (see :func:`loss_state`): a teacher held as an
-    attribute, captured by a closure or a lambda's default argument, bound into a ``functools.partial``, or
-    the ``__self__`` of a bound method. Submodules of a module already listed are left out."""
-    return _distinct_modules(model, loss_state(loss_fn, model)[0])
-
-
-def _distinct_modules(model: nn.Module, found: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
-    out = [("model", model)]
-    if not found:
-        return out
-    inner = {id(m) for m in model.modules()}
-    for _, top in found:
-        inner.update(id(m) for m in top.modules() if m is not top)
-    for name, m in found:
-        if id(m) not in inner:
-            out.append((name, m))
-            inner.add(id(m))
-    return out
-
-
-def _plain_value(value: Any) -> Any:
-    """``value`` if it is plain (an atom, or a tuple of at most :data:`MAX_ITEMS` atoms), else :data:`_SKIP`.
-    Plain values are immutable: the same object always has the same value."""
-    if type(value) in _PLAIN or isinstance(value, _ATOMS):
-        return value
-    if isinstance(value, tuple) and len(value) <= MAX_ITEMS and (
-            _PLAIN.issuperset(map(type, value)) or all(isinstance(a, _ATOMS) for a in value)):
-        return value
-    return _SKIP
-
-
-_SKIP = object()
-
-
-def _walk(model: nn.Module) -> list[nn.Module]:
-    """``list(model.modules())`` (same order: depth-first, each module once), without building names."""
-    out: list[nn.Module] = []
-    seen: set[int] = set()
-    stack = [model]
-    while stack:
-        m = stack.pop()
-        if id(m) in seen:
-            continue
-        seen.add(id(m))
-        out.append(m)
-        children = [c for c in m._modules.values() if c is not None]
-        children.reverse()
-        stack.extend(children)
-    return out
-
-
-def module_values(model: nn.Module, modes: bool = True, modules: list[nn.Module] | None = None) -> tuple:
-    """What a check compares of the model besides its tensors: one flat tuple holding, for every module
-    (in ``model.modules()`` order), its class and then ``(name, value)`` for each of its plain public
-    attributes (``bool``, ``int``, ``float``, ``str``, ``None``, enums, dtypes, devices, and tuples of
-    at most :data:`MAX_ITEMS` of those): ``w_bits``, ``zero_point``, ``eps``, ``stride``,
-    ``calibrating``, ...
-
-    ``training`` is included only with ``modes=True``; the names in :data:`COUNTERS` never are. Two
-    states are the same iff their tuples are equal (``==``).
-    """
-    skip = COUNTERS if modes else COUNTERS | {"training"}
-    out: list[Any] = []
-    append = out.append
-    for m in _walk(model) if modules is None else modules:
-        append(type(m))
-        for key, value in m.__dict__.items():
-            if key[0] == "_" or key in skip:
-                continue
-            if type(value) not in _PLAIN:
-                value = _plain_value(value)
-                if value is _SKIP:
-                    continue
-            append((key, value))
-    return tuple(out)
-
-
-def _first_difference(model: nn.Module, modes: bool, old: tuple) -> str:
-    """A name for the first difference between the model's values now and ``old`` (for the message)."""
-    new = module_values(model, modes)
-    names = [name for name, _ in model.named_modules()]
-    k = -1
-    for a, b in itertools.zip_longest(new, old, fillvalue=_SKIP):
-        if isinstance(a, type):
-            k += 1
-        if type(a) is not type(b) or a != b:
-            where = f"model.{names[k]}" if 0 <= k < len(names) and names[k] else "model"
-            if isinstance(a, tuple) and isinstance(b, tuple) and a[0] == b[0]:
-                return f"{where}.{a[0]}"
-            return f"{where} (its modules or their attributes)"
-    return "model"
-
-
-class _ModelValues:
-    """The model's :func:`module_values`, with a fast path for the check.
-
-    Besides the values it keeps the modules and a shallow copy of each one's ``__dict__`` and
-    of its children (``_modules``). When every module's ``__dict__`` and children still equal
-    those copies (two C-level comparisons of lists of dicts; the objects are the same, so
-    ``==`` is an identity test for all but re-assigned values), the module tree is the same and
-    so are the values: nothing else is looked at. Anything else (a value re-assigned, a module
-    added) falls back to comparing :func:`module_values`; if that finds no difference (the
-    change was to something not watched: a private attribute, ``training`` under
-    ``eval_mode=True``, a counter), the copies are re-recorded.
-    """
-
-    def __init__(self, model: nn.Module, modes: bool):
-        self.model = model
-        self.modes = modes
-        self.record()
-
-    def record(self, modules: list[nn.Module] | None = None) -> None:
-        modules = _walk(self.model) if modules is None else modules
-        self.values = module_values(self.model, self.modes, modules)
-        self.modules = modules
-        self.dicts = [dict(m.__dict__) for m in modules]
-        self.children = [dict(m._modules) for m in modules]
-
-    def _same(self) -> bool:
-        modules = self.modules
-        try:
-            return ([m._modules for m in modules] == self.children
-                    and [m.__dict__ for m in modules] == self.dicts)
-        except Exception:  # noqa: BLE001 - a re-assigned value whose == raises (a tensor): look closer
-            return False
-
-    def absorb(self) -> None:
-        """Take the values as they are now as the reference (after the operator's own forward passes)."""
-        if not self._same():
-            self.record()
-
-    def changed(self) -> str | None:
-        """``None`` if the model's values are those recorded, else where they first differ."""
-        if self._same():
-            return None
-        modules = _walk(self.model)
-        if module_values(self.model, self.modes, modules) != self.values:
-            return _first_difference(self.model, self.modes, self.values)
-        self.record(modules)
-        return None
-
-
-def _is_counter(name: str, t: torch.Tensor) -> bool:
-    return not (t.is_floating_point() or t.is_complex()) and name.endswith("num_batches_tracked")
-
-
-def _entries(modules: Iterable[tuple[str, nn.Module]]) -> list[tuple[str, torch.Tensor]]:
-    """``(name, tensor)`` for the parameters and non-counter buffers of the modules, each tensor once
-    (a loss that holds a wrapper of the model and the teacher shares the model's tensors)."""
-    out: list[tuple[str, torch.Tensor]] = []
-    have: set[int] = set()
-    for prefix, m in modules:
-        tensors = itertools.chain(m.named_parameters(), ((n, b) for n, b in m.named_buffers() if not _is_counter(n, b)))
-        for name, t in tensors:
-            if id(t) not in have:
-                have.add(id(t))
-                out.append((f"{prefix}.{name}", t))
-    return out
-
-
-def _values_changed(current: list[tuple[str, torch.Tensor]], saved: list[torch.Tensor]) -> str | None:
-    """Name of the first tensor whose values differ from its snapshot (exact comparison).
-
-    CPU tensors are compared through NumPy (a memcmp-speed scan, free of the thread-pool
-    latency of small torch ops); others with one device reduction per tensor and a single
-    synchronisation for all of them.
-    """
-    other = []
-    with torch.no_grad():
-        for (name, t), old in zip(current, saved):
-            if t.device.type == "cpu" and t.dtype not in (torch.bfloat16,) and not t.is_complex():
-                try:
-                    if not np.array_equal(t.detach().numpy(), old.numpy()):
-                        return name
-                    continue
-                except (TypeError, RuntimeError):
-                    pass
-            other.append((name, t, old))
-        if other:
-            flags = torch.stack([torch.ne(t, old).any() for _, t, old in other])
-            if bool(flags.any()):
-                return other[int(flags.nonzero()[0, 0])][0]
-    return None
-
-
-def _layout(t: torch.Tensor) -> tuple:
-    ptr = t.data_ptr() if t.device.type != "meta" else 0
-    return (id(t), ptr, t._version, t.dtype, t.device, tuple(t.shape), t.stride())
-
-
-def _flat(d: dict, refs: list, sizes: list) -> None:
-    sizes.append(len(d))
-    refs.extend(d)
-    refs.extend(d.values())
-
-
-def _read(obj: Any, refs: list, sizes: list, walked: bool = True) -> None:
-    """Append to ``refs`` everything :func:`loss_state` (if ``walked``) and :func:`_entries` read of ``obj``
-    itself (not of the objects it refers to, which are listed on their own), and to ``sizes`` the
-    sizes of its containers."""
-    refs.append(type(obj))
-    if isinstance(obj, nn.Module):
-        if walked:  # the walk reads a reached module's plain attributes (and the loss module's others)
-            _flat(obj.__dict__, refs, sizes)
-        _flat(obj._modules, refs, sizes)
-        _flat(obj._parameters, refs, sizes)
-        _flat(obj._buffers, refs, sizes)
-    elif isinstance(obj, (torch.Tensor, tuple, type, types.ModuleType, types.MethodType,
-                          types.BuiltinFunctionType, types.BuiltinMethodType)):
-        return  # immutable, or (a tensor) checked by layout and value
-    elif isinstance(obj, functools.partial):
-        refs.extend((obj.func, obj.args))
-        _flat(obj.keywords, refs, sizes)
-    elif isinstance(obj, types.FunctionType):
-        code = obj.__code__
-        refs.extend((obj.__module__, code, obj.__defaults__))
-        for cell in obj.__closure__ or ():
-            try:
-                refs.append(cell.cell_contents)
-            except ValueError:  # an empty cell
-                refs.append(_SKIP)
-        _flat(obj.__kwdefaults__ or {}, refs, sizes)
-        g = obj.__globals__
-        refs.extend(g.get(name, _SKIP) for name in _global_names(code))
-    elif isinstance(obj, (list, set, frozenset)):
-        sizes.append(len(obj))
-        refs.extend(obj)
-    elif isinstance(obj, dict):
-        _flat(obj, refs, sizes)
-    elif not _opaque(type(obj)):
-        for key, value in _attributes(obj):
-            refs.append(key)
-            refs.append(value)
-
-
-class _Structure:
-    """What the loss walk and the lists of parameters and buffers were computed from, so a check can
-    reuse them instead of walking again.
-
-    At :meth:`StateTracker.snapshot` the objects walked into (the loss's objects, closures,
-    containers, every submodule of the modules it reaches) and the model's modules are listed
-    once. A check re-reads only those objects' own references (:func:`_read`: their
-    ``__dict__``, slots, cells, items, children, parameters and buffers) and compares them with
-    the snapshot's by identity (C-level, no ``__eq__`` called). If all are the same objects, the
-    walk would find exactly what it found at the snapshot, so its result is reused; otherwise
-    (anything re-assigned, even to an equal value) the check walks anew and compares as before.
-    """
-
-    def __init__(self, objects: list, tree: list[nn.Module], counters: list[torch.Tensor]):
-        self.objects = objects  # walked by loss_state
-        self.tree = tree  # the model's other modules (only their children, parameters and buffers are read)
-        self.counters = counters  # integer buffers left out of the tensors: still integer?
-        self.refs, self.sizes = self.read()
-
-    def read(self) -> tuple[list, list[int]]:
-        refs: list = []
-        sizes: list[int] = []
-        for obj in self.objects:
-            _read(obj, refs, sizes)
-        for m in self.tree:
-            _read(m, refs, sizes, walked=False)
-        return refs, sizes
-
-    def same(self) -> bool:
-        if any(t.is_floating_point() or t.is_complex() for t in self.counters):
-            return False
-        refs, sizes = self.read()
-        return sizes == self.sizes and len(refs) == len(self.refs) and all(map(operator.is_, refs, self.refs))
-
-
-class StateTracker:
-    """Snapshot of what the products depend on besides the vector and the batches; :meth:`changed` says
-    whether it moved.
-
-    Tracked: the parameters and (non-counter) buffers of ``model`` and of every module reachable
-    from ``loss_fn``, the tensors the loss holds outside modules, the loss's plain values (see
-    :func:`loss_state`) and the model's modules' classes and plain attributes (see
-    :func:`module_values`; their train/eval modes too if ``modes``, i.e. when the operator runs the
-    model in its own modes, ``eval_mode=False``). The loss is walked again on a check only when
-    one of the objects walked at the snapshot now refers to something else (:class:`_Structure`).
-    """
-
-    def __init__(self, model: nn.Module, loss_fn: Any = None, modes: bool = True):
-        self.model = model
-        self.loss_fn = loss_fn
-        self.modes = bool(modes)
-        self._names: list[str] = []
-        self._layouts: list[tuple] = []
-        self._values: list[torch.Tensor] = []
-        self._plain: list[tuple[str, Any]] = []
-        self._model_values: _ModelValues | None = None
-        self._entries: list[tuple[str, torch.Tensor]] = []
-        self._structure: _Structure | None = None
-
-    @property
-    def modules(self) -> list[tuple[str, nn.Module]]:
-        """The model and the modules reachable from the loss, as they are now."""
-        return tracked_modules(self.model, self.loss_fn)
-
-    def _current(self, visited: list | None = None) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
-        """Walk the loss and list the tracked tensors, as they are now (``visited``: see :func:`loss_state`;
-        the reached modules' submodules are added to it)."""
-        if self.loss_fn is None:
-            mods = [("model", self.model)]
-            plain: list[tuple[str, Any]] = []
-            loose: list[tuple[str, torch.Tensor]] = []
-        else:
-            found, loose, plain = loss_state(self.loss_fn, self.model, visited)
-            mods = _distinct_modules(self.model, found)
-            if visited is not None:
-                visited.extend(m for _, top in found for m in top.modules())
-        entries = _entries(mods)
-        if loose:
-            have = {id(t) for _, t in entries}
-            for name, t in loose:
-                if id(t) not in have:
-                    have.add(id(t))
-                    entries.append((name, t))
-        return entries, plain
-
-    def _now(self) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
-        """:meth:`_current`, without walking when the structure is the snapshot's."""
-        if self._structure is not None and self._structure.same():
-            return self._entries, self._plain
-        return self._current()
-
-    def snapshot(self) -> None:
-        """Record the current state (call right after building a graph from it)."""
-        visited: list = []
-        entries, plain = self._current(visited)
-        self._entries = entries
-        self._names = [n for n, _ in entries]
-        self._layouts = [_layout(t) for _, t in entries]
-        self._plain = plain
-        self._model_values = _ModelValues(self.model, self.modes)
-        walked = list({id(o): o for o in visited}.values())
-        tree = [m for m in _walk(self.model) if id(m) not in {id(o) for o in walked}]
-        counters = [b for m in [*walked, *tree] if isinstance(m, nn.Module)
-                    for n, b in m.named_buffers(recurse=False) if _is_counter(n, b)]
-        self._structure = _Structure(walked, tree, counters)
-        with torch.no_grad():
-            self._values = [t.detach().clone() for _, t in entries]
-
-    def refresh_versions(self) -> None:
-        """Re-record the version counters and the model's plain values after the operator's own forward
-        passes (a train-mode BatchNorm bumps its running statistics' counters, whose values
-        :func:`~landscape.curvature.batches.model_mode` restores; a model may count its calls in a
-        plain attribute). Called only right after a check found nothing changed and the operator's
-        forward passes ran, so nothing the user changed is absorbed."""
-        entries, _ = self._now()
-        if len(entries) == len(self._layouts):
-            self._layouts = [_layout(t) for _, t in entries]
-        if self._model_values is not None:
-            self._model_values.absorb()
-
-    def clear(self) -> None:
-        """Forget the snapshot."""
-        self._names, self._layouts, self._values, self._plain, self._entries = [], [], [], [], []
-        self._model_values = None
-        self._structure = None
-
-    def changed(self) -> str | None:
-        """``None`` if nothing changed since :meth:`snapshot`, else the name of the first change."""
-        if self._model_values is not None:
-            what = self._model_values.changed()
-            if what is not None:
-                return what
-        entries, plain = self._now()
-        if len(plain) != len(self._plain):
-            return "the loss's attributes"
-        for (name, value), (old_name, old) in zip(plain, self._plain):
-            if name != old_name or not _same_value(value, old):
-                return name
-        if len(entries) != len(self._names):
-            return "the set of parameters and buffers"
-        for (name, t), old_name, layout in zip(entries, self._names, self._layouts):
-            if name != old_name or _layout(t) != layout:
-                return name
-        return _values_changed(entries, self._values)
 
 
 def _same_value(a: Any, b: Any) -> bool:
@@ -600,3 +191,213 @@ def _same_value(a: Any, b: Any) -> bool:
     if isinstance(a, (float, complex, np.floating, np.complexfloating)) and a != a and b != b:  # NaN
         return True
     return bool(a == b)
+
+
+# ---------------------------------------------------------------------------- module trees
+def _plain(value: Any) -> Any:
+    """``value`` if it is plain (an atom, or a tuple of at most :data:`MAX_ITEMS` atoms), else :data:`_SKIP`."""
+    if type(value) in _PLAIN or isinstance(value, _ATOMS):
+        return value
+    if isinstance(value, tuple) and len(value) <= MAX_ITEMS and all(isinstance(a, _ATOMS) for a in value):
+        return value
+    return _SKIP
+
+
+def _attributes(m: nn.Module, modes: bool) -> tuple:
+    """``(name, value)`` for each public plain attribute of ``m`` (``training`` only with ``modes``)."""
+    out = []
+    for key, value in m.__dict__.items():
+        if key[0] == "_" or (key == "training" and not modes):
+            continue
+        if type(value) not in _PLAIN:
+            value = _plain(value)
+            if value is _SKIP:
+                continue
+        out.append((key, value))
+    return tuple(out)
+
+
+def module_values(model: nn.Module, modes: bool = True) -> tuple:
+    """What a check compares of a module tree besides its tensors: one flat tuple holding, for every
+    module (in ``model.modules()`` order), its class and then ``(name, value)`` for each of its
+    public plain attributes (``w_bits``, ``zero_point``, ``eps``, ``stride``, ``calibrating``, ...;
+    ``training`` only with ``modes=True``). Two states are the same iff their tuples are equal."""
+    return tuple(x for m in model.modules() for x in (type(m), *_attributes(m, modes)))
+
+
+def _tree(roots: list[tuple[str, nn.Module]], modes: bool) -> list[tuple[str, nn.Module, bool]]:
+    """``(name, module, modes)`` for every module of the roots' trees, each once, the first root's
+    (the model's) with ``modes`` as given, the others' (the loss's) always with their modes."""
+    out: list[tuple[str, nn.Module, bool]] = []
+    seen: set[int] = set()
+    for k, (prefix, root) in enumerate(roots):
+        for name, m in root.named_modules():
+            if id(m) not in seen:
+                seen.add(id(m))
+                out.append((f"{prefix}.{name}" if name else prefix, m, modes or k > 0))
+    return out
+
+
+def _refs(modules: list[nn.Module]) -> list:
+    """Everything a module's state is read from, as objects compared by identity: the keys and
+    values of its ``__dict__``, children, parameters and buffers."""
+    refs: list = []
+    for m in modules:
+        for d in (m.__dict__, m._modules, m._parameters, m._buffers):
+            refs.append(len(d))
+            refs.extend(d)
+            refs.extend(d.values())
+    return refs
+
+
+def _is_counter(name: str, t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex()) and name.endswith("num_batches_tracked")
+
+
+def _tensors(tree: list[tuple[str, nn.Module, bool]], loose: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for the parameters and non-counter buffers of the tree's modules and the loose
+    tensors, each tensor once (a loss that holds a wrapper of the model shares its tensors)."""
+    out: list[tuple[str, torch.Tensor]] = []
+    have: set[int] = set()
+    named = ((f"{prefix}.{n}", t) for prefix, m, _ in tree for n, t in [*m._parameters.items(), *m._buffers.items()]
+             if t is not None and not _is_counter(n, t))
+    for name, t in [*named, *loose]:
+        if id(t) not in have:
+            have.add(id(t))
+            out.append((name, t))
+    return out
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    ptr = t.data_ptr() if t.device.type != "meta" else 0
+    return (id(t), ptr, t._version, t.dtype, t.device, tuple(t.shape), t.stride())
+
+
+def _first_written(entries: list[tuple[str, torch.Tensor]], copies: list[torch.Tensor]) -> str | None:
+    """Name of the first tensor whose bytes differ from its copy (:mod:`~landscape.curvature.exact`)."""
+    i = first_changed([(t, old) for (_, t), old in zip(entries, copies)])
+    return None if i is None else entries[i][0]
+
+
+class StateTracker:
+    """Snapshot of what the products depend on besides the vector and the batches; :meth:`changed` says
+    whether it moved (see the module: the model's and a loss module's trees, a non-module loss's
+    reachable state). ``modes``: whether the model's own train/eval modes count (``eval_mode=False``)."""
+
+    def __init__(self, model: nn.Module, loss_fn: Any = None, modes: bool = True):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.modes = bool(modes)
+        self._walked = loss_fn is not None and not isinstance(loss_fn, nn.Module)
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the snapshot."""
+        self._roots: list[tuple[str, nn.Module]] = []
+        self._loose: list[tuple[str, torch.Tensor]] = []
+        self._plain: list[tuple[str, Any]] = []
+        self._tree: list[tuple[str, nn.Module, bool]] = []
+        self._refs: list = []
+        self._module_values: list[tuple] = []
+        self._entries: list[tuple[str, torch.Tensor]] = []
+        self._layouts: list[tuple] = []
+        self._values: list[torch.Tensor] = []
+        self._recorded = False
+
+    # ------------------------------------------------------------------ reading the state
+    def _loss_now(self) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
+        if self._walked:
+            return loss_state(self.loss_fn, self.model)
+        return ([("loss_fn", self.loss_fn)] if self.loss_fn is not None else []), [], []
+
+    def _record_modules(self, tree: list[tuple[str, nn.Module, bool]]) -> None:
+        self._tree = tree
+        self._refs = _refs([m for _, m, _ in tree])
+        self._module_values = [(type(m), _attributes(m, modes)) for _, m, modes in tree]
+        self._entries = _tensors(tree, self._loose)
+
+    def _same_structure(self) -> bool:
+        refs = _refs([m for _, m, _ in self._tree])
+        return len(refs) == len(self._refs) and all(map(operator.is_, refs, self._refs))
+
+    def snapshot(self) -> None:
+        """Record the current state (call right after building a graph from it)."""
+        self._roots, self._loose, self._plain = self._loss_now()
+        self._record_modules(_tree([("model", self.model), *self._roots], self.modes))
+        self._layouts = [_layout(t) for _, t in self._entries]
+        with torch.no_grad():
+            self._values = [copy_of(t) for _, t in self._entries]
+        self._recorded = True
+
+    def refresh_versions(self) -> None:
+        """Re-record the version counters and the modules' plain values after the operator's own forward
+        passes (a train-mode BatchNorm bumps its running statistics' counters, whose values
+        :func:`~landscape.curvature.batches.model_mode` restores; a model may count its calls in a
+        plain attribute). Called only right after a check found nothing changed and the operator's
+        forward passes ran, so nothing the user changed is absorbed."""
+        if not self._recorded:
+            return
+        if not self._same_structure():
+            tree = _tree([("model", self.model), *self._roots], self.modes)
+            if [id(t) for _, t in _tensors(tree, self._loose)] != [id(t) for _, t in self._entries]:
+                return  # a forward pass that replaced a tensor: left for the next check to see
+            self._record_modules(tree)
+        self._layouts = [_layout(t) for _, t in self._entries]
+
+    # ------------------------------------------------------------------ the check
+    def changed(self) -> str | None:
+        """``None`` if nothing changed since :meth:`snapshot`, else the name of the first change."""
+        if not self._recorded:
+            return None
+        if self._walked:
+            what = self._loss_changed()
+            if what is not None:
+                return what
+        if not self._same_structure():
+            what = self._modules_changed()
+            if what is not None:
+                return what
+        for (name, t), layout in zip(self._entries, self._layouts):
+            if _layout(t) != layout:
+                return name
+        return _first_written(self._entries, self._values)
+
+    def _loss_changed(self) -> str | None:
+        """What a walk of a non-module loss finds different from the snapshot's (modules and tensors by
+        identity, plain values by value)."""
+        roots, loose, plain = loss_state(self.loss_fn, self.model)
+        for now, then, what in ((roots, self._roots, "a module"), (loose, self._loose, "a tensor")):
+            if len(now) != len(then):
+                return f"the loss's reachable state ({what} more or less)"
+            for (name, obj), (_, old) in zip(now, then):
+                if obj is not old:
+                    return name
+        if len(plain) != len(self._plain):
+            return "the loss's plain values"
+        for (name, value), (old_name, old) in zip(plain, self._plain):
+            if name != old_name or not _same_value(value, old):
+                return name
+        return None
+
+    def _modules_changed(self) -> str | None:
+        """Something in a watched module was re-assigned: compare the trees' values and tensors as they
+        are now with the snapshot's; if all are the same, take the new structure as the reference."""
+        tree = _tree([("model", self.model), *self._roots], self.modes)
+        if len(tree) != len(self._tree):
+            return "the modules (one added or removed)"
+        for (name, m, modes), (kind, attrs) in zip(tree, self._module_values):
+            if type(m) is not kind:
+                return f"{name} (its class)"
+            now = _attributes(m, modes)
+            if now != attrs:
+                for a, b in itertools.zip_longest(now, attrs):
+                    if a != b:
+                        return f"{name}.{(a or b)[0]}"
+        entries = _tensors(tree, self._loose)
+        if len(entries) != len(self._entries):
+            return "the set of parameters and buffers"
+        for (name, t), (old_name, _), layout in zip(entries, self._entries, self._layouts):
+            if name != old_name or _layout(t) != layout:
+                return name
+        self._record_modules(tree)
+        return None

@@ -210,17 +210,28 @@ class ActQuantPerCall(nn.ModuleList):
 
     ``sites`` names the call sites (from torch.fx) in call order. The counter restarts at every
     forward of the model (a pre-hook that :func:`~landscape.quant.quantize_model` registers)
-    and otherwise cycles, so calling the block that holds the sites directly also works.
+    and otherwise cycles, so calling the block that holds the sites directly also works. It is
+    a counter, not a setting, so it is kept private (``_calls``, read and set as ``calls``): the
+    curvature engine's freshness check watches public attributes only.
     """
 
     def __init__(self, quantizers: list[ActQuant], sites: list[str]):
         super().__init__(quantizers)
         self.sites = list(sites)
-        self.calls = 0
+        self._calls = 0
+
+    @property
+    def calls(self) -> int:
+        """How many times this module was called since the model's forward pass began."""
+        return self._calls
+
+    @calls.setter
+    def calls(self, value: int) -> None:
+        self._calls = value
 
     def forward(self, x):
-        q = self[self.calls % len(self)]
-        self.calls += 1
+        q = self[self._calls % len(self)]
+        self._calls += 1
         return q(x)
 
     def extra_repr(self):
