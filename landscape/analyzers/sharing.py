@@ -117,12 +117,11 @@ class ProcessPool:
     threads: int | None = None
 
     def fill(self, ordered: list[tuple[float, Path]], kw: dict, progress) -> int:
-        from landscape.workers import run_jobs, set_threads
+        from landscape.workers import run_jobs
 
         threads = self.threads if self.threads is not None else _torch_threads()
         done = run_jobs(fill_cache, [([str(d)], kw, "lines" if progress is not False else False)
                                      for _, d in ordered], self.size, threads, "analysis")
-        set_threads(threads)
         return sum(n for _, n in done)
 
     def on_main(self, fn: Callable[[], AnalysisTables]) -> AnalysisTables:
