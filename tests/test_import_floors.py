@@ -218,3 +218,13 @@ def test_the_floor_table_of_the_docs_is_the_one_enforced():
     rows = re.findall(r"^\| (\d) \| ([^|]+?) \| ([^|]+?) \|$", text, flags=re.M)
     documented = {int(f): (name.strip(), tuple(re.findall(r"`([\w.]+)`", mods))) for f, name, mods in rows}
     assert documented == FLOORS
+
+
+if __name__ == "__main__":  # python tests/test_import_floors.py: every module, its floor and its imports
+    found, all_edges = import_edges(ROOT)
+    for name in sorted(found, key=lambda m: (floor_of(m) if floor_of(m) is not None else 99, m)):
+        mine = [e for e in all_edges if e.source == name]
+        now = sorted({e.target for e in mine if not e.lazy})
+        later = sorted({e.target for e in mine if e.lazy} - set(now))
+        print(f"{floor_of(name)}  {name}: {' '.join(now) or '-'}" + (f" | lazy: {' '.join(later)}" if later else ""))
+    print("\n".join(violations(ROOT)) or "no upward import, no circle")
