@@ -496,20 +496,8 @@ def analysis_batches(ckpt: dict, device: str | torch.device | None = None) -> li
     return batches
 
 
-def rebuild_generator(ckpt: dict, device="cpu") -> nn.Module | None:
-    """The checkpoint's generator (train mode, as it is used), or None for runs without one."""
-    if not ckpt.get("generator_spec"):
-        return None
-    from landscape.zsq.generator import Generator
-
-    gen = Generator(**ckpt["generator_spec"])
-    gen.load_state_dict(ckpt["generator_state"])
-    return gen.to(device)
-
-
 __all__ = ["FORMAT", "TEACHER_FORMAT", "VERSION", "CheckpointError", "CheckpointMismatch",
            "StorageError", "canonical", "content_hash", "seal", "save_atomic", "write_text_atomic",
            "checkpoint_path", "sha256_file", "remove_orphans", "config_hash", "read_run_config",
            "list_checkpoints", "load_checkpoint", "check_placement", "load_teacher_file", "rebuild_student",
-           "teacher_file", "rebuild_teacher", "teacher_from_file", "analysis_batches",
-           "rebuild_generator"]
+           "teacher_file", "rebuild_teacher", "teacher_from_file", "analysis_batches"]

@@ -72,7 +72,9 @@ class Context:
         return self.world_size > 1
 
 
-_STATE: dict[str, Any] = {"context": Context(), "control": None, "owned": False, "in_main": False}
+#: the process group :func:`init` joined (torch.distributed's own state is per process too): its
+#: context, the control group, and whether we created it; nothing else steers behaviour here
+_STATE: dict[str, Any] = {"context": Context(), "control": None, "owned": False}
 
 
 def launched() -> bool:
@@ -187,7 +189,7 @@ def shutdown() -> None:
     dist = torch.distributed
     if _STATE["owned"] and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    _STATE.update(context=Context(), control=None, owned=False, in_main=False)
+    _STATE.update(context=Context(), control=None, owned=False)
 
 
 # ----------------------------------------------------------------------------- coordination
@@ -239,28 +241,25 @@ def barrier() -> None:
     all_gather_objects(None)
 
 
-def on_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def on_main(fn: Callable[..., Any], *args: Any, ctx: Context | None = None, **kwargs: Any) -> Any:
     """Run ``fn`` on rank 0 while the others wait; return its result on every rank.
 
     If it raises, every rank raises the same exception (marked :func:`agreed`), so that a bad
     input found by rank 0 (a locked run folder, a recipe clash) ends every rank with one message.
-    Inside ``fn`` (rank 0 alone) a nested ``on_main`` simply calls its function.
+    ``ctx``: the ranks that take part (default :func:`current`). ``fn`` runs on rank 0 alone, so
+    whatever it calls must not wait for the other ranks: code that coordinates through a context
+    is handed a one-process ``Context()`` there, for which ``on_main`` simply calls ``fn``.
     """
-    ctx = current()
-    if not ctx.distributed or _STATE.get("in_main"):
+    ctx = ctx or current()
+    if not ctx.distributed:
         return fn(*args, **kwargs)
     payload: Any = None
     if ctx.is_main:
-        _STATE["in_main"] = True
         try:
             payload = ("ok", fn(*args, **kwargs))
         except Exception as exc:  # noqa: BLE001 - handed to every rank, then raised here too
-            payload = ("error", _pickled(exc))
-            _STATE["in_main"] = False
-            broadcast_object(payload)
+            broadcast_object(("error", _pickled(exc)))
             raise _mark(exc)
-        finally:
-            _STATE["in_main"] = False
     payload = broadcast_object(payload)
     if payload[0] == "ok":
         return payload[1]

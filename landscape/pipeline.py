@@ -7,9 +7,10 @@ Five stages, each timed (wall and CPU seconds of all processes) and printed at t
 
 1. **train**    -- the teacher of each seed, then every (run, seed) in a pool of ``jobs``
                    processes (:mod:`landscape.workers`); finished runs are reused as they are;
-2. **analyze**  -- every run folder in the pool, into one cache; then one call over all run
-                   folders gathers the tables from the cache
-                   (:func:`landscape.analyzers.analyze_runs`);
+2. **analyze**  -- :func:`landscape.analyzers.analyze_runs` with ``jobs``: the run folders
+                   dealt out to the pool, into one cache, then one pass over all of them
+                   gathers the tables (:mod:`landscape.analyzers.sharing`, the same
+                   function and cost model as ``analyze --nproc``'s ranks);
 3. **plot**     -- :func:`landscape.figures.plot_all` (reads only the CSV tables);
 4. **findings** -- :func:`landscape.findings.readme.write_readme` (``<out>/README.md``);
 5. **results**  -- ``<out>/results.md``: the findings and accuracy tables and the stage times,
@@ -43,7 +44,7 @@ from landscape.tables import resolve_roles
 if TYPE_CHECKING:
     from landscape.analyzers.runner import AnalysisTables
 
-__all__ = ["role_settings", "pipeline_settings", "run_figures", "recipe_seeds"]
+__all__ = ["role_settings", "pipeline_settings", "run_figures", "recipe_seeds", "teacher_job", "train_job"]
 
 
 def role_settings(roles: Mapping) -> dict:
@@ -163,7 +164,7 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
     from landscape.findings.readme import write_readme
     from landscape.results import publish_results, write_results
     from landscape.tables import load_tables
-    from landscape.workers import analyze_job, default_jobs, run_jobs, set_threads, teacher_job, train_job
+    from landscape.workers import default_jobs, run_jobs, set_threads
     from landscape.zsq.runs import DEFAULT_OUT, run_dir_for
 
     clock = _Clock()
@@ -188,18 +189,10 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
         pairs = [(run, s) for s in seeds for run in recipe["runs"]]
         run_jobs(train_job, [(recipe, run, s, root, data_root, device) for run, s in pairs], jobs, threads, "run")
         run_dirs = [run_dir_for(root, recipe["name"], run, s) for run, s in pairs]
-    with clock.stage("analyze"):
-        heavy = {roles["kd"], roles["zq"]}
-        order = sorted(run_dirs, key=lambda d: d.name.rsplit("-seed", 1)[0] not in heavy)  # long jobs first
-        computed = 0
-        if jobs > 1:
-            done = run_jobs(analyze_job, [(str(d), settings, str(tables_dir), device, force) for d in order], jobs,
-                            threads, "analysis")
-            computed = sum(n for _, n in done)
-        tables = analyze_runs(run_dirs, analyses=None, force=force and jobs <= 1, settings=settings,
-                              out_dir=tables_dir, device=device, threads=threads)
-        computed += tables.computed
-    warm = computed == 0 and _checkpoint_files(root) == before
+    with clock.stage("analyze"):  # one process, the pool of ``jobs``, or the ranks: analyze_runs chooses
+        tables = analyze_runs(run_dirs, analyses=None, force=force, settings=settings, out_dir=tables_dir,
+                              device=device, threads=threads, jobs=jobs)
+    warm = tables.computed == 0 and _checkpoint_files(root) == before
     if not is_main():  # figures --nproc N: every rank trained and analysed; rank 0 draws and writes
         return tables
     with clock.stage("plot"):
@@ -231,3 +224,26 @@ def run_figures(recipe="analyses/default.toml", data_root=None, device=None, for
     for name in clock.wall:  # the stages in order, then the total
         print(f"  {name:<9} {clock.wall[name]:7.1f} s   (cpu {clock.cpu.get(name, float('nan')):7.1f} s)")
     return tables
+
+
+# ----------------------------------------------------------------------------- the pool's jobs
+
+
+def teacher_job(recipe: dict, seed: int, out: str, data_root, device) -> str:
+    """Train (or find cached) the teacher of one seed; returns its file."""
+    from landscape.data import load_dataset
+    from landscape.zsq.teacher import get_teacher
+
+    d = recipe["data"]
+    data = load_dataset(d["name"], data_root or d["root"] or None, d["test_fraction"], d["split_seed"])
+    path, _ = get_teacher(recipe, data, Path(out), seed, device or "cpu", progress=False)
+    return str(path)
+
+
+def train_job(recipe: dict, run: str, seed: int, out: str, data_root, device) -> str:
+    """Train (or resume, or reuse) one run of one seed; returns its run folder."""
+    from landscape.zsq.runs import train_recipe
+
+    (run_dir,) = train_recipe(recipe, runs=[run], out=out, seed=seed, data_root=data_root, device=device,
+                              progress=False)
+    return str(run_dir)

@@ -1,7 +1,10 @@
-"""Independent jobs of ``make figures`` in parallel processes, one fixed torch thread count each.
+"""Independent jobs in parallel processes, one fixed torch thread count each.
 
-Training a run and analysing a run folder are independent of each other's processes, so the
-pipeline runs them in a pool of ``jobs`` worker processes. Every worker sets
+Training a run and analysing a run folder are independent of each other's processes, so
+``make figures`` runs them in a pool of ``jobs`` worker processes (the jobs are the pipeline's,
+:func:`landscape.pipeline.teacher_job` and :func:`~landscape.pipeline.train_job`; the analysis
+shares its run folders out through :mod:`landscape.analyzers.sharing`). This module knows
+nothing of what the jobs do: it is on the bottom floor, below everything that uses it. Every worker sets
 ``torch.set_num_threads(threads)`` before any work: the thread count comes from the recipe, not
 from the machine, so the same recipe and seed give the same numbers whatever the core count,
 ``OMP_NUM_THREADS`` or ``jobs``. Workers are started with ``spawn`` (a forked process inherits
@@ -16,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-__all__ = ["default_jobs", "set_threads", "run_jobs", "teacher_job", "train_job", "analyze_job"]
+__all__ = ["default_jobs", "set_threads", "run_jobs"]
 
 
 def default_jobs() -> int:
@@ -72,49 +75,3 @@ def _describe(result: Any) -> str:
     if isinstance(result, (list, tuple)):
         return ", ".join(str(Path(r).name) if isinstance(r, (str, Path)) else str(r) for r in result)
     return str(result)
-
-
-# ----------------------------------------------------------------------------- the jobs
-
-
-def teacher_job(recipe: dict, seed: int, out: str, data_root, device) -> str:
-    """Train (or find cached) the teacher of one seed; returns its file."""
-    from landscape.data import load_dataset
-    from landscape.zsq.teacher import get_teacher
-
-    d = recipe["data"]
-    data = load_dataset(d["name"], data_root or d["root"] or None, d["test_fraction"], d["split_seed"])
-    path, _ = get_teacher(recipe, data, Path(out), seed, device or "cpu", progress=False)
-    return str(path)
-
-
-def train_job(recipe: dict, run: str, seed: int, out: str, data_root, device) -> str:
-    """Train (or resume, or reuse) one run of one seed; returns its run folder."""
-    from landscape.zsq.runs import train_recipe
-
-    (run_dir,) = train_recipe(recipe, runs=[run], out=out, seed=seed, data_root=data_root, device=device,
-                              progress=False)
-    return str(run_dir)
-
-
-def analyze_job(run_dir: str, settings: dict, tables_dir: str, device, force: bool) -> tuple[str, int]:
-    """Analyse one run folder into the shared cache of ``tables_dir``; the tables it writes are
-    rewritten afterwards by one gathering call over all run folders, which reads the cache.
-    Returns the folder's name and how many results were computed (not read from the cache)."""
-    import warnings
-
-    from landscape.analyzers import AnalysisWarning, analyze_runs, run_identity
-    from landscape.analyzers.settings import ANALYSES
-
-    run = run_identity(run_dir)["run"]
-    mine = [n for n in ANALYSES if settings.get(n, {}).get("runs") is None or run in settings[n]["runs"]]
-    if not mine:
-        return f"{Path(run_dir).name}: nothing to analyse", 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AnalysisWarning)  # the gathering call reports problems once
-        try:
-            tables = analyze_runs([run_dir], analyses=mine, force=force, settings=settings, out_dir=tables_dir,
-                                  device=device, progress="lines")
-        except Exception as exc:  # noqa: BLE001 - reported again, with context, by the gathering call
-            return f"{Path(run_dir).name}: {type(exc).__name__}: {exc}", 0
-    return Path(run_dir).name, tables.computed

@@ -74,6 +74,18 @@ def test_every_checkpoint_is_computed_once_and_every_rank_agrees(runs, shared):
     assert r0["tables"][0] == sorted(serial) and r1["tables"][0] == []  # rank 0 holds the tables
 
 
+def test_make_figures_pool_fills_the_cache_through_the_same_sharing_and_writes_one_process_tables(runs):
+    """``analyze_runs(..., jobs=2)``: two spawned processes fill the cache (analyzers.sharing, the
+    function the ranks use), this process gathers: the bytes of one process, each result computed
+    once (a gathering pass that recomputed would count every result twice)."""
+    root, dirs, _ = runs
+    pooled = analyze_runs(dirs, analyses=["cosine"], settings=SETTINGS, out_dir=root / "pool", device="cpu",
+                          progress=False, jobs=2, threads=1)
+    assert pooled.computed == 2 * 3 and pooled.problems == []  # 2 runs × 3 checkpoints, one result each
+    for name in ("cosine", "training"):
+        assert (root / "pool" / f"{name}.csv").read_bytes() == (root / "serial" / f"{name}.csv").read_bytes(), name
+
+
 def test_run_folders_are_dealt_out_largest_first(runs):
     _, dirs, _ = runs  # kd, ait: three checkpoints each
     kd, ait = dirs

@@ -11,7 +11,8 @@ import torch
 
 from conftest import make_batches, make_model
 from distributed_helpers import run_ranks
-from landscape.curvature import (GGN, CurvatureError, Hessian, default_process_group, gradient,
+from landscape.analyzers._common import Point, make_operator
+from landscape.curvature import (GGN, CurvatureError, Hessian, gradient,
                                  gradient_cosine, hutchinson, hutchpp, lanczos, loss_slice, mean_loss,
                                  power_iteration, slq)
 from landscape.losses import cross_entropy
@@ -66,8 +67,9 @@ def _numbers(rank, world, out):
     mine = [every[i] for i in SHARDS[rank]]
     res = {"sharded": _everything(model, mine)}
     res["local"] = {"Hv": Hessian(model, cross_entropy(), mine, process_group=False) @ _probe(N_PARAMS)[:, 0]}
-    with default_process_group(False):
-        res["local"]["Hv_ctx"] = Hessian(model, cross_entropy(), mine) @ _probe(N_PARAMS)[:, 0]
+    # the analyzers' route: a point carries its group to every operator built for it (no hidden default)
+    point = Point(model, {"ce": cross_entropy()}, mine, process_group=False)
+    res["local"]["Hv_ctx"] = make_operator(point, "ce") @ _probe(N_PARAMS)[:, 0]
     # a rank without batches: the mean is over rank 0's shard alone
     res["empty"] = Hessian(model, cross_entropy(), mine if rank == 0 else []) @ _probe(N_PARAMS)[:, 0]
     # every rank holding all the data: the same matrix (a shard-average of identical shards)
@@ -157,6 +159,13 @@ def test_bad_process_group_is_refused():
         Hessian(model, cross_entropy(), make_batches([3]), process_group="world")
     with pytest.raises(CurvatureError, match="process_group must be"):
         gradient(model, cross_entropy(), make_batches([3]), process_group=True)
+
+
+def test_the_removed_default_process_group_says_what_to_pass_instead():
+    from landscape.curvature import default_process_group
+
+    with pytest.raises(CurvatureError, match=r"was removed: pass process_group=False .* Hessian\(model"):
+        default_process_group(False)
 
 
 # ----------------------------------------------------------------------------- failures

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from landscape.checkpoints import (analysis_batches, config_hash, content_hash, list_checkpoints,
-                                   load_checkpoint, rebuild_generator, rebuild_student,
+                                   load_checkpoint, rebuild_student,
                                    rebuild_teacher)
 from landscape.config import RecipeError
 from landscape.models import evaluate
 from landscape.quant import check_dequantization, integer_codes
 from landscape.zsq import tables
+from landscape.zsq.generator import rebuild_generator
 from landscape.zsq.runs import train_recipe
 from landscape.zsq.trainer import TrainingError
 

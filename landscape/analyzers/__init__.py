@@ -11,9 +11,11 @@ One file per analysis (``cosine``, ``trace``, ``eigen`` (+ 1-D slices), ``densit
     run, seed, epoch, loss, layer, metric, value, stderr, n_matvecs, converged, residual, probe_seed
     (+ k, x, prev_epoch, slice, curvature, probe)
 
-The runner (:mod:`.runner`) schedules them over checkpoints; :mod:`.cache` keys results by
-checkpoint content and settings; :mod:`.discovery` reads run folders; :mod:`.loading` turns a
-checkpoint into a point.
+The runner (:mod:`.runner`) schedules them over checkpoints in one process; :mod:`.sweep`
+chooses who runs it (this process, a pool, the ranks), :mod:`.sharing` deals run folders out
+to several processes and gathers, :mod:`.distributed` is the ranks' side; :mod:`.cache` keys
+results by checkpoint content and settings; :mod:`.discovery` reads run folders;
+:mod:`.loading` turns a checkpoint into a point.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from torch import nn
 
 from landscape.analyzers._common import AnalysisError, Point
 from landscape.analyzers.discovery import run_identity
-from landscape.analyzers.runner import MODULES, AnalysisTables, AnalysisWarning, Problem, analyze_runs
+from landscape.analyzers.runner import MODULES, AnalysisTables, AnalysisWarning, Problem
+from landscape.analyzers.sweep import analyze_runs
 from landscape.analyzers.settings import ANALYSES, DEFAULTS, check_analyses, resolve_settings
 from landscape.analyzers.tidy import COLUMNS, to_table
 

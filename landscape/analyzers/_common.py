@@ -39,6 +39,10 @@ class Point:
     unavailable: ``{loss: reason}`` for losses that cannot be evaluated here (e.g. the
              teacher file of the KL is missing): analyses of other losses still run.
     extras:  checkpoint fields some analyses read (``epoch_grad``, the epoch's mean gradient).
+    process_group: which ranks a mean over the batches spans, passed to every operator, gradient
+             and loss the analyses build (:mod:`landscape.curvature.reduction`): None = the
+             default group when ``torch.distributed`` is initialized (each rank holds a block of
+             the batches), False = this process's batches alone (each rank its own checkpoint).
     """
 
     model: nn.Module
@@ -50,6 +54,7 @@ class Point:
     source: str = ""
     unavailable: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
+    process_group: Any = None
     #: gradients already computed at this point, shared by the analyses (the weights do not
     #: change between analyses: slices restore them bit for bit)
     grads: dict = field(default_factory=dict, repr=False)
@@ -111,7 +116,7 @@ def make_operator(point: Point, loss_name: str, curvature: str = "hessian"):
     key = (curvature, loss_name)
     if key not in point.operators:
         point.operators[key] = curvature_operator(curvature, point.model, point.loss(loss_name), point.batches,
-                                                  params=point.param_names())
+                                                  params=point.param_names(), process_group=point.process_group)
     return point.operators[key]
 
 
@@ -122,7 +127,8 @@ def flat_gradient(point: Point, loss_name: str, params: Sequence[str] | None = N
     names = list(params) if params is not None else point.param_names()
     key = (loss_name, tuple(names))
     if key not in point.grads:
-        g = gradient(point.model, point.loss(loss_name), point.batches, params=names)
+        g = gradient(point.model, point.loss(loss_name), point.batches, params=names,
+                     process_group=point.process_group)
         point.grads[key] = torch.as_tensor(g).detach().flatten()
     return point.grads[key]
 

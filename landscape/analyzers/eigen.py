@@ -80,11 +80,13 @@ def analyze(point: Point, cfg: dict) -> list[dict]:
         scale = {"grad_along_e": lambda: float((g @ e).abs()), "grad_norm": lambda: float(g.norm()),
                  "unit": lambda: 1.0}[s["scale"]]()
         rows.append(row(point.meta, loss=loss, metric="slice_scale", value=scale))
-        rows.append(row(point.meta, loss=loss, metric="loss_value", value=float(mean_loss(point.model, fn, point.batches))))
+        rows.append(row(point.meta, loss=loss, metric="loss_value", value=float(mean_loss(point.model, fn, point.batches,
+                                                                   process_group=point.process_group))))
         for kind in kinds:
             step = e if kind == "requantized_unit" else e * scale
             context = (lambda: _frozen(point.model, point.batches)) if kind == "frozen" else None
-            values = loss_slice(point.model, fn, point.batches, step, ks.to(e.dtype), params=names, context=context)
+            values = loss_slice(point.model, fn, point.batches, step, ks.to(e.dtype), params=names, context=context,
+                                process_group=point.process_group)
             for k, v in zip(ks.tolist(), np.asarray(values, dtype=np.float64).reshape(-1)):
                 rows.append(row(point.meta, loss=loss, metric="slice_loss", value=float(v), k=float(k), slice=kind))
     return rows

@@ -36,7 +36,8 @@ def state(point: Point, cfg: dict) -> dict:
     s = cfg[NAME]
     names = point.param_names()
     out = {"names": names, "layers": layer_slices(point.model, names) if s["per_layer"] else [],
-           "epoch_grad": point.extras.get("epoch_grad", "absent"), "source": point.source}
+           "epoch_grad": point.extras.get("epoch_grad", "absent"), "source": point.source,
+           "process_group": point.process_group}
     if s["fixed_batches"] and s["loss"] in point.available([s["loss"]]):
         out.update(model=point.model, batches=point.batches, loss_fn=point.loss(s["loss"]),
                    grad=flat_gradient(point, s["loss"], names))
@@ -76,7 +77,8 @@ def compare(prev: dict, cur: dict, meta: dict, prev_epoch: int, cfg: dict) -> li
                                 "the student's; the checkpoint does not belong to this model")
         rows += _rows(meta, "train", "interepoch_cosine", a[1], b[1], cur["layers"], prev_epoch)
     if "grad" in cur and "model" in prev:
-        g_prev = gradient(prev["model"], cur["loss_fn"], cur["batches"], params=prev["names"])
+        g_prev = gradient(prev["model"], cur["loss_fn"], cur["batches"], params=prev["names"],
+                          process_group=cur["process_group"])
         rows += _rows(meta, s["loss"], "interepoch_cosine_fixed_batches", torch.as_tensor(g_prev),
                       cur["grad"], cur["layers"], prev_epoch)
     return rows

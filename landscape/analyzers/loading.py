@@ -20,9 +20,10 @@ __all__ = ["CheckpointLoader"]
 class CheckpointLoader:
     """Builds points from checkpoints; the teacher is rebuilt once per (file, hash)."""
 
-    def __init__(self, device, max_batches: int):
+    def __init__(self, device, max_batches: int, process_group=None):
         self.device = device
         self.max_batches = max_batches
+        self.process_group = process_group  # the points' (see Point): False = this process's batches alone
         self._teachers: dict = {}
 
     def _teacher(self, ckpt):
@@ -48,7 +49,8 @@ class CheckpointLoader:
         if not batches:
             raise AnalysisError(f"{path}: the checkpoint holds no analysis batches")
         point = Point(student, {"ce": losses.cross_entropy()}, batches, meta=dict(meta),
-                      identity=ckpt.get("content_hash") or identity, source=str(path))
+                      identity=ckpt.get("content_hash") or identity, source=str(path),
+                      process_group=self.process_group)
         if need_kl:
             try:
                 point.losses["kl"] = losses.kl_to_teacher(

@@ -1,4 +1,9 @@
-"""Run the analyses over run folders: checkpoints in, tidy CSV tables out.
+"""Run the analyses over run folders in one process: checkpoints in, tidy CSV tables out.
+
+This is the sweep of one process and nothing else: :func:`landscape.analyzers.analyze_runs`
+(:mod:`.sweep`) chooses who runs it -- this process alone, a pool of processes or the ranks of
+``torch.distributed``, which share the run folders out through :mod:`.sharing` and call
+:func:`analyze_here` on their share; it never calls back up.
 
 For each run folder the runner plans which (analysis, epoch) results it needs, takes what the
 cache (:mod:`.cache`) already holds, and computes the rest epoch by epoch: it rebuilds the
@@ -38,7 +43,7 @@ from landscape.analyzers.tidy import to_table, write_csv
 from landscape.checkpoints import check_placement
 from landscape.errors import LandscapeError
 
-__all__ = ["MODULES", "AnalysisWarning", "Problem", "AnalysisTables", "analyze_runs", "needed_losses"]
+__all__ = ["MODULES", "AnalysisWarning", "Problem", "AnalysisTables", "analyze_here", "needed_losses"]
 
 MODULES = {m.NAME: m for m in (cosine, trace, eigen, density, interepoch, crossings)}
 
@@ -117,11 +122,11 @@ class _Progress:
         self.bar.close()
 
 
-def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping | None = None,
+def analyze_here(run_dirs, analyses=None, force: bool = False, settings: Mapping | None = None,
                  out_dir="figures/tables", device=None, *, threads: int | None = None,
                  progress: bool | str | None = None, cache: Cache | None = None,
-                 loader: CheckpointLoader | None = None) -> AnalysisTables:
-    """Run the chosen analyses over every checkpoint of each run folder.
+                 loader: CheckpointLoader | None = None, process_group=None) -> AnalysisTables:
+    """Run the chosen analyses over every checkpoint of each run folder, in this process.
 
     Parameters
     ----------
@@ -135,20 +140,16 @@ def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping
                the same tables on any machine. None leaves torch's setting alone.
     progress:  None = a bar on a terminal and one line per checkpoint elsewhere (a log, CI);
                ``"lines"`` = always lines; False = silent.
-    cache, loader: the results cache (default ``<out_dir>/.cache``) and the checkpoint loader, for
-               :mod:`landscape.analyzers.distributed`, which takes over under ``torch.distributed``
-               (torchrun, ``landscape analyze --nproc N``): the ranks share the sweep out.
+    cache, loader: the results cache (default ``<out_dir>/.cache``) and the checkpoint loader (the
+               data-parallel mode of :mod:`landscape.analyzers.distributed` passes its own).
+    process_group: the points' (:class:`~landscape.analyzers._common.Point`) when the default
+               loader builds them: False = this process's batches alone (a share of a sweep).
 
     Returns :class:`AnalysisTables`: ``{analysis: DataFrame}`` (tidy; also written as
     ``<out_dir>/<analysis>.csv``) plus ``"training"`` (the runs' ``metrics.csv`` in long form,
     ``training.csv``), with ``.problems`` listing what was skipped and why (each also warned
     as an :class:`AnalysisWarning`).
     """
-    from landscape.analyzers import distributed
-
-    if distributed.takes_over():
-        return distributed.analyze_distributed(run_dirs, analyses, force, settings, out_dir, device, threads=threads,
-                                               progress=progress)
     names = check_analyses(analyses)
     cfg = resolve_settings(settings)
     if threads is not None:
@@ -171,7 +172,7 @@ def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping
             raise AnalysisError(f"run folder {str(r)!r} does not exist (train it first: landscape train RECIPE)")
     out_dir = Path(out_dir)
     job = _Job(names, cfg, cache or Cache(out_dir / ".cache"),
-               loader or CheckpointLoader(_default_device(device), cfg["max_batches"]), force, progress)
+               loader or CheckpointLoader(_default_device(device), cfg["max_batches"], process_group), force, progress)
     idents = [run_identity(r) for r in run_dirs]
     known = {i["run"] for i in idents}
     for n in names:
@@ -187,7 +188,7 @@ def analyze_runs(run_dirs, analyses=None, force: bool = False, settings: Mapping
 
 
 class _Job:
-    """One call of :func:`analyze_runs`: the tables gathered so far and the problems met."""
+    """One call of :func:`analyze_here`: the tables gathered so far and the problems met."""
 
     def __init__(self, names, cfg, cache: Cache, loader: CheckpointLoader, force: bool, progress):
         from landscape.kernels import current

@@ -40,7 +40,8 @@ def analyze(point: Point, cfg: dict) -> list[dict]:
         op = make_operator(point, loss, cfg[NAME]["curvature"])
         rows.append(row(point.meta, loss=loss, metric="trace", **_estimate(op, cfg, seed)))
         rows.append(row(point.meta, loss=loss, metric="loss_value",
-                        value=float(mean_loss(point.model, point.loss(loss), point.batches))))
+                        value=float(mean_loss(point.model, point.loss(loss), point.batches,
+                                              process_group=point.process_group))))
         if cfg[NAME]["per_layer"]:
             for layer, block in op.layers().items():  # views: one graph for every layer
                 rows.append(row(point.meta, loss=loss, layer=layer, metric="trace", **_estimate(block, cfg, seed)))

@@ -86,9 +86,9 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
 
     from landscape import kernels
     from landscape.config import load_recipe
-    from landscape.pipeline import _Clock, recipe_seeds
+    from landscape.pipeline import _Clock, recipe_seeds, teacher_job
     from landscape.results import _timings, publish_results
-    from landscape.workers import default_jobs, run_jobs, set_threads, teacher_job
+    from landscape.workers import default_jobs, run_jobs, set_threads
     from landscape.zsq.runs import DEFAULT_OUT
 
     clock = _Clock()

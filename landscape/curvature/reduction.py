@@ -15,10 +15,14 @@ result on every rank. Shards may be uneven (more or bigger batches on one rank, 
 Which group, chosen by the keyword ``process_group`` of the operators and functions:
 
 * ``None`` (default): the default group when ``torch.distributed`` is initialized with more
-  than one rank (unless :func:`default_process_group` says otherwise), else no reduction;
+  than one rank, else no reduction;
 * ``False``: no reduction: this rank's batches are all the batches (e.g. each rank analyses
   its own checkpoint);
 * a ``ProcessGroup`` (``torch.distributed.new_group(...)``): reduce over that group only.
+
+The group is always the caller's argument: no hidden state changes what ``None`` means (code
+that builds operators for another caller -- the analyzers' :class:`~landscape.analyzers.Point`
+-- carries the group and passes it on).
 
 A rank whose local part fails (a NaN loss on one of its batches, a loss that raises) still
 joins the reduction with a failure flag, so that every rank stops with an error naming the
@@ -29,18 +33,13 @@ process group's timeout as a :class:`ReductionError` on the others.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from .errors import CurvatureError
 
 __all__ = ["ReductionError", "resolve_group", "default_process_group", "group_rank", "all_reduce_mean"]
-
-_DEFAULT: contextvars.ContextVar[Any] = contextvars.ContextVar("landscape_default_process_group", default=None)
-
 
 class ReductionError(CurvatureError, RuntimeError):
     """A mean over the ranks' shards could not be formed: another rank failed, died or timed out."""
@@ -53,16 +52,13 @@ def _initialized() -> bool:
 def resolve_group(process_group: Any = None) -> Any:
     """The group a reduction spans, or ``None`` for none (see the module docstring).
 
-    ``None`` means the current default (:func:`default_process_group`, else the world group when
-    initialized with more than one rank); ``False`` no reduction; a ``ProcessGroup`` itself. A
-    group of one rank reduces nothing and gives ``None``.
+    ``None`` means the world group when initialized with more than one rank; ``False`` no
+    reduction; a ``ProcessGroup`` itself. A group of one rank reduces nothing and gives ``None``.
     """
     if process_group is None:
-        process_group = _DEFAULT.get()
-        if process_group is None:
-            if not _initialized():
-                return None
-            process_group = torch.distributed.group.WORLD
+        if not _initialized():
+            return None
+        process_group = torch.distributed.group.WORLD
     if process_group is False:
         return None
     if process_group is True or not _is_group(process_group):
@@ -80,21 +76,15 @@ def _is_group(obj: Any) -> bool:
     return torch.distributed.is_available() and isinstance(obj, torch.distributed.ProcessGroup)
 
 
-@contextlib.contextmanager
-def default_process_group(process_group: Any) -> Iterator[None]:
-    """Within the block, ``process_group=None`` means ``process_group``.
-
-    ``with default_process_group(False):`` makes every operator, gradient and loss built inside
-    use this rank's batches only (no all-reduce), e.g. when the ranks analyse different
-    checkpoints. Operators keep the group they were built with.
-    """
-    if process_group is not False and process_group is not None and not _is_group(process_group):
-        raise CurvatureError(f"default_process_group needs None, False or a ProcessGroup, got {process_group!r}")
-    token = _DEFAULT.set(process_group)
-    try:
-        yield
-    finally:
-        _DEFAULT.reset(token)
+def default_process_group(process_group: Any = None) -> None:
+    """Removed after 0.2: it changed what ``process_group=None`` means for every operator
+    built inside a ``with`` block, through module state. Pass ``process_group=`` to the operator or
+    function instead; calling this raises a :class:`CurvatureError` that says so."""
+    raise CurvatureError(
+        "landscape.curvature.default_process_group was removed: pass process_group=False (this rank's batches "
+        "alone) or a ProcessGroup to the operator or function itself, e.g. Hessian(model, loss_fn, batches, "
+        "process_group=False)"
+    )
 
 
 def group_rank(group: Any) -> int:

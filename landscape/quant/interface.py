@@ -132,9 +132,8 @@ def is_builtin_uniform(spec: Any, role: str) -> bool:
     """True for the default quantizer (by name or class): the code path of the official grid."""
     if isinstance(spec, str):
         return spec == "uniform"
-    from landscape.quant.quantizers.uniform import UniformAct, UniformWeight
-
-    return spec is (UniformWeight if role == "weight" else UniformAct)
+    # by name through the registry, like every built-in: the quantizers build on this module
+    return spec is resolve_quantizer("uniform", role)
 
 
 def spec_name(spec: Any) -> str:

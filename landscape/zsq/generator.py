@@ -106,3 +106,15 @@ class BNStatsLoss:
 
     def __exit__(self, *exc):
         self.remove()
+
+
+def rebuild_generator(ckpt: dict, device="cpu") -> nn.Module | None:
+    """The checkpoint's generator (train mode, as it is used), or None for runs without one.
+
+    Beside the generator, not in :mod:`landscape.checkpoints`: the run folder's format knows
+    nothing of the trainer's modules (it stores ``generator_spec`` and ``generator_state``)."""
+    if not ckpt.get("generator_spec"):
+        return None
+    gen = Generator(**ckpt["generator_spec"])
+    gen.load_state_dict(ckpt["generator_state"])
+    return gen.to(device)

@@ -30,6 +30,7 @@ from torch import nn
 from landscape.distributed import Context
 from landscape.errors import LandscapeError
 from landscape.models import count_correct, evaluate
+from landscape.zsq.errors import TrainingError
 
 __all__ = ["DataParallel", "batch_record", "effective_batch"]
 
@@ -132,8 +133,6 @@ class DataParallel:
         prints = all_gather_objects(h.hexdigest())
         if len(set(prints)) > 1:
             odd = [r for r, p in enumerate(prints) if p != prints[0]]
-            from landscape.zsq.trainer import TrainingError
-
             raise TrainingError(f"{where}: the weights of rank(s) {odd} differ from rank 0's: the ranks "
                                 "drifted apart (a non-deterministic all-reduce or a rank-local change); "
                                 "stopped before writing the checkpoint")

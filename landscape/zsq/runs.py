@@ -203,13 +203,13 @@ def _train_one(cfg: dict, config: dict, recipe: dict, data, t_file: dict, teache
                run_dir: Path, seed: int, device, threads: int, step_hook, progress,
                ctx: distributed.Context | None = None) -> None:
     ctx = ctx or distributed.Context()
-    if ctx.distributed and cfg["source"] == "none":  # nothing to share out: rank 0 does it
+    if ctx.distributed and cfg["source"] == "none":  # nothing to share out: rank 0 does it, as one process
         distributed.on_main(_train_one, cfg, config, recipe, data, t_file, teacher_ref, run_dir, seed,
-                            device, threads, step_hook, progress)
+                            device, threads, step_hook, progress, distributed.Context(), ctx=ctx)
         return
     first, target = (0, 0) if cfg["source"] == "none" else (1, cfg["epochs"])
     with ExitStack() as lock:  # rank 0 holds the run folder's lock until training ends
-        prepared = distributed.on_main(_prepare, run_dir, config, first, target, lock)
+        prepared = distributed.on_main(_prepare, run_dir, config, first, target, lock, ctx=ctx)
         if prepared is None:
             return
         done, last = prepared

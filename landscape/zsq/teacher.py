@@ -34,7 +34,7 @@ from landscape.locking import exclusive_lock
 from landscape.models import build_model, evaluate, model_spec
 from landscape.pretrained import load_state_dict_file
 from landscape.safe_paths import inside
-from landscape.zsq.trainer import TrainingError
+from landscape.zsq.errors import TrainingError
 
 
 def teacher_settings(recipe: dict) -> dict:

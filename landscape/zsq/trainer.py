@@ -38,22 +38,17 @@ from tqdm.auto import tqdm
 from landscape.checkpoints import (FORMAT, VERSION, checkpoint_path, save_atomic, seal,
                                    teacher_from_file)
 from landscape.data import Dataset, iterate_batches
-from landscape.errors import LandscapeError
 from landscape.losses import ce, kl_divergence
 from landscape.models import evaluate
 from landscape.quant import calibrate, calibrating, quantize_model
 from landscape.zsq import tables
 from landscape.zsq.epoch_grad import GradientMean
+from landscape.zsq.errors import TrainingError  # noqa: F401 - also importable from here, as before
 from landscape.zsq.generator import BNStatsLoss, Generator
 from landscape.zsq.gi import InundatedSGD, param_groups
 from landscape.zsq.parallel import DataParallel, batch_record
 
 StepHook = Callable[[str, int, int], None]
-
-
-class TrainingError(LandscapeError, RuntimeError):
-    """Training cannot continue (a non-finite loss); the message names the step and the last
-    good checkpoint."""
 
 
 def schedule_factor(epoch: int, milestones, gamma: float) -> float:

@@ -1,0 +1,14 @@
+"""The trainer's own errors, on the floor below both the trainer and its data-parallel plumbing
+(:mod:`landscape.zsq.parallel` raises one when the ranks drift apart; the trainer when a loss
+diverges), so that neither imports the other for it."""
+
+from __future__ import annotations
+
+from landscape.errors import LandscapeError
+
+__all__ = ["TrainingError"]
+
+
+class TrainingError(LandscapeError, RuntimeError):
+    """Training cannot continue (a non-finite loss); the message names the step and the last
+    good checkpoint."""
