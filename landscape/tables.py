@@ -18,6 +18,8 @@ from typing import Mapping
 
 import pandas as pd
 
+from landscape.errors import LandscapeError
+
 __all__ = ["DEFAULT_ROLES", "ROLE_NAMES", "TABLE_NAMES", "TableError", "read_table", "load_tables", "resolve_roles",
            "not_converged"]
 
@@ -30,8 +32,10 @@ ROLE_NAMES = ("kd", "zq", "kl_only", "ait", "ptq")
 TABLE_NAMES = ("cosine", "trace", "eigen", "density", "interepoch", "crossings", "training")
 
 
-class TableError(ValueError):
-    """Tables or roles that cannot be used: one clear line naming the thing and the fix."""
+class TableError(LandscapeError, ValueError):
+    """Tables or roles that cannot be used: one clear line naming the thing and the fix.
+
+    Also a ``ValueError`` (what it was before 0.3)."""
 
 
 def resolve_roles(roles: Mapping | None = None) -> dict:
