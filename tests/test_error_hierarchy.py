@@ -129,6 +129,12 @@ def test_documented_bad_inputs_exit_2_with_one_line(capsys, tmp_path):
     err = _stderr_lines(capsys)
     assert err == [f"landscape: TableError: table {tables / 'trace.csv'} is not a readable CSV (UnicodeDecodeError); "
                    "rerun `landscape analyze` (or `make figures`) to rewrite it", HINT]
+    # a CSV without the tidy columns: named before a figure or a claim hits a KeyError (a bug's exit 1)
+    (tables / "trace.csv").write_text("a,b\n1,2\n")
+    assert cli.main(["plot", "--tables", str(tables), "--out", str(tmp_path / "o")]) == 2
+    assert _stderr_lines(capsys) == [f"landscape: TableError: table {tables / 'trace.csv'} has no column(s) run, seed, "
+                                     "epoch, metric, value, loss, layer (is it a landscape table?); rerun `landscape "
+                                     "analyze` (or `make figures`) to rewrite it", HINT]
 
 
 # ----------------------------------------------------------------------------- under torchrun
