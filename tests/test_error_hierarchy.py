@@ -39,7 +39,12 @@ def _package_exceptions() -> dict[str, type]:
     for info in pkgutil.walk_packages(landscape.__path__, "landscape."):
         if info.name.endswith("__main__"):  # running it would run the command line
             continue
-        module = importlib.import_module(info.name)
+        try:
+            module = importlib.import_module(info.name)
+        except ModuleNotFoundError as exc:  # a module of an optional extra (e.g. transformers) not installed
+            if (exc.name or "landscape").split(".")[0] == "landscape":
+                raise
+            continue
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if (obj.__module__ == info.name and issubclass(obj, BaseException)
                     and not issubclass(obj, Warning)):
