@@ -12,8 +12,9 @@ from torch.nn import functional as F
 
 from landscape.losses import cross_entropy
 from landscape.models import ResNet20, SmallCNN
-from landscape.quant import (ActQuant, ActQuantPerCall, CallSiteError, QuantizationWarning, calibrate,
+from landscape.quant import (ActQuant, ActQuantPerCall, QuantizationWarning, calibrate,
                              frozen_rounding, quantize_model)
+from landscape.quant.errors import CallSiteError
 
 
 class BasicBlock(nn.Module):

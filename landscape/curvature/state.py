@@ -495,7 +495,7 @@ class StateTracker:
     one of the objects walked at the snapshot now refers to something else (:class:`_Structure`).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Any, modes: bool = True):
+    def __init__(self, model: nn.Module, loss_fn: Any = None, modes: bool = True):
         self.model = model
         self.loss_fn = loss_fn
         self.modes = bool(modes)
@@ -515,10 +515,15 @@ class StateTracker:
     def _current(self, visited: list | None = None) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
         """Walk the loss and list the tracked tensors, as they are now (``visited``: see :func:`loss_state`;
         the reached modules' submodules are added to it)."""
-        found, loose, plain = loss_state(self.loss_fn, self.model, visited)
-        mods = _distinct_modules(self.model, found)
-        if visited is not None:
-            visited.extend(m for _, top in found for m in top.modules())
+        if self.loss_fn is None:
+            mods = [("model", self.model)]
+            plain: list[tuple[str, Any]] = []
+            loose: list[tuple[str, torch.Tensor]] = []
+        else:
+            found, loose, plain = loss_state(self.loss_fn, self.model, visited)
+            mods = _distinct_modules(self.model, found)
+            if visited is not None:
+                visited.extend(m for _, top in found for m in top.modules())
         entries = _entries(mods)
         if loose:
             have = {id(t) for _, t in entries}

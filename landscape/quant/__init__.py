@@ -25,8 +25,7 @@ from landscape.quant import functional
 from landscape.quant.coverage import ACTIVATION_MODULES, activation_sites
 from landscape.quant.coverage_report import ATTR as _COVERAGE
 from landscape.quant.coverage_report import CoverageReport, coverage_report, skip_reason
-from landscape.quant.errors import (CallSiteError, FrozenRoundingError, QuantizationError, QuantizationWarning,
-                                    QuantizerError)
+from landscape.quant.errors import FrozenRoundingError, QuantizationError, QuantizationWarning, QuantizerError
 from landscape.quant.frozen import frozen_rounding
 from landscape.quant.functional import (check_zero_point, dequantize, fake_quant_weight, qrange, quantize,
                                         weight_codes, weight_qparams)
@@ -37,7 +36,7 @@ from landscape.quant.modules import (ActQuant, ActQuantPerCall, CallCounters, Qu
 
 __all__ = ["quantize_model", "quantized_layers", "integer_codes", "act_quantizers", "coverage_report",
            "CoverageReport", "calibrating", "calibrate", "check_dequantization", "frozen_rounding",
-           "QuantizationError", "QuantizationWarning", "FrozenRoundingError", "QuantizerError", "CallSiteError",
+           "QuantizationError", "QuantizationWarning", "FrozenRoundingError", "QuantizerError",
            "BUILTIN_WEIGHT", "BUILTIN_ACT",
            "QuantConv2d", "QuantLinear", "ActQuant", "ActQuantPerCall", "functional", "weight_codes",
            "weight_qparams", "fake_quant_weight", "quantize", "dequantize", "qrange"]
