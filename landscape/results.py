@@ -145,7 +145,7 @@ def publish_results(results: str | Path, readme: str | Path, copy_to: str | Path
     missing = [b for b in blocks if f"<!-- results:{b} -->" not in readme.read_text(encoding="utf-8")]
     if missing:
         raise PublishError(f"{readme} has no marker for the results block(s) {missing}; add "
-                         f"'<!-- results:NAME -->' / '<!-- /results:NAME -->' lines where they belong")
+                           f"'<!-- results:NAME -->' / '<!-- /results:NAME -->' lines where they belong")
     for target in [readme, *docs, copy_to]:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
