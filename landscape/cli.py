@@ -17,7 +17,8 @@ be done from Python too. A bad input (a missing file, a recipe typo, a corrupt c
 ends with one line naming the problem; ``--debug`` (anywhere on the line) shows the full
 traceback instead.
 
-Exit codes: 0 done; 2 bad input (nothing or only part was done, the line says what);
+Exit codes: 0 done; 1 a bug in landscape (its traceback and a line asking for a report);
+2 bad input (nothing or only part was done, the line says what);
 3 the analysis is incomplete (a checkpoint or an analysis was skipped, or a table came out
 empty; the summary lists each; ``--keep-going`` makes this 0); 4 another process holds the
 run folder; 130 interrupted (completed epochs are saved; a rerun resumes).
@@ -29,14 +30,20 @@ import argparse
 import contextlib
 import difflib
 import os
+import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
 from landscape.errors import LandscapeError, LockError
 from landscape.launch_guard import check_nproc, die_with_parent
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_BUSY, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+EXIT_OK, EXIT_BUG, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+#: The line under the traceback of an exception that is not a LandscapeError (exit 1).
+BUG_REPORT = ("this is a bug in landscape, not a problem with your input; please report it in the project's "
+              "issue tracker with the traceback above and the command line")
+_DEBUG_HINT = "(rerun with --debug for the traceback)"
 COMMANDS = ("train", "analyze", "plot", "figures", "report", "compare")
 
 
@@ -381,11 +388,35 @@ def _execute_rank(args: argparse.Namespace, debug: bool, nproc: int | None) -> i
     return 0 if shared and os.environ.get(distributed.ENV_EXIT_DIR) else code
 
 
+def _check_device(device: str | None) -> None:
+    """``--device``: one torch knows and this machine has, else one :class:`DeviceError` line
+    before any work (not a failure deep inside the first tensor moved there)."""
+    if device is None:
+        return
+    import torch
+
+    from landscape.errors import DeviceError
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"--device {device!r} is not a device torch knows; use cpu or cuda (cuda:N)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+
+
 def _execute(args: argparse.Namespace, debug: bool) -> tuple[int, bool]:
-    """Run the command; ``(exit code, whether every rank ended the same way)``."""
+    """Run the command; ``(exit code, whether every rank ended the same way)``.
+
+    A :class:`~landscape.errors.LandscapeError` is the user's to fix: one line, exit 2 (4 for a
+    held lock). An ``OSError`` on a file becomes the documented ``StorageError`` line (exit 2).
+    Anything else is a bug in landscape: its traceback and a line asking for a report, exit 1.
+    ``--debug`` re-raises every one of them. Under torchrun each rank returns its code (a
+    buggy rank's exit makes torchrun stop the others, so none waits for it)."""
     from landscape.distributed import agreed
 
     try:
+        _check_device(getattr(args, "device", None))
         args.func(args)
     except KeyboardInterrupt:
         _error("landscape: interrupted; completed epochs are saved and a rerun resumes.", None)
@@ -393,19 +424,26 @@ def _execute(args: argparse.Namespace, debug: bool) -> tuple[int, bool]:
     except _Incomplete as exc:
         _error(f"landscape: {exc}", exc, shared=True)
         return EXIT_INCOMPLETE, True
-    except (LandscapeError, ValueError, FileNotFoundError, RuntimeError, KeyError, OSError) as exc:
+    except LandscapeError as exc:
         if debug:
             raise
-        code = EXIT_BUSY if isinstance(exc, LockError) else EXIT_BAD_INPUT
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        where = getattr(exc, "filename", None) or getattr(args, "out", None)  # a write without a name: --out's
-        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and where:
-            from landscape.errors import storage_error
+        _error(f"landscape: {type(exc).__name__}: {exc}\n{_DEBUG_HINT}", exc)
+        return (EXIT_BUSY if isinstance(exc, LockError) else EXIT_BAD_INPUT), agreed(exc)
+    except OSError as exc:  # the OS refused a file (read-only, full, missing): the user's to fix
+        if debug:
+            raise
+        from landscape.errors import storage_error
 
-            message = storage_error(exc, where)   # named as the docs' exit-code table names it
-        _error(f"landscape: {type(message).__name__ if isinstance(message, BaseException) else type(exc).__name__}: "
-               f"{message}\n(rerun with --debug for the traceback)", exc)
-        return code, agreed(exc)
+        # a write that names no file (pandas' to_csv) was a write under --out
+        message = storage_error(exc, getattr(exc, "filename", None) or getattr(args, "out", None))
+        _error(f"landscape: {type(message).__name__}: {message}\n{_DEBUG_HINT}", exc)
+        return EXIT_BAD_INPUT, agreed(exc)
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug in landscape, shown as one
+        if debug:
+            raise
+        trace = "".join(traceback.format_exception(exc)).rstrip()
+        _error(f"{trace}\nlandscape: {BUG_REPORT}", exc)
+        return EXIT_BUG, agreed(exc)
     return EXIT_OK, True
 
 
@@ -416,8 +454,8 @@ def _error(text: str, exc: BaseException | None, shared: bool = False) -> None:
     rank = current().rank
     if rank == 0:
         print(text, file=sys.stderr)
-    elif not (shared or (exc is not None and agreed(exc))):
-        print(text.replace("landscape:", f"landscape[rank {rank}]:", 1), file=sys.stderr)
+    elif not (shared or (exc is not None and agreed(exc))):  # each of this rank's own lines says so
+        print(re.sub(r"(?m)^landscape:", f"landscape[rank {rank}]:", text), file=sys.stderr)
 
 
 if __name__ == "__main__":

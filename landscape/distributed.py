@@ -38,7 +38,7 @@ from landscape.errors import LandscapeError
 from landscape.launch_guard import die_with_parent
 
 __all__ = ["Context", "DistributedError", "launched", "init", "current", "is_main", "world_size", "rank",
-           "shutdown", "on_main", "broadcast_object", "all_gather_objects", "barrier", "agreed", "launch",
+           "shutdown", "on_main", "broadcast_object", "all_gather_objects", "agreed", "launch",
            "write_exit_code", "free_port", "ENV_TIMEOUT", "DEFAULT_TIMEOUT"]
 
 ENV_TIMEOUT = "LANDSCAPE_DIST_TIMEOUT"
@@ -234,11 +234,6 @@ def all_gather_objects(obj: Any) -> list:
         raise DistributedError(f"rank {ctx.rank} of {ctx.world_size}: another rank stopped before the "
                                f"gather (its own error is printed above); {_first_line(exc)}") from exc
     return out
-
-
-def barrier() -> None:
-    """Wait until every rank is here (the control group: no timeout short of a week)."""
-    all_gather_objects(None)
 
 
 def on_main(fn: Callable[..., Any], *args: Any, ctx: Context | None = None, **kwargs: Any) -> Any:

@@ -25,12 +25,20 @@ from typing import Mapping
 
 import pandas as pd
 
+from landscape.errors import LandscapeError
 from landscape.findings import claims, claims_table
 from landscape.tables import read_table, resolve_roles
 
-__all__ = ["BLOCKS", "accuracy_table", "write_results", "read_blocks", "replace_blocks", "publish_results"]
+__all__ = ["BLOCKS", "PublishError", "accuracy_table", "write_results", "read_blocks", "replace_blocks",
+           "publish_results"]
 
 BLOCKS = ("provenance", "findings", "accuracy", "timings-cold", "timings-warm")
+
+
+class PublishError(LandscapeError, ValueError):
+    """``--publish README`` names a file without the results markers to copy the blocks into."""
+
+
 _BLOCK_RE = re.compile(r"<!-- results:(?P<name>[a-z:-]+) -->\n(?P<body>.*?)<!-- /results:(?P=name) -->", re.S)
 
 
@@ -136,8 +144,8 @@ def publish_results(results: str | Path, readme: str | Path, copy_to: str | Path
             if "<!-- results:" in p.read_text(encoding="utf-8") and p.resolve() != copy_to.resolve()]
     missing = [b for b in blocks if f"<!-- results:{b} -->" not in readme.read_text(encoding="utf-8")]
     if missing:
-        raise ValueError(f"{readme} has no marker for the results block(s) {missing}; add "
-                         f"'<!-- results:NAME -->' / '<!-- /results:NAME -->' lines where they belong")
+        raise PublishError(f"{readme} has no marker for the results block(s) {missing}; add "
+                           f"'<!-- results:NAME -->' / '<!-- /results:NAME -->' lines where they belong")
     for target in [readme, *docs, copy_to]:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,8 @@ from typing import Mapping
 
 import pandas as pd
 
+from landscape.errors import LandscapeError
+
 __all__ = ["DEFAULT_ROLES", "ROLE_NAMES", "TABLE_NAMES", "TableError", "read_table", "load_tables", "resolve_roles",
            "not_converged"]
 
@@ -28,10 +30,14 @@ DEFAULT_ROLES: dict = {"kd": "kd", "zq": "gdfq", "kl_only": "kl", "ait": "ait", 
 ROLE_NAMES = ("kd", "zq", "kl_only", "ait", "ptq")
 #: The tidy tables that figures and findings read (``<tables_dir>/<name>.csv``).
 TABLE_NAMES = ("cosine", "trace", "eigen", "density", "interepoch", "crossings", "training")
+#: The columns figures and findings index in every tidy table (``training`` needs no loss/layer).
+KEY_COLUMNS = ("run", "seed", "epoch", "metric", "value")
 
 
-class TableError(ValueError):
-    """Tables or roles that cannot be used: one clear line naming the thing and the fix."""
+class TableError(LandscapeError, ValueError):
+    """Tables or roles that cannot be used: one clear line naming the thing and the fix.
+
+    Also a ``ValueError`` (what it was before 0.3)."""
 
 
 def resolve_roles(roles: Mapping | None = None) -> dict:
@@ -54,8 +60,9 @@ def resolve_roles(roles: Mapping | None = None) -> dict:
 def read_table(tables_dir: Path | str, name: str) -> pd.DataFrame | None:
     """The tidy table ``<tables_dir>/<name>.csv``, or None when it is missing or has no rows.
 
-    A file that exists but cannot be parsed is a :class:`TableError` naming it (a silently
-    missing table would turn a verdict into "no data" for the wrong reason).
+    A file that exists but cannot be parsed, or lacks a column figures and findings index
+    (:data:`KEY_COLUMNS`), is a :class:`TableError` naming it (a silently missing table would
+    turn a verdict into "no data" for the wrong reason).
     """
     path = Path(tables_dir) / f"{name}.csv"
     if not path.exists():
@@ -67,6 +74,10 @@ def read_table(tables_dir: Path | str, name: str) -> pd.DataFrame | None:
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise TableError(f"table {path} is not a readable CSV ({type(exc).__name__}); "
                          "rerun `landscape analyze` (or `make figures`) to rewrite it") from None
+    missing = [c for c in KEY_COLUMNS + (() if name == "training" else ("loss", "layer")) if c not in df]
+    if missing and not df.empty:  # else a KeyError deep in a figure or a claim, far from the file
+        raise TableError(f"table {path} has no column(s) {', '.join(missing)} (is it a landscape table?); "
+                         "rerun `landscape analyze` (or `make figures`) to rewrite it")
     if "loss" in df:
         df["loss"] = df["loss"].astype("string").fillna("").astype(str)
     if "layer" in df:

@@ -12,8 +12,9 @@ from torch.nn import functional as F
 
 from landscape.losses import cross_entropy
 from landscape.models import ResNet20, SmallCNN
-from landscape.quant import (ActQuant, ActQuantPerCall, QuantizationError, QuantizationWarning, calibrate,
+from landscape.quant import (ActQuant, ActQuantPerCall, QuantizationWarning, calibrate,
                              frozen_rounding, quantize_model)
+from landscape.quant.errors import CallSiteError
 
 
 class BasicBlock(nn.Module):
@@ -112,7 +113,7 @@ def test_a_changed_call_count_is_an_error():
     student, _ = quantized_resnet()
     block = student.layer1[0]
     block.forward = lambda x: block.relu(block.relu(BasicBlock.forward(block, x)))
-    with pytest.raises(QuantizationError, match=r"layer1.0.relu.quant: called 4 times .* found 2 call sites"):
+    with pytest.raises(CallSiteError, match=r"layer1.0.relu.quant: called 4 times .* found 2 call sites"):
         student(torch.randn(2, 3, 8, 8, dtype=torch.float64))
 
 

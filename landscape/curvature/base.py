@@ -462,16 +462,16 @@ class CurvatureOperator:
         return self._apply(v)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """``A @ v`` for a 1-D vector."""
-        v = self._check_vector(v)
-        if v.dim() != 1:
-            raise CurvatureError(f"matvec needs a 1-D vector, got shape {tuple(v.shape)}")
-        return self._apply(v[:, None])[:, 0]
+        """Deprecated (0.3): ``A @ v`` is the one way to multiply, for a vector or an ``(n, m)`` block."""
+        warnings.warn(f"{type(self).__name__}.matvec(v) is deprecated and will be removed; use A @ v",
+                      DeprecationWarning, stacklevel=2)
+        return self @ v
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
-        """``A @ V`` for an ``(n, m)`` block of column vectors."""
-        V = self._check_vector(V)
-        return self._apply(V if V.dim() == 2 else V[:, None])
+        """Deprecated (0.3): ``A @ V`` is the one way to multiply, for a vector or an ``(n, m)`` block."""
+        warnings.warn(f"{type(self).__name__}.matmat(V) is deprecated and will be removed; use A @ V",
+                      DeprecationWarning, stacklevel=2)
+        return self @ V
 
     @property
     def process_group(self) -> Any:

@@ -6,11 +6,15 @@ offending argument and its value, never by a deep traceback from inside torch.
 
 from __future__ import annotations
 
+from landscape.errors import LandscapeError
+
 __all__ = ["CurvatureError", "CurvatureWarning"]
 
 
-class CurvatureError(ValueError):
-    """A bad argument or a bad loss given to the curvature engine."""
+class CurvatureError(LandscapeError, ValueError):
+    """A bad argument or a bad loss given to the curvature engine.
+
+    Also a ``ValueError`` (what it was before 0.3, and what curvlinops-style callers catch)."""
 
 
 class CurvatureWarning(UserWarning):

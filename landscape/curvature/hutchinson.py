@@ -26,6 +26,10 @@ from .results import TraceEstimate
 
 __all__ = ["hutchinson"]
 
+#: Probes per ``A @ Z`` call (a block shares graph construction for un-cached Hessians). Fixed,
+#: not a parameter: the probes are drawn block by block, so the block changes the numbers.
+BLOCK = 10
+
 
 def _stderr(samples: list[float]) -> float:
     m = len(samples)
@@ -43,7 +47,6 @@ def hutchinson(
     seed: int = 0,
     *,
     min_matvecs: int = 10,
-    block_size: int = 10,
 ) -> TraceEstimate:
     """Estimate ``tr(A)``.
 
@@ -54,18 +57,16 @@ def hutchinson(
     rtol : optional relative-standard-error target: stop when ``stderr/|value| < rtol``.
     seed : seed of the probes (drawn on the CPU, so identical on every device).
     min_matvecs : probes taken before the ``rtol`` rule may stop (so the variance is estimated).
-    block_size : probes per ``A @ Z`` call (a block shares graph construction for un-cached Hessians).
     """
     n, dtype, device = operator_info(A)
     check_positive_int(max_matvecs, "max_matvecs")
-    check_positive_int(block_size, "block_size")
     if rtol is not None and not (isinstance(rtol, (int, float)) and rtol > 0):
         raise CurvatureError(f"rtol must be a positive number or None, got {rtol!r}")
     gen = _generator(seed)
     samples: list[float] = []
     converged = False  # only the rtol rule converges: a cap (or a fixed budget) alone does not
     while len(samples) < max_matvecs:
-        b = min(block_size, max_matvecs - len(samples))
+        b = min(BLOCK, max_matvecs - len(samples))
         if rtol is not None and len(samples) < min_matvecs:
             b = min(b, min_matvecs - len(samples)) or b
         Z = rademacher(n, b, gen, dtype, device)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .errors import CurvatureError
-from .hutchinson import _stderr
+from .hutchinson import BLOCK, _stderr
 from .operators import _generator, check_positive_int, matmat, operator_info, rademacher
 from .results import TraceEstimate
 
@@ -41,7 +41,6 @@ def hutchpp(
     *,
     sketch_size: int | None = None,
     min_matvecs: int = 10,
-    block_size: int = 10,
 ) -> TraceEstimate:
     """Estimate ``tr(A)`` by Hutch++ with at most ``max_matvecs`` products.
 
@@ -77,7 +76,7 @@ def hutchpp(
     if s == n:  # Q spans everything: the trace is exact
         return TraceEstimate(top, 0.0, 2 * s, "hutch++", True, ())
     while len(samples) < r_max:
-        b = min(block_size, r_max - len(samples))
+        b = min(BLOCK, r_max - len(samples))
         if rtol is not None and len(samples) < min_matvecs:
             b = min(b, min_matvecs - len(samples))
         G = rademacher(n, b, gen, dtype, device)

@@ -22,6 +22,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from .errors import CurvatureError
+
 __all__ = ["TraceEstimate", "Eigenpairs", "SpectralDensity"]
 
 
@@ -156,7 +158,7 @@ class SpectralDensity:
         """The Gaussian-smoothed density φ on ``grid`` as a float64 tensor (integrates to ≈ 1)."""
         s = self.default_sigma() if sigma is None else float(sigma)
         if not s > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma!r}")
+            raise CurvatureError(f"sigma must be > 0, got {sigma!r}")
         x = torch.as_tensor(np.asarray(grid.cpu() if isinstance(grid, torch.Tensor) else grid, dtype=np.float64))
         x = x.reshape(-1)
         out = torch.zeros_like(x)

@@ -6,10 +6,19 @@ from landscape.errors import LandscapeError
 
 
 class QuantizationError(AssertionError):
-    """A quantized layer whose codes, dequantized weights or call sites break the quantizer's contract."""
+    """The built-in quantizer broke its own contract: :func:`~landscape.quant.check_dequantization`
+    found codes off the grid or a forward weight other than s·(q − z). That is a bug in landscape,
+    not a bad input, so this is deliberately *not* a :class:`LandscapeError`: the command line
+    shows its traceback and asks for a report."""
 
 
-class FrozenRoundingError(RuntimeError):
+class CallSiteError(LandscapeError, RuntimeError):
+    """An activation quantizer called another number of times in one forward pass than the call
+    sites torch.fx found when :func:`~landscape.quant.quantize_model` ran: the model's control flow
+    changed since; quantize it again."""
+
+
+class FrozenRoundingError(LandscapeError, RuntimeError):
     """A forward pass inside :func:`~landscape.quant.frozen_rounding` that does not replay the
     recorded one (another input, shape, mode, or number of quantizer calls)."""
 

@@ -137,8 +137,3 @@ def act_offset(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -
     x = x.detach()
     scale, zp = scale_zero_point(lo, hi, bits)
     return dequantize(quantize(x, scale, zp, bits), scale, zp) - x
-
-
-def fake_quant_act(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
-    """Per-tensor activation fake-quantization with the range [lo, hi]; identity STE."""
-    return x + act_offset(x, lo, hi, bits)

@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from landscape.quant import functional as Q
-from landscape.quant.errors import QuantizationError
+from landscape.quant.errors import CallSiteError
 
 
 def quantizer_attr(param: str) -> str:
@@ -252,7 +252,7 @@ class CallCounters:
             if not self.check:
                 m.calls = 0
             elif m.calls not in (0, len(m)):
-                raise QuantizationError(
+                raise CallSiteError(
                     f"{name}: called {m.calls} times in one forward pass, but torch.fx found {len(m)} call "
                     f"sites ({'; '.join(m.sites)}) when quantize_model gave it one activation quantizer per "
                     f"site; the model's control flow has changed since: quantize the model again")

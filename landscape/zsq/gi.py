@@ -186,19 +186,17 @@ class InundatedSGD(torch.optim.Optimizer):
         return new_buf
 
 
-def param_groups(student: torch.nn.Module, gi_layers=None) -> list[dict]:
+def param_groups(student: torch.nn.Module) -> list[dict]:
     """One group per quantized weight on the built-in uniform grid (``layer``, ``w_bits``,
     ``zero_point``: the layer's weight grid, "integral" or "float") and one group for
     everything else (weights of another quantizer, whose crossings of that grid mean nothing,
     and the quantizers' own parameters included).
-
-    ``gi_layers``: names of the quantized layers whose weights get GI (default: all).
     """
     from landscape.quant import quantized_layers
 
     groups, taken = [], set()
     for name, m in quantized_layers(student):
-        if m.weight_quantizer is None and (gi_layers is None or name in gi_layers):
+        if m.weight_quantizer is None:
             groups.append({"params": [m.weight], "layer": name, "w_bits": m.w_bits,
                            "zero_point": m.zero_point})
             taken.add(id(m.weight))

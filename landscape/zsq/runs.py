@@ -46,7 +46,7 @@ from landscape.checkpoints import (CONFIG_NAME, CheckpointError, CheckpointMisma
                                    read_run_config, remove_orphans, sha256_file, write_text_atomic)
 from landscape.config import RecipeError, check_overrides, load_recipe, resolve_run, validate_run
 from landscape.data import load_dataset
-from landscape.errors import LandscapeError, storage_error
+from landscape.errors import DeviceError, LandscapeError, storage_error
 from landscape.locking import exclusive_lock
 from landscape.safe_paths import inside, safe_name
 from landscape.zsq import tables
@@ -255,7 +255,7 @@ def train_recipe(recipe: str | Path | dict, runs: Iterable[str] | None = None,
     threads = recipe.get("threads", 1) if threads is None else threads
     device = device or default_device()
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        raise DeviceError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     ctx = distributed.current()
     if ctx.distributed and str(device) == "cuda":
         device = ctx.device  # cuda:<LOCAL_RANK>
