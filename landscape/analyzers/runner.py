@@ -337,9 +337,13 @@ class _Job:
 
     def _one(self, name, key, point, path, compute) -> None:
         """Run one analysis on one checkpoint; cache it only if nothing it needed was missing."""
+        import torch
+
         try:
             rows = compute()
-        except Exception as exc:  # noqa: BLE001 - one checkpoint's failure never stops the sweep
+        except (LandscapeError, OSError, MemoryError, torch.OutOfMemoryError) as exc:
+            # one checkpoint's bad input (a corrupt file, a NaN loss, no memory left for it) never
+            # stops the sweep; anything else is a bug in landscape and is raised as one
             self.problem(path, name, _reason(exc, path))
             return
         missing = [l for l in needed_losses(name, self.cfg) if l in point.unavailable]
