@@ -17,6 +17,8 @@ from landscape.losses import causal_lm
 from lm_helpers import (flat_params, functional_call, lm_batches, make_lm, ref_ggn_products, ref_hvp, reference_mode,
                         unflatten)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, robust on a shared machine
+
 
 def _quantized(model):
     from landscape.quant import quantize_model
@@ -96,8 +98,13 @@ def block_hessian():
     def L(th):
         return loss(lambda *a, **k: functional_call(model, unflatten(model, names, th), a, k), batches[0])
 
-    with reference_mode():
-        exact = torch.func.hessian(L)(theta)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with reference_mode():
+            exact = torch.func.hessian(L)(theta)
+    finally:
+        torch.set_num_threads(n)
     offsets, i = {}, 0
     for n in names:
         p = dict(model.named_parameters())[n]

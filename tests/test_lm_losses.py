@@ -13,6 +13,8 @@ from landscape.errors import LandscapeError
 from landscape.lm_losses import LMLossError, TokenOutputHessian
 from lm_helpers import hand_causal_ce, lm_batches, make_lm, ref_ggn_products, reference_mode
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, robust on a shared machine
+
 
 def test_reexported_from_losses_with_names_and_repr():
     assert losses.causal_lm().name == "ce" and losses.hf_loss().name == "hf"
