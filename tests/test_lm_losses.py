@@ -77,6 +77,17 @@ def test_model_without_mask_argument_and_bad_batches():
         loss(lambda ids: ids.double(), {"input_ids": batch["input_ids"]})  # (B, T): not logits
 
 
+def test_cross_entropy_on_a_dict_batch_points_to_causal_lm():
+    from landscape.curvature import CurvatureError, Hessian
+
+    model, batches = make_lm(), lm_batches()
+    with pytest.raises(TypeError, match=r"got dict: for a dict batch .*causal_lm\(\)"):
+        losses.cross_entropy()(model, batches[0])
+    with pytest.raises(CurvatureError, match=r"causal_lm\(\)"):
+        Hessian(model, losses.cross_entropy(), batches) @ torch.zeros(sum(p.numel() for p in model.parameters()),
+                                                                       dtype=torch.float64)
+
+
 def test_token_output_hessian_equals_torch_func_hessian():
     """apply() and dense() against torch.func.hessian of on_outputs w.r.t. the logits (zero rows included)."""
     model, loss = make_lm(), losses.causal_lm()
