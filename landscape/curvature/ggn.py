@@ -1,6 +1,7 @@
 r"""Gauss-Newton and Fisher operators: ``Jᵀ M J`` with the same interface as the Hessian.
 
-For a batch b with model outputs ``f_b(θ)`` (logits, shape (B, C)) and Jacobian
+For a batch b with model outputs ``f_b(θ)`` (logits, shape (B, C), or (B, T, V) for a language
+model with :func:`~landscape.losses.causal_lm`) and Jacobian
 ``J_b = ∂f_b/∂θ``, each operator is the size-weighted mean over batches of
 
     A_b = J_bᵀ M_b J_b,
