@@ -137,7 +137,8 @@ def distillation_loss(
 def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(batch, (tuple, list)) and len(batch) >= 1:
         return batch[0], (batch[1] if len(batch) > 1 else None)
-    raise TypeError(f"a batch must be a tuple (x, y), got {type(batch).__name__}")
+    hint = ": for a dict batch {'input_ids': ...} use landscape.losses.causal_lm()" if isinstance(batch, dict) else ""
+    raise TypeError(f"a batch must be a tuple (x, y), got {type(batch).__name__}{hint}")
 
 
 # ---------------------------------------------------------------------------- output-space Hessians
@@ -362,3 +363,6 @@ def distillation(
 ) -> Distillation:
     """``ce_scale·CE + kd_scale·KL`` loss_fn (GDFQ: 1, 1; AIT: 0, 1), ``name="ce+kl"`` (or ``"kl"``/``"ce"``)."""
     return Distillation(teacher, temperature, ce_scale, kd_scale, reduction)
+
+from .lm_losses import CausalLM, HFLoss, causal_lm, hf_loss  # noqa: E402  (issue 17: LM losses on dict batches)
+__all__ += ["causal_lm", "hf_loss", "CausalLM", "HFLoss"]

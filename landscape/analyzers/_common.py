@@ -38,6 +38,10 @@ class Point:
     source:  where the point came from (a checkpoint path), named in every error about it.
     unavailable: ``{loss: reason}`` for losses that cannot be evaluated here (e.g. the
              teacher file of the KL is missing): analyses of other losses still run.
+    groups:  a parameter grouping for per-group rows (``layer`` = the group's name) of the trace,
+             eigen and density analyses: a regex or a list of module prefixes, as for
+             :meth:`CurvatureOperator.groups <landscape.curvature.base.CurvatureOperator.groups>`;
+             ``qkv``: also the q, k and v parts of packed attention projections.
     extras:  checkpoint fields some analyses read (``epoch_grad``, the epoch's mean gradient).
     process_group: which ranks a mean over the batches spans, passed to every operator, gradient
              and loss the analyses build (:mod:`landscape.curvature.reduction`): None = the
@@ -53,6 +57,8 @@ class Point:
     identity: str = ""
     source: str = ""
     unavailable: dict = field(default_factory=dict)
+    groups: Any = None
+    qkv: bool = False
     extras: dict = field(default_factory=dict)
     process_group: Any = None
     #: gradients already computed at this point, shared by the analyses (the weights do not
@@ -118,6 +124,13 @@ def make_operator(point: Point, loss_name: str, curvature: str = "hessian"):
         point.operators[key] = curvature_operator(curvature, point.model, point.loss(loss_name), point.batches,
                                                   params=point.param_names(), process_group=point.process_group)
     return point.operators[key]
+
+
+def group_views(point: Point, op) -> dict:
+    """``{group: view}`` of an operator for the point's ``groups`` (empty without a grouping)."""
+    if point.groups is None:
+        return {}
+    return op.groups(point.groups, qkv=point.qkv)
 
 
 def flat_gradient(point: Point, loss_name: str, params: Sequence[str] | None = None) -> torch.Tensor:
