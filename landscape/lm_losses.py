@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import LandscapeError
+from .output_hessians import SoftmaxOutputHessian
 
 __all__ = ["causal_lm", "hf_loss", "CausalLM", "HFLoss", "TokenOutputHessian", "LMLossError", "IGNORE_INDEX"]
 
@@ -146,8 +147,6 @@ class TokenOutputHessian:
 
 
 def _token_hessian(f: torch.Tensor, tgt: torch.Tensor) -> TokenOutputHessian:
-    from .losses import SoftmaxOutputHessian  # losses re-exports this module: import at call time, no circle
-
     B, T, V = f.shape
     keep = torch.zeros(B, T, dtype=torch.bool, device=f.device)
     keep[:, :-1] = tgt != IGNORE_INDEX

@@ -33,7 +33,7 @@ FLOORS: dict[int, tuple[str, tuple[str, ...]]] = {
                         "landscape.workers")),
     1: ("curvature engine", ("landscape.curvature",)),
     2: ("models, data, losses, quantization", ("landscape.models", "landscape.data", "landscape.losses",
-                                                "landscape.quant", "landscape.compat", "landscape.lm_losses",
+                                                "landscape.quant", "landscape.compat", "landscape.lm_losses", "landscape.output_hessians",
                                                 "landscape.lm_model", "landscape.text_data")),
     3: ("run folders and recipes", ("landscape.checkpoints", "landscape.pretrained", "landscape.config")),
     4: ("trainer", ("landscape.zsq", "landscape.sealed_logs", "landscape.lm_teacher")),
