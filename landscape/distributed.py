@@ -296,8 +296,9 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     """Run ``landscape ARGV`` as ``nproc`` processes on this machine through ``torchrun``.
 
     ``python -m torch.distributed.run --standalone --nproc-per-node N -m landscape ARGV``; each
-    process writes its exit code to a shared folder, and the launcher returns rank 0's (or the
-    first non-zero one), so that the exit codes of the command line survive the relaunch.
+    process writes its exit code to a shared folder, and the launcher returns 1 when any rank met
+    a bug, else rank 0's (or the first non-zero one), so that the exit codes of the command line
+    survive the relaunch.
     """
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise DistributedError(f"--nproc must be a positive integer, got {nproc!r}")
@@ -324,6 +325,8 @@ def launch(argv: Sequence[str], nproc: int) -> int:
                 continue
     if not found:
         return rc or 1
+    if 1 in found.values():
+        return 1  # a bug on any rank is reported as a bug (the other ranks only saw it fail)
     if found.get(0):
         return found[0]
     bad = [c for _, c in sorted(found.items()) if c]

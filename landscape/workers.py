@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from landscape.errors import LandscapeError
+
 __all__ = ["default_jobs", "set_threads", "run_jobs"]
 
 
@@ -34,6 +36,10 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(int(threads))
+
+
+class WorkerError(LandscapeError, RuntimeError):
+    """A worker process of the pool died (killed, or out of memory): not a bug, and not the job's input."""
 
 
 def run_jobs(fn: Callable, args: Iterable[tuple], jobs: int, threads: int, label: str) -> list[Any]:
@@ -64,6 +70,11 @@ def run_jobs(fn: Callable, args: Iterable[tuple], jobs: int, threads: int, label
                 i = futures[fut]
                 results[i] = fut.result()
                 done(i, results[i])
+        except cf.process.BrokenProcessPool as exc:
+            for f in futures:
+                f.cancel()
+            raise WorkerError(f"a {label} worker process died before it finished (killed from outside, or out "
+                              f"of memory: {exc}); rerun with fewer --jobs (finished work is kept and reused)") from None
         except BaseException:
             for f in futures:
                 f.cancel()
