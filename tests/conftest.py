@@ -240,3 +240,39 @@ def digits_tiny_copy(digits_tiny, tmp_path):
 def tiny_kd(digits_tiny):
     """The ``digits_tiny`` root (its ``kd`` run and teacher are what the trust tests use); read-only."""
     return digits_tiny
+
+
+# ----------------------------------------------------------------------------- CPU seconds per test
+# ``LANDSCAPE_TEST_CPU=FILE pytest ...`` appends one line per test phase to FILE: the CPU seconds
+# (user + system) of this process and of the child processes it waited for (subprocesses, spawned
+# ranks), which, unlike wall-clock durations, do not depend on how busy a shared machine is.
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _cpu_phase(item, phase):
+    path = os.environ.get("LANDSCAPE_TEST_CPU")
+    t0 = _cpu_seconds() if path else 0.0
+    yield
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{_cpu_seconds() - t0:.2f}\t{phase}\t{item.nodeid}\n")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    yield from _cpu_phase(item, "setup")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    yield from _cpu_phase(item, "call")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    yield from _cpu_phase(item, "teardown")

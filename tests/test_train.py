@@ -19,14 +19,14 @@ from landscape.zsq import tables
 from landscape.zsq.runs import train_recipe
 from landscape.zsq.trainer import TrainingError
 
-from tiny_runs import recipe, train_tiny  # noqa: F401 - the shared fixture
+from tiny_runs import recipe  # noqa: F401 - the shared fixture
 
 
 @pytest.fixture(scope="module")
-def trained(recipe, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ck")
-    dirs = train_tiny(recipe, out)
-    return out, {d.name.split("-seed")[0]: d for d in dirs}
+def trained(digits_tiny, recipe):
+    """The session's digits_tiny root (read-only: tests that train into it must not change a byte)
+    and its run folders by name, in recipe order."""
+    return digits_tiny, {name: digits_tiny / "digits_tiny" / f"{name}-seed0" for name in recipe["runs"]}
 
 
 def test_run_folders_follow_the_layout(trained, recipe):
