@@ -1,8 +1,8 @@
 """Shared fixtures and helpers of the test suite (read this before writing a slow fixture).
 
 The suite runs in the kernel mode of the command line (pinned AVX2 kernels, set here before
-torch loads), so that what a test computes in-process and what a ``landscape`` subprocess
-computes agree bit for bit.
+torch loads) and at one torch thread, so that what a test computes in-process and what a
+``landscape`` subprocess computes agree bit for bit.
 
 Trained runs (train once per session, never once per file):
 
@@ -45,6 +45,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
+
+# One torch thread for the whole session, as every `landscape` process runs (the recipe's
+# `threads`): the tiny models here are fastest so, a shared machine does not make idle threads
+# spin, and no test's numbers depend on which test ran before it (test_compare and the
+# distributed tests used to leave the count at 1 for every later file). A test about thread
+# counts sets its own and restores it.
+torch.set_num_threads(1)
 
 
 class TinyCNN(nn.Module):

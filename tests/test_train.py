@@ -232,10 +232,14 @@ def test_epoch_grad_is_the_mean_of_the_raw_step_gradients(trained, recipe, tmp_p
 def test_threads_are_set_for_the_call_and_restored(trained, recipe, tmp_path):
     shutil.copytree(trained[0] / "teachers", tmp_path / "teachers")
     before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's count differs from the recipe's (1)
     seen = set()
-    train_recipe(recipe, runs=["kd"], out=tmp_path, device="cpu", progress=False,
-                 step_hook=lambda *a: seen.add(torch.get_num_threads()))
-    assert seen == {1} and torch.get_num_threads() == before
+    try:
+        train_recipe(recipe, runs=["kd"], out=tmp_path, device="cpu", progress=False,
+                     step_hook=lambda *a: seen.add(torch.get_num_threads()))
+        assert seen == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     config = json.loads((tmp_path / "digits_tiny" / "kd-seed0" / "config.json").read_text())
     assert config["threads"] == 1
     with pytest.raises(RecipeError, match=r"different configuration \(threads: 1 -> 2\)"):
