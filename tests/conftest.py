@@ -252,7 +252,8 @@ def tiny_kd(digits_tiny):
 # ----------------------------------------------------------------------------- CPU seconds per test
 # ``LANDSCAPE_TEST_CPU=FILE pytest ...`` appends one line per test phase to FILE: the CPU seconds
 # (user + system) of this process and of the child processes it waited for (subprocesses, spawned
-# ranks), which, unlike wall-clock durations, do not depend on how busy a shared machine is.
+# ranks): far less dependent than wall-clock durations on how busy a shared machine is, though not
+# free of it (a process with several torch threads spins while a sibling thread waits for a core).
 
 def _cpu_seconds() -> float:
     import resource
