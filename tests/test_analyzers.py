@@ -15,40 +15,6 @@ import torch
 from landscape.analyzers import (ANALYSES, COLUMNS, AnalysisError, AnalysisWarning, analyze_runs,
                                  run_identity)
 
-TINY = """
-name = "tiny"
-seed = 0
-[data]
-name = "digits"
-[model]
-name = "smallcnn"
-width = 4
-[quant]
-w_bits = 4
-a_bits = 4
-[teacher]
-epochs = 2
-batch_size = 64
-[train]
-epochs = 2
-warmup_epochs = 0
-gi_warmup_epochs = 0
-iters_per_epoch = 4
-batch_size = 32
-gen_width = 8
-latent_dim = 16
-analysis_batches = 2
-analysis_batch_size = 32
-[runs.kd]
-source = "real"
-[runs.gdfq]
-source = "synthetic"
-[runs.ait]
-source = "synthetic"
-ce_scale = 0.0
-gi = true
-"""
-
 #: Cheap but complete: every analysis at every epoch.
 SETTINGS = {
     "max_batches": 2,
@@ -63,11 +29,13 @@ def tiny_runs(tmp_path_factory):
     """Three two-epoch runs on digits (kd real, gdfq CE+KL synthetic, ait KL+GI), trained once."""
     from landscape.zsq.runs import train_recipe
 
+    from tiny_runs import tiny_pipeline
+
     root = tmp_path_factory.mktemp("tiny")
-    recipe = root / "tiny.toml"
-    recipe.write_text(TINY)
+    recipe = tiny_pipeline()
+    recipe["train"].update(iters_per_epoch=4, analysis_batches=2)  # two batches for max_batches=2
     torch.manual_seed(0)
-    dirs = train_recipe(recipe, out=root / "checkpoints", device="cpu", progress=False)
+    dirs = train_recipe(recipe, runs=["kd", "gdfq", "ait"], out=root / "checkpoints", device="cpu", progress=False)
     return {run_identity(d)["run"]: d for d in dirs}
 
 

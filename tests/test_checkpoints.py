@@ -98,12 +98,16 @@ def test_teacher_hash_is_checked(tmp_path):
 
     spec = model_spec("smallcnn", 1, 10, 4)
     teacher = tmp_path / "teachers" / "t.pt"
+    saved = SmallCNN(1, 10, 4).state_dict()
     save_atomic(seal({"format": TEACHER_FORMAT, "version": VERSION, "model_spec": spec,
-                      "state_dict": SmallCNN(1, 10, 4).state_dict()}), teacher)
+                      "state_dict": saved}), teacher)
     run = tmp_path / "default" / "kd-seed0"
     ckpt = {"_path": str(run / "epoch_0001.pt"),
             "teacher": {"path": os.path.relpath(teacher, run), "sha256": sha256_file(teacher)}}
-    assert isinstance(rebuild_teacher(ckpt), SmallCNN)
+    rebuilt = rebuild_teacher(ckpt)
+    assert isinstance(rebuilt, SmallCNN) and not rebuilt.training
+    assert rebuilt.state_dict().keys() == saved.keys()
+    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in saved.items())  # the saved weights
     ckpt["teacher"]["sha256"] = "0" * 64
     with pytest.raises(CheckpointError, match="the teacher was replaced"):
         rebuild_teacher(ckpt)
@@ -114,9 +118,6 @@ def test_teacher_hash_is_checked(tmp_path):
 
 def test_student_weights_that_do_not_fit_are_a_checkpoint_error(tmp_path):
     """A checkpoint whose saved student does not fit the model this code builds names the file."""
-    import torch
-    from torch import nn
-
     from landscape.checkpoints import CheckpointError, rebuild_student
     from landscape.models import build_model, model_spec
     from landscape.quant import quantize_model
@@ -133,7 +134,8 @@ def test_student_weights_that_do_not_fit_are_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="epoch_0001.pt"):
         rebuild_student(ckpt)
     ckpt["student_state"] = state
-    assert isinstance(rebuild_student(ckpt), nn.Module)
+    rebuilt = rebuild_student(ckpt).state_dict()
+    assert rebuilt.keys() == state.keys() and all(torch.equal(rebuilt[k], v) for k, v in state.items())
 
 
 # ----------------------------------------------------------------------------- content hash (issue 11 §2)

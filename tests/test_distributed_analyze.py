@@ -18,8 +18,6 @@ from distributed_helpers import run_ranks
 from landscape.analyzers import ANALYSES, analyze_runs
 from landscape.analyzers.distributed import analyze_distributed, share_out
 from landscape.analyzers.settings import resolve_settings
-from landscape.zsq.runs import train_recipe
-from tiny_runs import recipe  # noqa: F401 - the shared fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -31,10 +29,11 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def runs(recipe, tmp_path_factory):
+def runs(digits_tiny, tmp_path_factory):
+    """The session's digits_tiny kd and ait runs (read-only) and their tables from one process."""
     root = tmp_path_factory.mktemp("sweep")
     torch.set_num_threads(1)
-    dirs = train_recipe(recipe, runs=["kd", "ait"], out=root / "ck", device="cpu", progress=False)
+    dirs = [digits_tiny / "digits_tiny" / f"{name}-seed0" for name in ("kd", "ait")]
     serial = analyze_runs(dirs, settings=SETTINGS, out_dir=root / "serial", device="cpu", progress=False)
     return root, dirs, serial
 

@@ -12,58 +12,9 @@ from landscape.figures import FIGURES
 from landscape.findings import LEVELS, claims, claims_table
 from landscape.pipeline import pipeline_settings, run_figures
 from landscape.results import BLOCKS, publish_results, read_blocks
+from tiny_runs import TINY_PIPELINE
 
-TINY = """
-name = "tinypipe"
-seed = 0
-[data]
-name = "digits"
-[model]
-name = "smallcnn"
-width = 4
-[quant]
-w_bits = 4
-a_bits = 4
-[teacher]
-epochs = 2
-batch_size = 64
-[train]
-epochs = 2
-warmup_epochs = 0
-gi_warmup_epochs = 0
-iters_per_epoch = 3
-batch_size = 32
-gen_width = 8
-latent_dim = 16
-analysis_batches = 1
-analysis_batch_size = 32
-[runs.ptq]
-source = "none"
-[runs.kd]
-source = "real"
-[runs.gdfq]
-source = "synthetic"
-[runs.kl]
-source = "synthetic"
-ce_scale = 0.0
-[runs.ait]
-source = "synthetic"
-ce_scale = 0.0
-gi = true
-[analysis]
-max_batches = 1
-[analysis.trace]
-max_matvecs = 6
-[analysis.eigen]
-epochs = "all"
-n_points = 5
-max_iter = 10
-[analysis.density]
-n_runs = 1
-n_steps = 8
-grid_points = 40
-[figures]
-"""
+TINY = TINY_PIPELINE.read_text()  # the suite's one tiny pipeline recipe (tests/fixtures/)
 
 
 @pytest.fixture(scope="module")

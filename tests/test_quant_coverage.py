@@ -150,8 +150,22 @@ def test_one_relu_held_under_two_names_gets_one_quantizer_per_name():
 
 
 def test_relu6_modules_are_quantized_as_in_the_official_code():
+    """The activation quantizer sits after the ReLU6: its calibrated range is the clipped
+    output's, and the output takes at most 2^4 values inside it."""
+    torch.manual_seed(0)
     student = quantize_model(nn.Sequential(nn.Linear(3, 3), nn.ReLU6()), 4, 4)
     assert isinstance(student[1].quant, ActQuant)
+    x = 10 * torch.randn(64, 3)
+    with torch.no_grad():
+        pre = student[0](x)
+    assert pre.min() < 0 and pre.max() > 6  # the clipping matters on both sides
+    calibrate(student, [x])
+    q = student[1].quant
+    lo, hi = torch.aminmax(F.relu6(pre))
+    assert float(q.lo) == float(lo) and float(q.hi) == float(hi) == 6.0
+    with torch.no_grad():
+        out = student(x)
+    assert len(torch.unique(out)) <= 16 and float(out.min()) >= 0.0 and float(out.max()) <= 6.0 + 1e-6
 
 
 @pytest.mark.parametrize("model", [SmallCNN(1, 10, 4), ResNet20(3, 10)], ids=["SmallCNN", "ResNet20"])

@@ -25,10 +25,9 @@ from tiny_runs import recipe, train_tiny  # noqa: F401 - the shared fixture
 
 
 @pytest.fixture(scope="module")
-def trained(recipe, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ck")
-    train_tiny(recipe, out, ["kd", "kl"])
-    return out
+def trained(digits_tiny):
+    """The session's digits_tiny root (all five runs and the teacher; read-only: copy it to change it)."""
+    return digits_tiny
 
 
 def _copy(trained, tmp_path) -> Path:

@@ -20,14 +20,14 @@ from landscape.zsq.generator import rebuild_generator
 from landscape.zsq.runs import train_recipe
 from landscape.zsq.trainer import TrainingError
 
-from tiny_runs import recipe, train_tiny  # noqa: F401 - the shared fixture
+from tiny_runs import recipe  # noqa: F401 - the shared fixture
 
 
 @pytest.fixture(scope="module")
-def trained(recipe, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ck")
-    dirs = train_tiny(recipe, out)
-    return out, {d.name.split("-seed")[0]: d for d in dirs}
+def trained(digits_tiny, recipe):
+    """The session's digits_tiny root (read-only: tests that train into it must not change a byte)
+    and its run folders by name, in recipe order."""
+    return digits_tiny, {name: digits_tiny / "digits_tiny" / f"{name}-seed0" for name in recipe["runs"]}
 
 
 def test_run_folders_follow_the_layout(trained, recipe):
@@ -233,10 +233,14 @@ def test_epoch_grad_is_the_mean_of_the_raw_step_gradients(trained, recipe, tmp_p
 def test_threads_are_set_for_the_call_and_restored(trained, recipe, tmp_path):
     shutil.copytree(trained[0] / "teachers", tmp_path / "teachers")
     before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's count differs from the recipe's (1)
     seen = set()
-    train_recipe(recipe, runs=["kd"], out=tmp_path, device="cpu", progress=False,
-                 step_hook=lambda *a: seen.add(torch.get_num_threads()))
-    assert seen == {1} and torch.get_num_threads() == before
+    try:
+        train_recipe(recipe, runs=["kd"], out=tmp_path, device="cpu", progress=False,
+                     step_hook=lambda *a: seen.add(torch.get_num_threads()))
+        assert seen == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     config = json.loads((tmp_path / "digits_tiny" / "kd-seed0" / "config.json").read_text())
     assert config["threads"] == 1
     with pytest.raises(RecipeError, match=r"different configuration \(threads: 1 -> 2\)"):

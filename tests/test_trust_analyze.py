@@ -20,16 +20,15 @@ import torch
 from landscape.analyzers import analyze_runs
 from landscape.checkpoints import list_checkpoints, load_checkpoint, save_atomic, seal
 from landscape.locking import exclusive_lock
-from tiny_runs import TINY, recipe, train_tiny  # noqa: F401 - the shared fixture
+from tiny_runs import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def trained(recipe, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ck")
-    train_tiny(recipe, out, ["kd"])
-    return out
+def trained(digits_tiny):
+    """The session's digits_tiny root (all five runs and the teacher; read-only: copy it to change it)."""
+    return digits_tiny
 
 
 def _copy(trained, dst: Path) -> Path:

@@ -13,16 +13,15 @@ from landscape.checkpoints import load_checkpoint
 from landscape.zsq import tables
 from landscape.zsq.report import accuracies, report
 from landscape.zsq.runs import train_recipe
-from tiny_runs import recipe, train_tiny  # noqa: F401 - the shared fixture
+from tiny_runs import recipe  # noqa: F401 - the shared fixture
 
 BATCH = 32  # digits_tiny's [train] batch_size
 
 
 @pytest.fixture(scope="module")
-def trained(recipe, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ck")
-    train_tiny(recipe, out, ["ptq", "kd"])
-    return out
+def trained(digits_tiny):
+    """The session's digits_tiny root (all five runs and the teacher; read-only: copy it to change it)."""
+    return digits_tiny
 
 
 def _legacy(path):

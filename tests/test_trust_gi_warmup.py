@@ -18,10 +18,9 @@ SAFETY = "the safety cap kappa_max stopped the GI search"
 
 
 @pytest.fixture(scope="module")
-def teachers(recipe, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    train_tiny(recipe, out, ["ptq"])  # trains and caches the teacher (ptq itself is instant)
-    return out / "teachers"
+def teachers(digits_tiny):
+    """The session's cached digits_tiny teacher (read-only; copied by each test)."""
+    return digits_tiny / "teachers"
 
 
 def _train_ait(recipe, teachers, out, **overrides):

@@ -9,6 +9,7 @@ computations made here without the trainer's or the analyzer's code (issue 7 §2
 """
 
 import copy
+import shutil
 from collections import OrderedDict
 
 import pytest
@@ -21,10 +22,12 @@ from tiny_runs import recipe, train_tiny  # noqa: F401 - the shared fixture
 
 
 @pytest.fixture(scope="module")
-def ait(recipe, tmp_path_factory):
+def ait(recipe, digits_tiny, tmp_path_factory):
     """An ait run (KL + GI, weight decay on) trained once, with what the student saw at every
-    optimizer step: its weights and buffers, its mode, and its input batch."""
+    optimizer step: its weights and buffers, its mode, and its input batch (the session's
+    cached teacher reused)."""
     out = tmp_path_factory.mktemp("ck")
+    shutil.copytree(digits_tiny / "teachers", out / "teachers")
     steps: dict[int, list] = {}
     epoch = {"now": 0}
     real_fit, real_epoch = trainer.Run.fit, trainer.Run.train_epoch
