@@ -4,27 +4,11 @@ any op makes is measured), and the exact path's refusal above EXACT_FISHER_MAX_B
 
 import pytest
 import torch
-from torch.utils._pytree import tree_flatten
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from landscape import output_hessians
 from landscape.curvature import CurvatureError
 from landscape.output_hessians import SoftmaxOutputHessian, SumOutputHessian
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the most elements of any tensor an aten op returns (factories such as eye included)."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.numel = max(self.numel, t.numel())
-        return out
+from tensor_sizes import LargestTensor
 
 
 def _probs(B, C, dtype=torch.float64, seed=0):
