@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -105,6 +106,33 @@ def test_trace_eigen_density_match_the_exact_hessian():
     sd = Hessian(model, losses.cross_entropy(), batches).density(n_runs=4, n_steps=20, seed=seed)
     mean = float((ritz["x"] * ritz["value"]).sum())
     assert mean == pytest.approx(sd.moments(1), rel=1e-6)
+
+
+def test_params_as_module_names_or_modules_with_groups_and_per_layer():
+    """params=["0"] and params=m[0] select layer 0 (groups are matched against the resolved names),
+    and a group named like a per_layer layer gets its own rows ("group:0" beside "0")."""
+    model, batches = _mlp(), _batches()
+    H, _ = _exact_hessian(model, _ce, batches)
+    H0 = H[:56, :56]  # layer 0: weight (8, 6) and bias (8), first in the flat order
+    settings = {"trace": {"max_matvecs": 40, "rtol": None, "per_layer": True},
+                "eigen": {"method": "lanczos", "tol": 1e-10, "max_iter": 56, "n_points": 3,
+                          "slices": ["requantized_unit"]}}
+    ce = {"ce": losses.cross_entropy()}
+    tables = [analyze_model(model, ce, batches, analyses=["trace", "eigen"], settings=settings, params=params,
+                            groups=["0"]) for params in (["0"], model[0])]
+    for t in tables:
+        tr = t["trace"].query("metric == 'trace'").set_index("layer")
+        assert list(tr.index) == ["all", "0", "group:0"]  # one row per (loss, layer, metric)
+        assert abs(tr.loc["all", "value"] - float(torch.trace(H0))) <= 4 * tr.loc["all", "stderr"]
+        assert tr.loc["group:0", "value"] == pytest.approx(tr.loc["0", "value"], rel=1e-12)  # one block, one seed
+        eig = t["eigen"].query("metric == 'top_eigenvalue'").set_index("layer")
+        assert list(eig.index) == ["all", "group:0"]
+        assert eig["value"].to_numpy() == pytest.approx([float(torch.linalg.eigvalsh(H0)[-1])] * 2, rel=1e-8)
+    pd.testing.assert_frame_equal(tables[0]["trace"], tables[1]["trace"])
+    with pytest.raises(AnalysisError, match=r"params=.*'nope' is neither"):
+        analyze_model(model, ce, batches, analyses=["trace"], params=["nope"], groups=["0"])
+    with pytest.raises(AnalysisError, match=r"groups=.*prefix '2' names no parameter"):
+        analyze_model(model, ce, batches, analyses=["trace"], params=model[0], groups=["2"])
 
 
 # ----------------------------------------------------------------------------- a foreign quantizer

@@ -211,12 +211,12 @@ def test_analyze_model_on_dict_batches_with_groups():
     out = analyze_model(model, {"ce": causal_lm()}, batches, analyses=("trace", "eigen", "density"),
                         settings=settings, groups=r"blocks\.(\d+)\.(attn|mlp)", qkv=True)
     tr = out["trace"][out["trace"]["metric"] == "trace"]
-    groups = ["0.attn", "0.attn.q", "0.attn.k", "0.attn.v", "0.mlp"]
+    groups = ["group:0.attn", "group:0.attn.q", "group:0.attn.k", "group:0.attn.v", "group:0.mlp"]
     assert list(tr["layer"]) == ["all", *groups]
     H = Hessian(model, causal_lm(), batches)
     seed = int(tr["probe_seed"].iloc[0])
     for layer, view in H.groups(r"blocks\.(\d+)\.(attn|mlp)", qkv=True).items():  # the rows are these views' estimates
-        assert float(tr[tr["layer"] == layer]["value"].iloc[0]) == pytest.approx(
+        assert float(tr[tr["layer"] == "group:" + layer]["value"].iloc[0]) == pytest.approx(
             view.trace(max_matvecs=3, seed=seed).value, rel=1e-10)
     eig = out["eigen"][out["eigen"]["metric"] == "top_eigenvalue"]
     assert list(eig["layer"]) == ["all", *groups]

@@ -123,6 +123,37 @@ def test_ggn_and_fisher_equal_exact_jt_h_j(attn):
     torch.testing.assert_close(Fisher(model, loss, batches) @ V, ref, rtol=0, atol=tol)
 
 
+def test_sampled_fisher_at_a_real_vocabulary_without_a_v_by_v_tensor():
+    """V = 50000, 2 predicted tokens: Fisher(mc_samples=S) @ v equals (κ/S) Σ_si g_si (g_si · v) with
+    g_si = ∇θ[(π_i − e_y_si) · f_i] at the same draws, and no op makes a tensor near V×V (the
+    one-hot of torch.eye(V) was 2.5e9 numbers); the exact Fisher is refused, naming the GGN."""
+    from landscape.curvature import CurvatureError
+    from tensor_sizes import LargestTensor
+
+    V, S, seed = 50_000, 2, 7
+    model, loss = make_lm(vocab=V, n_blocks=1), losses.causal_lm()
+    batch = {"input_ids": torch.tensor([[3, 41_000, 17]])}
+    params = list(model.parameters())
+    v = torch.randn(sum(p.numel() for p in params), dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with LargestTensor() as seen:
+        got = Fisher(model, loss, [batch], mc_samples=S, seed=seed) @ v
+    assert got.shape == v.shape and seen.numel <= v.numel() < 10 * V  # nothing beyond the flat parameter vector
+    f = loss.outputs(model, batch)[0, :-1]  # the 2 predicted rows
+    p = torch.softmax(f.detach(), dim=-1)
+    y = torch.multinomial(p, S, replacement=True, generator=torch.Generator().manual_seed(seed * 1_000_003))
+    ref = torch.zeros_like(v)
+    for i in range(2):
+        for s in range(S):
+            r = p[i].clone()
+            r[y[i, s]] -= 1
+            g = torch.cat([t.reshape(-1) for t in torch.autograd.grad((r * f[i]).sum(), params, retain_graph=True)])
+            ref += (0.5 / S) * g * (g @ v)  # κ = 1/2 (the mean over 2 tokens)
+    assert float(ref.abs().max()) > 1e-4
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
+    with pytest.raises(CurvatureError, match="50000x2x50000.*GGN"):
+        Fisher(model, loss, [batch]) @ v
+
+
 def test_empirical_fisher_is_per_sequence():
     """(1/B) Σ_i ∇ℓ_i ∇ℓ_iᵀ with ℓ_i = B · (sequence i's summed token CE)/N, from torch.func per sequence."""
     from landscape.curvature import EmpiricalFisher

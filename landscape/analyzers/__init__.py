@@ -44,7 +44,7 @@ __all__ = [
 def analyze_model(model: nn.Module, losses: Mapping[str, Callable], batches, analyses=POINT_ANALYSES,
                   settings: Mapping | None = None, params=None, name: str = "model", epoch=None,
                   seed=None, groups=None, qkv: bool = False) -> dict[str, pd.DataFrame]:
-    """Run the single-model analyses on any model and losses (no checkpoint, no cache).
+    r"""Run the single-model analyses on any model and losses (no checkpoint, no cache).
 
     model:    any ``nn.Module`` (e.g. a student quantized by your own rule, with an STE).
     losses:   ``{name: loss_fn}``, ``loss_fn(model, batch) -> scalar`` mean over the batch,
@@ -57,15 +57,19 @@ def analyze_model(model: nn.Module, losses: Mapping[str, Callable], batches, ana
     settings: the ``[analysis]`` table (same keys as for :func:`analyze_runs`; ``runs``,
               ``epochs`` and ``max_batches`` do not apply: every given batch is used).
               The loss names analysed are those of ``losses`` unless ``settings["losses"]``.
-    params:   parameter names to analyse (default: every parameter with ``requires_grad``).
+    params:   the parameters to analyse, as for the curvature engine: parameter or module names
+              (``["0"]``: every parameter of sub-module ``0``), modules, tensors, or a list of them
+              (default: every parameter with ``requires_grad``).
     name, epoch, seed: the ``run``, ``epoch`` and ``seed`` columns of the rows (NaN when not
               given), so that a loop over your own checkpoints builds a sweep that
               :func:`landscape.figures.plot_all` can draw once written as CSV.
     groups:   a parameter grouping (a regex such as ``r"blocks\.(\d+)\.(attn|mlp)"`` or a list of
               module prefixes, see :meth:`CurvatureOperator.groups
-              <landscape.curvature.base.CurvatureOperator.groups>`): the trace, eigen and density
-              analyses add rows per group (``layer`` = the group's name), from the same cached
-              graph; ``qkv=True`` adds the q, k and v parts of packed attention projections.
+              <landscape.curvature.base.CurvatureOperator.groups>`), matched against the names of
+              the analysed parameters: the trace, eigen and density analyses add rows per group
+              (``layer`` = ``"group:"`` + the group's name, apart from ``per_layer``'s layer names),
+              from the same cached graph; ``qkv=True`` adds the q, k and v parts of packed
+              attention projections.
 
     Returns ``{analysis: DataFrame}`` with the same tidy columns as :func:`analyze_runs`.
     """
@@ -93,14 +97,22 @@ def analyze_model(model: nn.Module, losses: Mapping[str, Callable], batches, ana
     batches = list(batches)
     if not batches:
         raise AnalysisError("no batches given: the losses are evaluated on a list of batches")
-    if groups is not None:
+    if params is not None or groups is not None:  # names, as the engine resolves them (modules, prefixes)
+        from landscape.curvature.errors import CurvatureError
         from landscape.curvature.groups import group_names
+        from landscape.curvature.params import resolve_params
 
         try:
-            group_names(params if params is not None else [n for n, p in model.named_parameters() if p.requires_grad],
-                        groups)
-        except ValueError as exc:
-            raise AnalysisError(f"analyze_model(groups=...): {exc}") from None
+            resolved = resolve_params(model, params)[0]
+        except CurvatureError as exc:
+            raise AnalysisError(f"analyze_model(params=...): {exc}") from None
+        if params is not None:
+            params = resolved
+        if groups is not None:
+            try:
+                group_names(resolved, groups)
+            except CurvatureError as exc:
+                raise AnalysisError(f"analyze_model(groups=...): {exc}") from None
     meta = {"run": name}
     if epoch is not None:
         meta["epoch"] = int(epoch)

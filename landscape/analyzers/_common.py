@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from landscape.analyzers.tidy import GROUP_PREFIX
 from landscape.errors import LandscapeError
 
 
@@ -38,7 +39,7 @@ class Point:
     source:  where the point came from (a checkpoint path), named in every error about it.
     unavailable: ``{loss: reason}`` for losses that cannot be evaluated here (e.g. the
              teacher file of the KL is missing): analyses of other losses still run.
-    groups:  a parameter grouping for per-group rows (``layer`` = the group's name) of the trace,
+    groups:  a parameter grouping for per-group rows (``layer`` = ``"group:"`` + the group's name) of the trace,
              eigen and density analyses: a regex or a list of module prefixes, as for
              :meth:`CurvatureOperator.groups <landscape.curvature.base.CurvatureOperator.groups>`;
              ``qkv``: also the q, k and v parts of packed attention projections.
@@ -127,10 +128,12 @@ def make_operator(point: Point, loss_name: str, curvature: str = "hessian"):
 
 
 def group_views(point: Point, op) -> dict:
-    """``{group: view}`` of an operator for the point's ``groups`` (empty without a grouping)."""
+    """``{layer: view}`` of an operator for the point's ``groups`` (empty without a grouping), keyed
+    by the rows' ``layer``: :data:`~landscape.analyzers.tidy.GROUP_PREFIX` + the group's name, so
+    that a group named like a layer (a prefix grouping with ``per_layer``) gets rows of its own."""
     if point.groups is None:
         return {}
-    return op.groups(point.groups, qkv=point.qkv)
+    return {GROUP_PREFIX + name: view for name, view in op.groups(point.groups, qkv=point.qkv).items()}
 
 
 def flat_gradient(point: Point, loss_name: str, params: Sequence[str] | None = None) -> torch.Tensor:

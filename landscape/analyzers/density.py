@@ -11,7 +11,8 @@ Rows: ``metric="density"`` (column ``x`` the eigenvalue, ``value`` the density),
 ``metric="ritz"`` (``x`` a node, ``value`` its weight, ``probe`` the SLQ probe vector it came
 from; a loss's weights sum to 1), so that a figure or a finding can recompute any statistic of
 the spectrum, and resample probe vectors for an interval. Column ``curvature``. With a grouping
-(``analyze_model(groups=...)``) the same rows for each group's block (``layer`` = the group).
+(``analyze_model(groups=...)``) the same rows for each group's block (``layer`` = ``"group:"`` +
+the group's name).
 """
 
 from __future__ import annotations

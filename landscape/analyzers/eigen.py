@@ -20,7 +20,7 @@ the magnitude of the mean gradient (over the analysis batches) projected on e,
 ĝ = |<∇L, e>| (``scale="grad_along_e"``); ``"grad_norm"`` uses ‖∇L‖ and ``"unit"`` 1.
 
 With a grouping (``analyze_model(groups=...)``) also each group's top eigenvalue
-(``layer`` = the group; no slices).
+(``layer`` = ``"group:"`` + the group's name; no slices).
 
 Rows: ``metric="top_eigenvalue"`` (``residual`` = ‖He − λe‖/|λ|, the relative residual that
 ``tol`` bounds; ``converged``, ``n_matvecs``,

@@ -11,6 +11,11 @@ three different things, kept in three columns. ``probe_seed`` is the seed of the
 columns: ``k`` (slice offset), ``x`` (eigenvalue abscissa), ``prev_epoch`` (the epoch a
 pairwise analysis compared against), ``slice`` (which 1-D slice), ``curvature`` (``hessian`` or
 ``ggn``) and ``probe`` (the SLQ probe vector a Ritz value came from).
+
+``layer`` is ``"all"`` (the whole model), a layer's name (``per_layer``), or, for the groups of
+``analyze_model(groups=...)``, :data:`GROUP_PREFIX` + the group's name (``"group:0.attn"``): a
+prefix grouping's group is often also a layer's name, and (loss, layer, metric) must name one
+observation, so ``df["layer"].str.startswith("group:")`` picks the groups out.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "EXTRA_COLUMNS", "row", "to_table", "write_csv"]
+__all__ = ["COLUMNS", "EXTRA_COLUMNS", "GROUP_PREFIX", "row", "to_table", "write_csv"]
 
 #: The columns every tidy table has, in this order; analysis-specific ones follow.
 COLUMNS = ["run", "seed", "epoch", "loss", "layer", "metric", "value", "stderr", "n_matvecs",
            "converged", "residual", "probe_seed"]
 #: Extra columns some analyses add (kept only when used).
 EXTRA_COLUMNS = ["k", "x", "prev_epoch", "slice", "curvature", "probe"]
+#: The ``layer`` of a group's rows is this + the group's name (a layer's rows have its bare name).
+GROUP_PREFIX = "group:"
 
 
 def row(meta: dict, **values: Any) -> dict:

@@ -7,7 +7,7 @@ The estimate's standard error, its number of Hessian-vector products and whether
 and KL at one checkpoint share them, different checkpoints do not. Smaller trace = flatter
 minimum. With ``per_layer``, also the trace of each layer's diagonal block. ``curvature =
 "ggn"`` estimates the trace of the Gauss-Newton matrix instead. With a grouping
-(``analyze_model(groups=...)``) also the trace of each group's block (``layer`` = the group).
+(``analyze_model(groups=...)``) also the trace of each group's block (``layer`` = ``"group:"`` + the group's name).
 
 Also one ``loss_value`` row per loss: L(θ) on the same batches, for the relative sharpness
 tr(H)/L that a constant factor on the loss cannot change.
