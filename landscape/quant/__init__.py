@@ -13,26 +13,32 @@
 from __future__ import annotations
 
 import copy
+import inspect
+import re
 import warnings
 from collections import Counter, OrderedDict
 from contextlib import contextmanager
+from functools import partial
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from landscape.quant import functional
+from landscape.quant.batches import Call, call_model, to_device
 from landscape.quant.coverage import ACTIVATION_MODULES, activation_sites
 from landscape.quant.coverage_report import ATTR as _COVERAGE
-from landscape.quant.coverage_report import CoverageReport, coverage_report, skip_reason
+from landscape.quant.coverage_report import EXCLUDED, CoverageReport, coverage_report, skip_reason
 from landscape.quant.errors import FrozenRoundingError, QuantizationError, QuantizationWarning, QuantizerError
 from landscape.quant.frozen import frozen_rounding
 from landscape.quant.functional import (check_zero_point, dequantize, fake_quant_weight, qrange, quantize,
                                         weight_codes, weight_qparams)
 from landscape.quant.interface import (BUILTIN_ACT, BUILTIN_WEIGHT, ROLE, build, check_bits, is_builtin_uniform,
                                        resolve_quantizer, role_of, select_layers, spec_name)
-from landscape.quant.modules import (ActQuant, ActQuantPerCall, CallCounters, QuantConv2d, QuantLinear,
-                                     _to_quant)
+from landscape.quant.groups import check_group_size
+from landscape.quant.modules import (ActQuant, ActQuantPerCall, CallCounters, QuantConv2d, QuantLinear, _QuantWeight,
+                                     _to_quant, quant_class)
+from landscape.quant.targets import Target, weight_targets, weight_tensors
 
 __all__ = ["quantize_model", "quantized_layers", "integer_codes", "act_quantizers", "coverage_report",
            "CoverageReport", "calibrating", "calibrate", "check_dequantization", "frozen_rounding",
@@ -82,26 +88,54 @@ def _call_sites(student: nn.Module) -> dict[int, list[str]]:
             for n, m in student.named_modules()}
 
 
-def _coverage(student: nn.Module, chosen: set[str], weight, act, w_bits: int, a_bits: int | None) -> CoverageReport:
-    """Which weight tensors (parameters called ``weight``) quantize_model converts; before conversion."""
-    report = CoverageReport(spec_name(weight), None if a_bits is None else spec_name(act), w_bits, a_bits)
+def _coverage(student: nn.Module, targets: dict[str, Target], chosen: set[str], weight, act, w_bits: int,
+              a_bits: int | None) -> CoverageReport:
+    """Which weight tensors quantize_model converts (:mod:`.targets`); before conversion."""
+    report = CoverageReport(weight if isinstance(weight, str) else spec_name(weight),
+                            None if a_bits is None else spec_name(act), w_bits, a_bits)
     for name, m in student.named_modules():
-        w = m._parameters.get("weight")
-        if w is None:
-            continue
-        tensor = f"{name}.weight" if name else "weight"
-        if name in chosen:
-            report.covered.append(tensor)
-        elif type(m) in (nn.Conv2d, nn.Linear):
-            report.skipped[tensor] = "left in float by include=/exclude="
-        else:
-            report.skipped[tensor] = skip_reason(m, w)
+        for param in weight_tensors(m):
+            tensor = f"{name}.{param}" if name else param
+            if name in chosen and param in targets[name].params:
+                report.covered.append(tensor)
+            elif name in targets:
+                report.skipped[tensor] = EXCLUDED
+            else:
+                report.skipped[tensor] = skip_reason(m, m._parameters[param])
     return report
+
+
+def _weight_factory(weight, group_size: int | None, weight_zero_point: str):
+    """(factory or None for the built-in per-channel path, group size, the name reported)."""
+    name = weight if isinstance(weight, str) else spec_name(weight)
+    if isinstance(weight, str) and (m := re.fullmatch(r"(\w+)_g(\d+)", weight)) and m[1] in BUILTIN_WEIGHT:
+        if group_size is not None and group_size != int(m[2]):
+            raise QuantizerError(f"quantize_model: weight = {weight!r} says group_size {m[2]} but group_size = "
+                                 f"{group_size}; give one of them")
+        weight, group_size = m[1], check_group_size(int(m[2]), f"weight = {weight!r}: group size")
+    elif group_size is not None:
+        name = f"{name}_g{group_size}"
+    if group_size is None:
+        return (None if is_builtin_uniform(weight, "weight") else resolve_quantizer(weight, "weight")), None, name
+    if is_builtin_uniform(weight, "weight"):
+        from landscape.quant.quantizers.uniform import UniformWeight
+
+        return partial(UniformWeight, zero_point=weight_zero_point, group_size=group_size), group_size, name
+    factory = resolve_quantizer(weight, "weight")
+    try:
+        takes = "group_size" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if not takes:
+        raise QuantizerError(f"quantize_model: weight = {spec_name(factory)} takes no group_size; per-group scales "
+                             f"come with 'uniform' and 'lsq' (or a class whose __init__ has a group_size= "
+                             f"argument); use group_size=None for it")
+    return partial(factory, group_size=group_size), group_size, name
 
 
 def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_momentum: float = 0.9, *,
                    weight="uniform", act="uniform", weight_zero_point: str = "integral",
-                   include=None, exclude=None) -> nn.Module:
+                   group_size: int | None = None, include=None, exclude=None) -> nn.Module:
     """A fake-quantized deep copy of ``model``, in eval mode.
 
     * Every nn.Conv2d and nn.Linear (first and last included; exactly those classes, not
@@ -152,25 +186,32 @@ def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_moment
         check_zero_point(weight_zero_point)
     except ValueError as exc:
         raise QuantizerError(f"quantize_model: weight_zero_point: {exc}") from None
-    w_factory = None if is_builtin_uniform(weight, "weight") else resolve_quantizer(weight, "weight")
+    w_factory, group_size, w_name = _weight_factory(weight, check_group_size(group_size), weight_zero_point)
     a_factory = None if a_bits is None or is_builtin_uniform(act, "act") else resolve_quantizer(act, "act")
-    if w_factory is not None and weight_zero_point != "integral":
+    uniform = is_builtin_uniform(re.sub(r"_g\d+$", "", weight) if isinstance(weight, str) else weight, "weight")
+    if not uniform and weight_zero_point != "integral":
         raise QuantizerError(f"quantize_model: weight_zero_point = {weight_zero_point!r} applies to the uniform "
                              f"weight quantizer only, not to weight = {spec_name(weight)}; leave it at 'integral'")
     student = copy.deepcopy(model).eval()
-    layer_names = [n for n, m in student.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
-    chosen, _ = select_layers(layer_names, include, exclude)
-    report = _coverage(student, chosen, weight, act, w_bits, a_bits)
+    targets = {t.name: t for t in weight_targets(student)}
+    chosen, _ = select_layers(list(targets), include, exclude)
+    report = _coverage(student, targets, chosen, w_name, act, w_bits, a_bits)
     module_sites = _call_sites(student) if a_bits is not None else {}
     per_call, like = [], next(iter(student.parameters()), None)
+    for name in [n for n in targets if n in chosen]:  # model order
+        t = targets[name]
+        quantizers = {} if w_factory is None else \
+            {p: build(w_factory, w_bits, "weight", "weight", t.module._parameters[p]) for p in t.params}
+        _to_quant(t.module, quant_class(type(t.module)), w_bits, weight_zero_point, params=t.params,
+                  quantizers=quantizers, transposed=t.transposed)
+        with torch.no_grad():
+            for p in quantizers:
+                t.module.quantized_param(p)  # a lazily initialised quantizer (LSQ's step) is set now
+    for m in student.modules():  # an attention whose out_proj alone is quantized reads its ŵ too
+        if isinstance(m, nn.MultiheadAttention) and not isinstance(m, _QuantWeight) \
+                and isinstance(m.out_proj, _QuantWeight):
+            _to_quant(m, quant_class(type(m)), w_bits, weight_zero_point, params=())
     for parent_name, parent in list(student.named_modules()):
-        if type(parent) in (nn.Conv2d, nn.Linear) and parent_name in chosen:
-            wq = None if w_factory is None else build(w_factory, w_bits, "weight", "weight", parent.weight)
-            _to_quant(parent, QuantConv2d if type(parent) is nn.Conv2d else QuantLinear, w_bits,
-                      weight_zero_point, wq)
-            if wq is not None:
-                with torch.no_grad():
-                    wq(parent.weight)  # a lazily initialised quantizer (LSQ's step) is set now
         if a_bits is None:
             continue
         for child_name, child in list(parent._modules.items()):  # every name, aliases included
@@ -231,14 +272,19 @@ def calibrating(student: nn.Module, on: bool = True) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def calibrate(student: nn.Module, batches) -> nn.Module:
-    """Post-training quantization: set activation ranges from ``batches`` (x or (x, y)), no training."""
+def calibrate(student: nn.Module, batches, call: Call | None = None) -> nn.Module:
+    """Post-training quantization: set activation ranges from ``batches``, no training.
+
+    A batch is x, (x, y, ...) or a dict such as ``{"input_ids": ..., "attention_mask": ...}``,
+    and the student is called on it as the losses call a model (``model(x)``;
+    ``model(input_ids)``, with ``attention_mask=`` when the batch has one; ``model(**batch)``
+    for a dict without ``input_ids``: :mod:`landscape.quant.batches`), or by ``call(model,
+    batch)``. Returns the student, in eval mode."""
     device = next(student.parameters()).device
     student.eval()
     with calibrating(student):
         for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            student(x.to(device))
+            call_model(student, to_device(batch, device), "calibrate", call)
     return student
 
 

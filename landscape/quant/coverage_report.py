@@ -2,11 +2,12 @@
 
     report = coverage_report(student)
     report.covered     # ['features.0.0.weight', ..., 'fc.weight']: weight tensors now quantized
-    report.skipped     # {'emb.weight': 'nn.Embedding is not quantized (only nn.Conv2d and nn.Linear)', ...}
+    report.skipped     # {'emb.weight': 'nn.Embedding is not quantized (...)', ...}
     print(report)      # one line per weight tensor
 
 Names are those of the float model (a quantized layer keeps its name). A *weight tensor* is
-every parameter called ``weight``; 1-D ones (a normalization layer's scale) are listed as
+every parameter called ``weight`` and the projection weights of nn.MultiheadAttention
+(``in_proj_weight``, or ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``); 1-D ones (a normalization layer's scale) are listed as
 skipped with their reason but not warned about; a matrix or kernel left in float because its
 module type is not quantized is warned about once, by quantize_model; one left out by
 ``include=``/``exclude=`` is reported, not warned about (you asked for it).
@@ -56,13 +57,21 @@ class CoverageReport:
         return "\n".join([head] + [f"  {r['status']:9s} {r['tensor']}: {r['reason']}" for r in self.rows()])
 
 
+QUANTIZED = "quantized: nn.Linear, nn.Conv2d and their subclasses, nn.MultiheadAttention, GPT-2's Conv1D"
+
+
 def skip_reason(module: nn.Module, tensor) -> str:
     """Why a weight tensor of a module that quantize_model does not convert stays in float."""
+    from landscape.quant.targets import already_quantized
+
     if tensor.dim() <= 1:
         return NORM
-    return f"nn.{type(module).__name__} is not quantized (only nn.Conv2d and nn.Linear)" \
-        if type(module).__module__.startswith("torch.nn") else \
-        f"{type(module).__name__} is not quantized (only nn.Conv2d and nn.Linear, not their subclasses)"
+    if already_quantized(module):
+        return f"{type(module).__name__} is already fake-quantized"
+    name = f"nn.{type(module).__name__}" if type(module).__module__.startswith("torch.nn") else type(module).__name__
+    if isinstance(module, (nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
+        return f"{name}'s weight is not a plain parameter (a parametrization?): not quantized"
+    return f"{name} is not quantized ({QUANTIZED})"
 
 
 def coverage_report(student: nn.Module) -> CoverageReport:

@@ -28,17 +28,10 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from landscape.quant.batches import Call, call_model, key_tensor, to_device
 from landscape.quant.errors import FrozenRoundingError
 from landscape.quant.interface import offset_of, role_of
-from landscape.quant.modules import ActQuant, QuantConv2d, QuantLinear
-
-
-def _input(batch: Any) -> torch.Tensor:
-    x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if not isinstance(x, torch.Tensor):
-        raise FrozenRoundingError(f"frozen_rounding: a batch must be x or (x, y, ...) with a tensor x, "
-                                  f"got {type(x).__name__}")
-    return x
+from landscape.quant.modules import ActQuant, _QuantWeight
 
 
 class _Tape:
@@ -83,6 +76,14 @@ class _Replay:
         self.modes = [m.training for m in model.modules()]
         self.last = -1
 
+    @staticmethod
+    def _key(args: tuple, kwargs: dict) -> Any:
+        """The tensor the call is recognised by: its first positional argument, else ``input_ids``
+        or the first tensor among the keyword arguments (``model(**batch)``)."""
+        if args:
+            return args[0]
+        return kwargs.get("input_ids", next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None))
+
     def _find(self, x: Any) -> int:
         n = len(self.inputs)
         for j in [(self.last + 1 + k) % n for k in range(n)]:
@@ -96,8 +97,8 @@ class _Replay:
             f"entry; the rounding offsets are recorded per batch, so inside the block call the model only "
             f"on those batches (in any order)")
 
-    def before(self, model: nn.Module, args: tuple) -> None:
-        j = self._find(args[0] if args else None)
+    def before(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
+        j = self._find(self._key(args, kwargs))
         modes = [m.training for m in model.modules()]
         if modes != self.modes:
             now = "train" if model.training else "eval"
@@ -118,12 +119,15 @@ class _Replay:
 
 
 @contextmanager
-def frozen_rounding(model: nn.Module, batches: Iterable[Any]) -> Iterator[nn.Module]:
+def frozen_rounding(model: nn.Module, batches: Iterable[Any], call: Call | None = None) -> Iterator[nn.Module]:
     r"""Hold every rounding offset of a fake-quantized ``model`` fixed at the current θ.
 
     On entry (parameters at θ, the model in its current train/eval mode) the offset
-    c_w = ŵ − w of every QuantConv2d/QuantLinear (whatever its weight quantizer) is taken at θ,
-    and ``batches`` (x or (x, y, ...); a list or a DataLoader without shuffling) are run once
+    c_w = ŵ − w of every quantized weight tensor (QuantConv2d/QuantLinear, attention projections,
+    Conv1D; whatever its weight quantizer, per-group ones included) is taken at θ,
+    and ``batches`` (x, (x, y, ...) or dicts such as {"input_ids": ...}, called as
+    :mod:`landscape.quant.batches` says, or by ``call(model, batch)``; a list or a DataLoader
+    without shuffling) are run once
     under no_grad to record, for every activation quantizer (ActQuant or any quantizer of the
     interface), the offset c_a = q(a) − a of each call, per batch, in call order. Activation
     ranges are not updated (a quantizer's ``calibrating`` is off for the recording) and
@@ -140,7 +144,7 @@ def frozen_rounding(model: nn.Module, batches: Iterable[Any]) -> Iterator[nn.Mod
     outside it re-quantizes at every point (the deployed, piecewise-constant loss).
 
     Each call of the model inside the block must be on one of the recorded batches (found by
-    value, in any order) in the same mode; each quantizer then replays that batch's offsets in
+    value of its first argument, or of ``input_ids``, in any order) in the same mode; each quantizer then replays that batch's offsets in
     call order. Another input, another shape at a replayed call, another mode or another
     number of calls raises :class:`FrozenRoundingError`, never a silently wrong number. On exit
     (also on error) the model is as before.
@@ -148,7 +152,7 @@ def frozen_rounding(model: nn.Module, batches: Iterable[Any]) -> Iterator[nn.Mod
     >>> with frozen_rounding(student, batches):                      # doctest: +SKIP
     ...     values = loss_slice(student, loss_fn, batches, direction, ks)   # the slice of F
     """
-    weights = [(n, m) for n, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    weights = [(n, m) for n, m in model.named_modules() if isinstance(m, _QuantWeight)]
     quantizers = [(n, m) for n, m in model.named_modules() if isinstance(m, ActQuant) or role_of(m) == "act"]
     if any(m._frozen is not None for _, m in weights) or any("forward" in m.__dict__ for _, m in quantizers):
         raise FrozenRoundingError("frozen_rounding: the model is already inside a frozen_rounding block")
@@ -156,29 +160,31 @@ def frozen_rounding(model: nn.Module, batches: Iterable[Any]) -> Iterator[nn.Mod
         raise FrozenRoundingError("frozen_rounding: the model has no quantized layer or activation quantizer "
                                   "(quantize it with landscape.quant.quantize_model first)")
     device = next(model.parameters()).device
-    inputs = [_input(b).to(device) for b in batches]
+    batches = [to_device(b, device) for b in batches]
+    inputs = [key_tensor(b, "frozen_rounding") for b in batches]
     if not inputs:
         raise FrozenRoundingError("frozen_rounding: no batches: pass the batches the loss is evaluated on")
     tapes = [_Tape(n, len(inputs), m) for n, m in quantizers]
     handles = []
     try:
         for _, m in weights:
-            m._frozen = m.weight_offset()
+            m._frozen = {p: m.param_offset(p) for p in m.quantized_params}
         for t, (_, m) in zip(tapes, quantizers):
             m.forward = t  # the instance's forward: the tape records, then replays
         saved = {n: b.clone() for n, b in model.named_buffers()} if any(m.training for m in model.modules()) else {}
         with torch.no_grad():
-            for j, x in enumerate(inputs):
+            for j, batch in enumerate(batches):
                 for t in tapes:
                     t.batch = j
-                model(x)
+                call_model(model, batch, "frozen_rounding", call)
             for n, b in model.named_buffers():
                 if n in saved:
                     b.copy_(saved[n])
         for t in tapes:
             t.recording = False
         replay = _Replay(model, inputs, tapes)
-        handles = [model.register_forward_pre_hook(replay.before), model.register_forward_hook(replay.after)]
+        handles = [model.register_forward_pre_hook(replay.before, with_kwargs=True),
+                   model.register_forward_hook(replay.after)]
         yield model
     finally:
         for h in handles:

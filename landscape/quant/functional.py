@@ -34,7 +34,9 @@ Both are computed here with a division by s where the official code multiplies b
 S = 1/s; the two differ by at most an ulp before rounding, so a code can differ only when
 x/s + z falls within an ulp of a rounding tie (tested equal on random weights).
 
-Weights use one (min, max) per output channel; activations one per tensor, from the
+Weights use one (min, max) per output channel, or with ``group_size = g`` one per group of g
+consecutive weights along the input dimension of each output channel (GPTQ/AWQ-style per-group
+scales; :mod:`.groups`); activations one per tensor, from the
 quantizer's EMA range, with the float zero point (the official code uses the integral one
 for activations too; after a ReLU the range starts at min = 0, where the two coincide).
 
@@ -48,6 +50,8 @@ double-backward Hessian-vector products go through it unchanged. :func:`weight_o
 from __future__ import annotations
 
 import torch
+
+from landscape.quant.groups import group_min_max
 
 ZERO_POINTS = ("integral", "float")
 
@@ -90,35 +94,42 @@ def dequantize(q: torch.Tensor, scale, zero_point) -> torch.Tensor:
     return scale * (q - zero_point)
 
 
-def weight_range(w: torch.Tensor):
-    """Per-output-channel (min, max) of a weight, shaped to broadcast against it."""
+def weight_range(w: torch.Tensor, group_size: int | None = None):
+    """(min, max) of a weight, shaped to broadcast against it: per output channel, or per group
+    of ``group_size`` inputs of each output channel (then of w's full shape; :mod:`.groups`)."""
+    if group_size is not None:
+        return group_min_max(w.detach(), group_size)
     flat = w.detach().reshape(w.shape[0], -1)
     shape = (w.shape[0],) + (1,) * (w.dim() - 1)
     return flat.min(dim=1).values.reshape(shape), flat.max(dim=1).values.reshape(shape)
 
 
-def weight_qparams(w: torch.Tensor, bits: int, zero_point: str = "integral") -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-output-channel (step s, zero point z) of a weight, shaped to broadcast against it."""
-    lo, hi = weight_range(w)
+def weight_qparams(w: torch.Tensor, bits: int, zero_point: str = "integral",
+                   group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel (or per-group) (step s, zero point z) of a weight, broadcastable to it."""
+    lo, hi = weight_range(w, group_size)
     return scale_zero_point(lo, hi, bits, zero_point)
 
 
-def weight_codes(w: torch.Tensor, bits: int, zero_point: str = "integral") -> torch.Tensor:
-    """Integer codes of a weight tensor under its own per-channel min/max (LongTensor)."""
-    scale, zp = weight_qparams(w, bits, zero_point)
+def weight_codes(w: torch.Tensor, bits: int, zero_point: str = "integral",
+                 group_size: int | None = None) -> torch.Tensor:
+    """Integer codes of a weight tensor under its own per-channel (per-group) min/max (LongTensor)."""
+    scale, zp = weight_qparams(w, bits, zero_point, group_size)
     return quantize(w.detach(), scale, zp, bits).long()
 
 
-def weight_offset(w: torch.Tensor, bits: int, zero_point: str = "integral") -> torch.Tensor:
+def weight_offset(w: torch.Tensor, bits: int, zero_point: str = "integral",
+                  group_size: int | None = None) -> torch.Tensor:
     """The rounding offset c = ŵ − w of a weight (detached): the STE's constant term."""
     w = w.detach()
-    scale, zp = weight_qparams(w, bits, zero_point)
+    scale, zp = weight_qparams(w, bits, zero_point, group_size)
     return dequantize(quantize(w, scale, zp, bits), scale, zp) - w
 
 
-def fake_quant_weight(w: torch.Tensor, bits: int, zero_point: str = "integral") -> torch.Tensor:
+def fake_quant_weight(w: torch.Tensor, bits: int, zero_point: str = "integral",
+                      group_size: int | None = None) -> torch.Tensor:
     """Dequantized weight in the forward pass, identity STE in the backward pass: w + (ŵ − w)."""
-    return w + weight_offset(w, bits, zero_point)
+    return w + weight_offset(w, bits, zero_point, group_size)
 
 
 def act_offset(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:

@@ -34,41 +34,69 @@ from landscape.quant import functional as Q
 from landscape.quant.errors import QuantizationError
 
 
+def quantizer_attr(param: str) -> str:
+    """The sub-module name of the quantizer of parameter ``param``: ``wq`` for ``weight`` (the
+    state-dict keys of issue 16), ``wq_<param>`` otherwise (``wq_in_proj_weight``)."""
+    return "wq" if param == "weight" else f"wq_{param}"
+
+
 class _QuantWeight:
-    """Mixin: the weight the forward pass uses: w + c, c the (detached) rounding offset of the
-    official grid, or ``wq(w)`` when the layer holds another quantizer as ``wq``."""
+    """Mixin: the fake-quantized parameters of a module (``quantized_params``, ``("weight",)``
+    for a layer): each used in the forward pass as w + c, c the (detached) rounding offset of
+    the official grid, or as ``wq(w)`` when the module holds another quantizer for it
+    (:func:`quantizer_attr`). ``transposed``: the weight is stored (in, out) (GPT-2's Conv1D);
+    its quantizer sees (out, in), so channels and groups run along the right dimensions."""
 
     w_bits: int
     zero_point: str = "integral"
-    _frozen: torch.Tensor | None = None  # c_w held fixed by frozen_rounding
+    quantized_params: tuple[str, ...] = ("weight",)
+    transposed: bool = False
+    _frozen: dict[str, torch.Tensor] | None = None  # c per parameter, held fixed by frozen_rounding
+
+    def param_quantizer(self, param: str = "weight") -> nn.Module | None:
+        """The quantizer module of ``param``, or None on the built-in uniform path."""
+        return self._modules.get(quantizer_attr(param))
 
     @property
     def weight_quantizer(self) -> nn.Module | None:
-        """The layer's quantizer module (``wq``), or None on the built-in uniform path."""
-        return self._modules.get("wq")
+        """The layer's weight quantizer module (``wq``), or None on the built-in uniform path."""
+        return self.param_quantizer("weight")
+
+    def _oriented(self, t: torch.Tensor) -> torch.Tensor:
+        return t.t() if self.transposed else t
+
+    def param_offset(self, param: str = "weight") -> torch.Tensor:
+        """c = ŵ − w of ``param`` at its current value (detached)."""
+        w = self._parameters[param]
+        wq = self.param_quantizer(param)
+        if wq is None:
+            return self._oriented(Q.weight_offset(self._oriented(w), self.w_bits, self.zero_point))
+        from landscape.quant.interface import offset_of
+
+        c = offset_of(wq, self._oriented(w))
+        return torch.zeros_like(w) if c is None else self._oriented(c)
+
+    def quantized_param(self, param: str = "weight") -> torch.Tensor:
+        """ŵ of ``param`` as the forward pass uses it (differentiable in w through the STE)."""
+        w = self._parameters[param]
+        if self._frozen is not None:
+            return w + self._frozen[param]
+        wq = self.param_quantizer(param)
+        if wq is not None:
+            return self._oriented(wq(self._oriented(w)))
+        return w + self.param_offset(param)
 
     def weight_offset(self) -> torch.Tensor:
         """c = ŵ − w at the current weight (detached)."""
-        wq = self._modules.get("wq")
-        if wq is None:
-            return Q.weight_offset(self.weight, self.w_bits, self.zero_point)
-        from landscape.quant.interface import offset_of
-
-        c = offset_of(wq, self.weight)
-        return torch.zeros_like(self.weight) if c is None else c
+        return self.param_offset("weight")
 
     def quantized_weight(self) -> torch.Tensor:
-        if self._frozen is not None:
-            return self.weight + self._frozen
-        wq = self._modules.get("wq")
-        if wq is not None:
-            return wq(self.weight)
-        return self.weight + self.weight_offset()
+        return self.quantized_param("weight")
 
     def extra_repr(self):
-        if self._modules.get("wq") is not None:
-            return super().extra_repr() + f", w_bits={self.w_bits}"
-        return super().extra_repr() + f", w_bits={self.w_bits}, zero_point={self.zero_point!r}"
+        grid = "" if all(self.param_quantizer(p) is not None for p in self.quantized_params) \
+            else f", zero_point={self.zero_point!r}"
+        return ", ".join(filter(None, [super().extra_repr(), f"w_bits={self.w_bits}{grid}"]))
 
 
 class QuantConv2d(_QuantWeight, nn.Conv2d):
@@ -79,6 +107,55 @@ class QuantConv2d(_QuantWeight, nn.Conv2d):
 class QuantLinear(_QuantWeight, nn.Linear):
     def forward(self, x):
         return F.linear(x, self.quantized_weight(), self.bias)
+
+
+class _Substituted(_QuantWeight):
+    """Mixin for a module whose own forward reads its parameters (a subclass of nn.Linear,
+    GPT-2's Conv1D, nn.MultiheadAttention): for the duration of the float class's forward,
+    each quantized parameter's entry in ``_parameters`` holds ŵ (differentiable in w through
+    the STE) and is restored afterwards, also on error. ``substitute_children``: child modules
+    whose parameters this forward reads without calling the child (MHA's ``out_proj``)."""
+
+    substitute_children: tuple[str, ...] = ()
+    _float_forward = None  # the float class's forward, set on each generated class
+
+    def forward(self, *args, **kwargs):
+        owners = [self] + [c for c in (self._modules.get(n) for n in self.substitute_children)
+                           if isinstance(c, _QuantWeight)]
+        saved = []
+        try:
+            for m in owners:
+                for p in m.quantized_params:
+                    value = m.quantized_param(p)
+                    saved.append((m, p, m._parameters[p]))
+                    m._parameters[p] = value
+            return type(self)._float_forward(self, *args, **kwargs)
+        finally:
+            for m, p, original in reversed(saved):
+                m._parameters[p] = original
+
+
+_GENERATED: dict[type, type] = {}
+
+
+def quant_class(cls: type) -> type:
+    """The fake-quantized class of a float module class: QuantConv2d / QuantLinear for exactly
+    nn.Conv2d / nn.Linear (their own forward); for any other class (a subclass of nn.Linear,
+    GPT-2's Conv1D, nn.MultiheadAttention) a subclass of it and of :class:`_Substituted`,
+    generated once and registered in this module under its name (so students pickle)."""
+    if cls is nn.Conv2d:
+        return QuantConv2d
+    if cls is nn.Linear:
+        return QuantLinear
+    if cls not in _GENERATED:
+        name = f"Quant{cls.__name__}"
+        while name in globals():
+            name += "_"
+        body = {"_float_forward": cls.forward, "__module__": __name__, "__qualname__": name}
+        if issubclass(cls, nn.MultiheadAttention):
+            body["substitute_children"] = ("out_proj",)
+        _GENERATED[cls] = globals()[name] = type(name, (_Substituted, cls), body)
+    return _GENERATED[cls]
 
 
 class ActQuant(nn.Module):
@@ -160,11 +237,21 @@ class CallCounters:
 
 
 def _to_quant(module: nn.Module, cls, bits: int, zero_point: str = "integral",
-              quantizer: nn.Module | None = None) -> nn.Module:
-    """Turn ``module`` into ``cls`` in place; ``quantizer``: another quantizer as ``wq``."""
+              quantizer: nn.Module | None = None, *, params: tuple[str, ...] = ("weight",),
+              quantizers: dict[str, nn.Module] | None = None, transposed: bool = False) -> nn.Module:
+    """Turn ``module`` into ``cls`` in place, quantizing its parameters ``params``;
+    ``quantizer``: another quantizer for ``weight`` (as ``wq``), ``quantizers``: one per
+    parameter ({param: module}, held as :func:`quantizer_attr`)."""
     module.__class__ = cls  # same parameters and buffers; only forward changes
     module.w_bits = int(bits)
     module.zero_point = Q.check_zero_point(zero_point)
+    if tuple(params) != ("weight",):
+        module.quantized_params = tuple(params)
+    if transposed:
+        module.transposed = True
+    quantizers = dict(quantizers or {})
     if quantizer is not None:
-        module.add_module("wq", quantizer)
+        quantizers["weight"] = quantizer
+    for param, q in quantizers.items():
+        module.add_module(quantizer_attr(param), q)
     return module
