@@ -127,7 +127,7 @@ TINY_LM = {
     "name": "tinylm", "seeds": [0],
     "data": {"name": "pydoc", "test_fraction": 0.1}, "model": {"name": "tinylm", "width": 16},
     "lm": {"blocks": 1, "heads": 2, "context": 16, "steps": 15, "batch_size": 8, "lr": 1e-2, "warmup": 2},
-    "compare": {"quantizers": ["rtn", "lsq"], "bits": [4, 2], "a_bits": "none", "budgets": [3, 4],
+    "compare": {"quantizers": ["rtn_g8", "lsq"], "bits": [4, 2], "a_bits": "none", "budgets": [3, 4],
                 "analysis_batches": 1, "analysis_batch_size": 8, "eval_batches": 2, "trace_matvecs": 3,
                 "eigen_iters": 2, "layer_trace_matvecs": 2, "n_random": 2},
 }
@@ -149,7 +149,7 @@ def tiny_lm(tmp_path_factory):
 def test_tiny_lm_compare_tables_against_direct_evaluations(tiny_lm):
     recipe, root, tables = tiny_lm
     curv, sens, alloc = tables["curvature"], tables["sensitivity"], tables["allocation"]
-    assert set(sens["layer"]) >= {"0.mlp", "head"}
+    assert set(sens["layer"]) == {"0.attn", "0.mlp", "head"}   # attention projections quantized too
     assert set(curv["metric"]) == {"trace", "lambda_max", "loss", "val_loss"}
     assert "val_loss" in alloc.columns and "accuracy" not in alloc.columns
     data = load_dataset("pydoc", None, 0.1)
@@ -159,24 +159,26 @@ def test_tiny_lm_compare_tables_against_direct_evaluations(tiny_lm):
     batches, evals = lm_batches(data, settings, 16)
     loss = lm_loss()
     with sdpa_kernel(SDPBackend.MATH):
-        student = _student(teacher, "rtn", 2, None).eval()
+        student = _student(teacher, "rtn_g8", 2, None).eval()
         forward = forward_parameters(student)
+        assert {"blocks.0.attn.in_proj_weight", "blocks.0.attn.out_proj.weight"} <= set(forward)
+        assert not torch.equal(forward["blocks.0.attn.in_proj_weight"], teacher.blocks[0].attn.in_proj_weight)
         base = float(next_token_loss(teacher, batches[0]))
-        for block in ("0.mlp", "head"):                            # one block moved, the rest float
+        for block in ("0.attn", "0.mlp", "head"):                            # one block moved, the rest float
             moved = copy.deepcopy(teacher)
             params = dict(moved.named_parameters())
             with torch.no_grad():
                 for n in block_map(list(forward), settings["blocks"])[block]:
                     params[n].copy_(forward[n])
             direct = float(next_token_loss(moved, batches[0])) - base
-            row = sens[(sens["quantizer"] == "rtn") & (sens["bits"] == 2) & (sens["layer"] == block)].iloc[0]
+            row = sens[(sens["quantizer"] == "rtn_g8") & (sens["bits"] == 2) & (sens["layer"] == block)].iloc[0]
             assert row["measured"] == pytest.approx(direct, rel=1e-5, abs=1e-7)
         val = mean_loss(student, loss, evals)
-    row = curv[(curv["quantizer"] == "rtn") & (curv["bits"] == 2) & (curv["metric"] == "val_loss")]
+    row = curv[(curv["quantizer"] == "rtn_g8") & (curv["bits"] == 2) & (curv["metric"] == "val_loss")]
     assert float(row["value"].iloc[0]) == pytest.approx(val, rel=1e-6)
     # uniform 4 bits = every block at 4 bits = the 4-bit student itself (weight-only)
-    uni = alloc[(alloc["quantizer"] == "rtn") & (alloc["strategy"] == "uniform") & (alloc["budget"] == 4)]
-    s4 = curv[(curv["quantizer"] == "rtn") & (curv["bits"] == 4) & (curv["metric"] == "val_loss")]
+    uni = alloc[(alloc["quantizer"] == "rtn_g8") & (alloc["strategy"] == "uniform") & (alloc["budget"] == 4)]
+    s4 = curv[(curv["quantizer"] == "rtn_g8") & (curv["bits"] == 4) & (curv["metric"] == "val_loss")]
     assert float(uni["val_loss"].iloc[0]) == pytest.approx(float(s4["value"].iloc[0]), rel=1e-5)
     assert (alloc["avg_bits"] <= alloc["budget"] + 1e-9).all()
 
@@ -188,5 +190,5 @@ def test_tiny_lm_compare_writes_its_own_blocks_and_folder(tiny_lm):
         assert (out / "tables" / f"{name}.csv").is_file()
     assert (out / "compare_mixed.png").is_file()
     text = (root / "README.md").read_text(encoding="utf-8")
-    assert "nats per token" in text and "| rtn |" in text
+    assert "nats per token" in text and "| rtn_g8 |" in text
     assert "results:compare:findings" not in (out / "results.md").read_text(encoding="utf-8")

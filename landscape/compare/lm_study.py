@@ -61,16 +61,19 @@ def lm_loss():
 
 
 def forward_parameters(student: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``{parameter name: ŵ}``: the value each quantized parameter of the student computes with.
-    Layers with one weight (Linear, Conv, nn.MultiheadAttention's out_proj) give
-    ``"<layer>.weight"``; a module exposing ``quantized_parameters()`` (a packed attention
-    projection) gives its own names."""
+    """``{parameter name: ŵ}``: the value each quantized parameter of the student computes with
+    (detached). A module of :mod:`landscape.quant` names its quantized parameters in
+    ``quantized_params`` (a layer's ``weight``; nn.MultiheadAttention's packed
+    ``in_proj_weight``, its ``out_proj.weight`` in the child) and gives ŵ by
+    ``quantized_param(name)``; any other quantized layer is found as
+    :func:`landscape.sensitivity.quantized_weights` finds it (``"<layer>.weight"``)."""
     out = {f"{layer}.weight": w for layer, w in quantized_weights(student)}
     for name, module in student.named_modules():
-        extra = getattr(module, "quantized_parameters", None)
-        if callable(extra):
-            for pname, value in extra().items():
-                out[f"{name}.{pname}" if name else pname] = value.detach().clone()
+        params = getattr(module, "quantized_params", None)
+        if params and callable(getattr(module, "quantized_param", None)):
+            with torch.no_grad():
+                for p in params:
+                    out[f"{name}.{p}" if name else p] = module.quantized_param(p).detach().clone()
     return out
 
 
