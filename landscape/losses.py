@@ -349,3 +349,6 @@ def distillation(
 ) -> Distillation:
     """``ce_scale·CE + kd_scale·KL`` loss_fn (GDFQ: 1, 1; AIT: 0, 1), ``name="ce+kl"`` (or ``"kl"``/``"ce"``)."""
     return Distillation(teacher, temperature, ce_scale, kd_scale, reduction)
+
+from .lm_losses import CausalLM, HFLoss, causal_lm, hf_loss  # noqa: E402  (issue 17: LM losses on dict batches)
+__all__ += ["causal_lm", "hf_loss", "CausalLM", "HFLoss"]

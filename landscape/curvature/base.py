@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .attention import twice_differentiable
 from .batch_state import BatchWatch
 from .batches import BatchSource, reduce_over_batches, shard_failure
 from .errors import CurvatureError, CurvatureWarning
@@ -483,7 +484,8 @@ class CurvatureOperator:
         n, m = V.shape
         out = torch.zeros(m, n, dtype=self.dtype, device=self.device)
         count = 0.0
-        with shard_failure(core.group) as failed:  # under a group: every rank hears of a failure here
+        # under a group every rank hears of a failure here; attention runs with a kernel that has a double backward
+        with shard_failure(core.group) as failed, twice_differentiable():
             core.refresh()
             Vt = V.T.contiguous()  # rows contiguous: grad_outputs shaped like the parameters without copies
             cols = [self.split(Vt[j]) for j in range(m)]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from .attention import twice_differentiable
 from .batches import as_batches, evaluate_loss, iterate, model_mode, reduce_over_batches, shard_failure
 from .errors import CurvatureWarning
 from .layers import cosine_rows, layer_slices
@@ -57,7 +58,7 @@ def gradient(
     count = 0.0
     unused: set[str] = set()
     n_ref = None
-    with shard_failure(group) as failed, torch.enable_grad(), model_mode(model, eval_mode):
+    with shard_failure(group) as failed, twice_differentiable(), torch.enable_grad(), model_mode(model, eval_mode):
         for i, batch, size in iterate(batches, device, allow_empty=group is not None):
             n_ref = n_ref or size
             w = size / n_ref

@@ -28,6 +28,7 @@ from typing import Any, Callable, ContextManager, Iterable, Sequence
 import torch
 from torch import nn
 
+from .attention import twice_differentiable
 from .batches import as_batches, evaluate_loss, iterate, model_mode, reduce_over_batches, shard_failure
 from .errors import CurvatureError
 from .operators import _generator
@@ -80,7 +81,7 @@ def mean_loss(model: nn.Module, loss_fn: Callable, batches: Iterable[Any], *, ev
     group = resolve_group(process_group)
     total = torch.zeros((), dtype=torch.float64, device=device if group is not None else "cpu")
     count = 0.0
-    with shard_failure(group) as failed, torch.no_grad(), model_mode(model, eval_mode):
+    with shard_failure(group) as failed, twice_differentiable(), torch.no_grad(), model_mode(model, eval_mode):
         for i, batch, size in iterate(batches, device, allow_empty=group is not None):
             total += size * float(evaluate_loss(loss_fn, model, batch, i, need_grad=False))
             count += size
