@@ -10,7 +10,8 @@ length T it prints:
 - **graph MiB** and **KiB/token**: the saved tensors of the first-order graph the operator
   caches (``Hessian(...)._core.cache.cached_bytes``, measured by the cache when it fills): what
   ``cache_graph=True`` keeps per batch, and what ``memory_budget`` is compared with;
-- **cached HVP / uncached HVP / gradient**: milliseconds per product (median of 5), and per
+- **cached HVP / uncached HVP / gradient**: CPU milliseconds of this process per product (median of
+  5; CPU time, not wall, so that other users of a shared machine do not inflate it), and per
   1,000 tokens; ``cache_graph=False`` rebuilds the forward and the first backward every product;
 - **n cached at budget ½**: with two batches and ``memory_budget`` set to half of one batch's
   graph, how many batches the operator keeps (the rest are recomputed per product).
@@ -47,9 +48,9 @@ def _median_ms(fn, repeat: int = 5) -> float:
     fn()  # warm up
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     return 1000 * statistics.median(times)
 
 

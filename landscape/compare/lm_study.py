@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ from landscape.compare.study import SeedTables, _allocations
 from landscape.curvature import Hessian, mean_loss
 from landscape.data import load_dataset
 from landscape.lm_teacher import get_lm_teacher, lm_settings, next_token_loss
-from landscape.quant import quantize_model
+from landscape.quant import QuantizationWarning, coverage_report, quantize_model
 from landscape.sensitivity import block_damage, quantized_weights
 from landscape.sensitivity.errors import SensitivityError
 from landscape.text_data import fixed_windows
@@ -99,10 +100,21 @@ def lm_batches(data, settings: dict, context: int) -> tuple[list[dict], list[dic
 
 
 def _student(teacher, q: str, bits: int, a_bits) -> torch.nn.Module:
+    """The weight-only student. The embeddings stay float by design (the LLM setting, and
+    quantize_model has no embedding quantizer): its warning is dropped when they are all it
+    names, and passed on otherwise."""
     base, group = split_group(q)
     weight, act = quantizer_pair(base)
     kwargs = {"group_size": group} if group else {}
-    return quantize_model(teacher, bits, a_bits, weight=weight, act=act, **kwargs).requires_grad_(True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", QuantizationWarning)
+        student = quantize_model(teacher, bits, a_bits, weight=weight, act=act, **kwargs).requires_grad_(True)
+    embeddings = {f"{n}.weight" for n, m in teacher.named_modules() if isinstance(m, torch.nn.Embedding)}
+    only_embeddings = set(coverage_report(student).unsupported()) <= embeddings
+    for w in caught:
+        if not (issubclass(w.category, QuantizationWarning) and only_embeddings):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return student
 
 
 def _curvature_rows(student, names, loss_fn, batches, settings, base) -> list[dict]:

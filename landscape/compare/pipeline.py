@@ -95,11 +95,17 @@ def _results_text(findings: str, timings: str, provenance: str, prefix: str = "c
                       f"<!-- /results:{prefix}:timings -->", ""])
 
 
-def _readme(out: Path, paths: list[Path], findings: str, settings: dict, provenance: str, timings: str) -> Path:
+def _readme(out: Path, paths: list[Path], findings: str, settings: dict, provenance: str, timings: str,
+            lm: bool = False) -> Path:
     lines = ["# `landscape compare`: quantizers × bit widths × layers", "",
              f"Quantizers {', '.join(settings['quantizers'])}; bits {settings['bits']}; activations "
              f"{settings['a_bits'] if settings['a_bits'] is not None else 'float'} bits; mode {settings['mode']}; "
              f"seeds {settings['seeds']}. {provenance}", ""]
+    if lm:
+        lines += ["A language model: every \"layer\" below is a **block** (the attention or the MLP of a transformer "
+                  "block, or the head; `[compare] blocks`), every loss is the next-token cross-entropy on fixed "
+                  "validation windows (nats per token), and where the captions and rules say test accuracy, read "
+                  "**validation loss**: lower is better, and claim 2's Δ is the guided allocation's loss reduction.", ""]
     for p in paths:
         lines += [f"## {p.stem}", "", f"![{p.stem}]({p.name})", "", CAPTIONS.get(p.stem, ""),
                   f"Data: [{p.stem}.csv]({p.stem}.csv).", ""]
@@ -168,7 +174,7 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
                   f"python {platform.python_version()}; {os.cpu_count()} cores, load average {load0} at the start "
                   f"and {_load()} at the end (the machine's, all users).")
     timings = _timings(clock.wall, clock.cpu)
-    _readme(out, paths, findings, settings, provenance, timings)
+    _readme(out, paths, findings, settings, provenance, timings, lm=block_prefix(recipe) != "compare")
     results = out / "results.md"
     prefix = block_prefix(recipe)
     title = "make compare" if prefix == "compare" else f"landscape compare {recipe.get('path', recipe['name'])}"
