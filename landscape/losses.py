@@ -128,7 +128,8 @@ def distillation_loss(
 def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(batch, (tuple, list)) and len(batch) >= 1:
         return batch[0], (batch[1] if len(batch) > 1 else None)
-    raise TypeError(f"a batch must be a tuple (x, y), got {type(batch).__name__}")
+    hint = ": for a dict batch {'input_ids': ...} use landscape.losses.causal_lm()" if isinstance(batch, dict) else ""
+    raise TypeError(f"a batch must be a tuple (x, y), got {type(batch).__name__}{hint}")
 
 
 # ---------------------------------------------------------------------------- output-space Hessians

@@ -13,6 +13,8 @@ from landscape.errors import LandscapeError
 from landscape.lm_losses import LMLossError, TokenOutputHessian
 from lm_helpers import hand_causal_ce, lm_batches, make_lm, ref_ggn_products, reference_mode
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, robust on a shared machine
+
 
 def test_reexported_from_losses_with_names_and_repr():
     assert losses.causal_lm().name == "ce" and losses.hf_loss().name == "hf"
@@ -73,6 +75,17 @@ def test_model_without_mask_argument_and_bad_batches():
         loss(model, {"input_ids": batch["input_ids"], "labels": batch["input_ids"] + 50})
     with pytest.raises(LMLossError, match=r"logits must have shape \(B, T, V\)"):
         loss(lambda ids: ids.double(), {"input_ids": batch["input_ids"]})  # (B, T): not logits
+
+
+def test_cross_entropy_on_a_dict_batch_points_to_causal_lm():
+    from landscape.curvature import CurvatureError, Hessian
+
+    model, batches = make_lm(), lm_batches()
+    with pytest.raises(TypeError, match=r"got dict: for a dict batch .*causal_lm\(\)"):
+        losses.cross_entropy()(model, batches[0])
+    with pytest.raises(CurvatureError, match=r"causal_lm\(\)"):
+        Hessian(model, losses.cross_entropy(), batches) @ torch.zeros(sum(p.numel() for p in model.parameters()),
+                                                                       dtype=torch.float64)
 
 
 def test_token_output_hessian_equals_torch_func_hessian():

@@ -40,14 +40,16 @@ __all__ = [
 
 def analyze_model(model: nn.Module, losses: Mapping[str, Callable], batches, analyses=POINT_ANALYSES,
                   settings: Mapping | None = None, params=None, name: str = "model", epoch=None,
-                  seed=None) -> dict[str, pd.DataFrame]:
+                  seed=None, groups=None, qkv: bool = False) -> dict[str, pd.DataFrame]:
     """Run the single-model analyses on any model and losses (no checkpoint, no cache).
 
     model:    any ``nn.Module`` (e.g. a student quantized by your own rule, with an STE).
     losses:   ``{name: loss_fn}``, ``loss_fn(model, batch) -> scalar`` mean over the batch,
               e.g. ``{"ce": landscape.losses.cross_entropy(),
               "kl": landscape.losses.kl_to_teacher(teacher, 4.0)}``.
-    batches:  a list of ``(x, y)`` batches (or a DataLoader), on the model's device.
+    batches:  a list of batches (or a DataLoader), on the model's device: ``(x, y)`` tuples, or
+              dicts such as ``{"input_ids": ...}`` with a loss that reads them
+              (``landscape.losses.causal_lm()``).
     analyses: any of ``cosine``, ``trace``, ``eigen``, ``density``.
     settings: the ``[analysis]`` table (same keys as for :func:`analyze_runs`; ``runs``,
               ``epochs`` and ``max_batches`` do not apply: every given batch is used).
@@ -56,6 +58,11 @@ def analyze_model(model: nn.Module, losses: Mapping[str, Callable], batches, ana
     name, epoch, seed: the ``run``, ``epoch`` and ``seed`` columns of the rows (NaN when not
               given), so that a loop over your own checkpoints builds a sweep that
               :func:`landscape.figures.plot_all` can draw once written as CSV.
+    groups:   a parameter grouping (a regex such as ``r"blocks\.(\d+)\.(attn|mlp)"`` or a list of
+              module prefixes, see :meth:`CurvatureOperator.groups
+              <landscape.curvature.base.CurvatureOperator.groups>`): the trace, eigen and density
+              analyses add rows per group (``layer`` = the group's name), from the same cached
+              graph; ``qkv=True`` adds the q, k and v parts of packed attention projections.
 
     Returns ``{analysis: DataFrame}`` with the same tidy columns as :func:`analyze_runs`.
     """
@@ -82,11 +89,19 @@ def analyze_model(model: nn.Module, losses: Mapping[str, Callable], batches, ana
         raise AnalysisError("the cosine analysis compares two losses' gradients: give at least two losses")
     batches = list(batches)
     if not batches:
-        raise AnalysisError("no batches given: the losses are evaluated on a list of (x, y) batches")
+        raise AnalysisError("no batches given: the losses are evaluated on a list of batches")
+    if groups is not None:
+        from landscape.curvature.groups import group_names
+
+        try:
+            group_names(params if params is not None else [n for n, p in model.named_parameters() if p.requires_grad],
+                        groups)
+        except ValueError as exc:
+            raise AnalysisError(f"analyze_model(groups=...): {exc}") from None
     meta = {"run": name}
     if epoch is not None:
         meta["epoch"] = int(epoch)
     if seed is not None:
         meta["seed"] = int(seed)
-    point = Point(model, dict(losses), batches, meta=meta, params=params)
+    point = Point(model, dict(losses), batches, meta=meta, params=params, groups=groups, qkv=bool(qkv))
     return {n: to_table(MODULES[n].analyze(point, cfg)) for n in names}

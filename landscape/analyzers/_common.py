@@ -39,6 +39,10 @@ class Point:
     unavailable: ``{loss: reason}`` for losses that cannot be evaluated here (e.g. the
              teacher file of the KL is missing): analyses of other losses still run.
     extras:  checkpoint fields some analyses read (``epoch_grad``, the epoch's mean gradient).
+    groups:  a parameter grouping for per-group rows (``layer`` = the group's name) of the trace,
+             eigen and density analyses: a regex or a list of module prefixes, as for
+             :meth:`CurvatureOperator.groups <landscape.curvature.base.CurvatureOperator.groups>`;
+             ``qkv``: also the q, k and v parts of packed attention projections.
     """
 
     model: nn.Module
@@ -50,6 +54,8 @@ class Point:
     source: str = ""
     unavailable: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
+    groups: Any = None
+    qkv: bool = False
     #: gradients already computed at this point, shared by the analyses (the weights do not
     #: change between analyses: slices restore them bit for bit)
     grads: dict = field(default_factory=dict, repr=False)
@@ -113,6 +119,13 @@ def make_operator(point: Point, loss_name: str, curvature: str = "hessian"):
         point.operators[key] = curvature_operator(curvature, point.model, point.loss(loss_name), point.batches,
                                                   params=point.param_names())
     return point.operators[key]
+
+
+def group_views(point: Point, op) -> dict:
+    """``{group: view}`` of an operator for the point's ``groups`` (empty without a grouping)."""
+    if point.groups is None:
+        return {}
+    return op.groups(point.groups, qkv=point.qkv)
 
 
 def flat_gradient(point: Point, loss_name: str, params: Sequence[str] | None = None) -> torch.Tensor:

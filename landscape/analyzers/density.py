@@ -10,7 +10,8 @@ negative part is its own).
 Rows: ``metric="density"`` (column ``x`` the eigenvalue, ``value`` the density), and
 ``metric="ritz"`` (``x`` a node, ``value`` its weight, ``probe`` the SLQ probe vector it came
 from; a loss's weights sum to 1), so that a figure or a finding can recompute any statistic of
-the spectrum, and resample probe vectors for an interval. Column ``curvature``.
+the spectrum, and resample probe vectors for an interval. Column ``curvature``. With a grouping
+(``analyze_model(groups=...)``) the same rows for each group's block (``layer`` = the group).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from landscape.analyzers._common import Point, make_operator, probe_seed
+from landscape.analyzers._common import Point, group_views, make_operator, probe_seed
 from landscape.analyzers.tidy import row
 
 NAME = "density"
@@ -52,19 +53,23 @@ def analyze(point: Point, cfg: dict) -> list[dict]:
     for curvature in s["curvature"]:
         for loss in point.available(cfg["losses"]):
             op = make_operator(point, loss, curvature)
-            dens = op.density(n_runs=s["n_runs"], n_steps=s["n_steps"], seed=seed)
-            n = int(dens.n_matvecs)
-            common = dict(loss=loss, n_matvecs=n, probe_seed=seed, curvature=curvature)
-            nodes = [_array(t) for t in dens.nodes]
-            weights = [_array(w) for w in dens.weights]
-            total = sum(float(w.sum()) for w in weights)
-            every = np.concatenate(nodes)
-            grid = _grid(float(every.min()), float(every.max()), int(s["grid_points"]))
-            values = _array(dens.evaluate(grid))
-            for x, v in zip(grid, values):
-                rows.append(row(point.meta, metric="density", x=float(x), value=float(v), **common))
-            for probe, (nd, wt) in enumerate(zip(nodes, weights)):
-                for x, w in zip(nd, wt):
-                    rows.append(row(point.meta, metric="ritz", x=float(x), value=float(w) / total, probe=probe,
-                                    **common))
+            for layer, view in {"all": op, **group_views(point, op)}.items():  # groups: views of one graph
+                rows += _rows(point, view, s, dict(loss=loss, layer=layer, probe_seed=seed, curvature=curvature))
+    return rows
+
+
+def _rows(point: Point, op, s: dict, common: dict) -> list[dict]:
+    """The density and Ritz rows of one operator (the whole one, or a group's view)."""
+    dens = op.density(n_runs=s["n_runs"], n_steps=s["n_steps"], seed=common["probe_seed"])
+    common = dict(common, n_matvecs=int(dens.n_matvecs))
+    nodes = [_array(t) for t in dens.nodes]
+    weights = [_array(w) for w in dens.weights]
+    total = sum(float(w.sum()) for w in weights)
+    every = np.concatenate(nodes)
+    grid = _grid(float(every.min()), float(every.max()), int(s["grid_points"]))
+    values = _array(dens.evaluate(grid))
+    rows = [row(point.meta, metric="density", x=float(x), value=float(v), **common) for x, v in zip(grid, values)]
+    for probe, (nd, wt) in enumerate(zip(nodes, weights)):
+        for x, w in zip(nd, wt):
+            rows.append(row(point.meta, metric="ritz", x=float(x), value=float(w) / total, probe=probe, **common))
     return rows

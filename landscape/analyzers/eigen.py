@@ -19,6 +19,9 @@ k ∈ [-k_max, k_max] (default 0.5, ``n_points`` values):
 the magnitude of the mean gradient (over the analysis batches) projected on e,
 ĝ = |<∇L, e>| (``scale="grad_along_e"``); ``"grad_norm"`` uses ‖∇L‖ and ``"unit"`` 1.
 
+With a grouping (``analyze_model(groups=...)``) also each group's top eigenvalue
+(``layer`` = the group; no slices).
+
 Rows: ``metric="top_eigenvalue"`` (``residual`` = ‖He − λe‖/|λ|, the relative residual that
 ``tol`` bounds; ``converged``, ``n_matvecs``,
 ``probe_seed``), ``metric="slice_scale"`` (ĝ), ``metric="loss_value"`` (L(θ)),
@@ -32,7 +35,7 @@ import contextlib
 import numpy as np
 import torch
 
-from landscape.analyzers._common import Point, flat_gradient, make_operator, probe_seed
+from landscape.analyzers._common import Point, flat_gradient, group_views, make_operator, probe_seed
 from landscape.analyzers.tidy import row
 
 NAME = "eigen"
@@ -76,6 +79,11 @@ def analyze(point: Point, cfg: dict) -> list[dict]:
         rows.append(row(point.meta, loss=loss, metric="top_eigenvalue", value=lam,
                         residual=float(pairs.residual), converged=bool(pairs.converged),
                         n_matvecs=int(pairs.n_matvecs), probe_seed=seed, curvature=s["curvature"]))
+        for group, block in group_views(point, H).items():  # analyze_model(groups=...): λ_max per group
+            gp = block.eigenpairs(k=1, method=s["method"], tol=s["tol"], max_iter=s["max_iter"], seed=seed)
+            rows.append(row(point.meta, loss=loss, layer=group, metric="top_eigenvalue", value=float(gp.values[0]),
+                            residual=float(gp.residual), converged=bool(gp.converged),
+                            n_matvecs=int(gp.n_matvecs), probe_seed=seed, curvature=s["curvature"]))
         g = flat_gradient(point, loss, names).to(e)
         scale = {"grad_along_e": lambda: float((g @ e).abs()), "grad_norm": lambda: float(g.norm()),
                  "unit": lambda: 1.0}[s["scale"]]()

@@ -6,7 +6,8 @@ The estimate's standard error, its number of Hessian-vector products and whether
 ``rtol`` travel with the value. Probes are seeded per checkpoint (column ``probe_seed``): CE
 and KL at one checkpoint share them, different checkpoints do not. Smaller trace = flatter
 minimum. With ``per_layer``, also the trace of each layer's diagonal block. ``curvature =
-"ggn"`` estimates the trace of the Gauss-Newton matrix instead.
+"ggn"`` estimates the trace of the Gauss-Newton matrix instead. With a grouping
+(``analyze_model(groups=...)``) also the trace of each group's block (``layer`` = the group).
 
 Also one ``loss_value`` row per loss: L(θ) on the same batches, for the relative sharpness
 tr(H)/L that a constant factor on the loss cannot change.
@@ -16,7 +17,7 @@ Rows: ``metric="trace"`` (``layer="all"`` or a layer name), ``metric="loss_value
 
 from __future__ import annotations
 
-from landscape.analyzers._common import Point, make_operator, probe_seed
+from landscape.analyzers._common import Point, group_views, make_operator, probe_seed
 from landscape.analyzers.tidy import row
 
 NAME = "trace"
@@ -44,4 +45,6 @@ def analyze(point: Point, cfg: dict) -> list[dict]:
         if cfg[NAME]["per_layer"]:
             for layer, block in op.layers().items():  # views: one graph for every layer
                 rows.append(row(point.meta, loss=loss, layer=layer, metric="trace", **_estimate(block, cfg, seed)))
+        for group, block in group_views(point, op).items():  # analyze_model(groups=...): views too
+            rows.append(row(point.meta, loss=loss, layer=group, metric="trace", **_estimate(block, cfg, seed)))
     return rows

@@ -53,6 +53,7 @@ from .batch_state import BatchWatch
 from .batches import BatchSource, reduce_over_batches, shard_failure
 from .errors import CurvatureError, CurvatureWarning
 from .graph_cache import GraphCache
+from .groups import Cut, group_names, packed_cuts
 from .layers import layer_of
 from .params import resolve_params
 from .reduction import resolve_group
@@ -319,13 +320,20 @@ class CurvatureOperator:
         """Subclasses that need more of the loss (the GGN: its output-space Hessian) check it here."""
 
     # ------------------------------------------------------------------ selection and layout
-    def _select(self, index: list[int]) -> None:
+    def _select(self, index: list[int], cuts: list[Cut | None] | None = None) -> None:
         self._index = index
-        self.sizes = [self._core.params[i].numel() for i in index]
+        # a view may hold a slice of a parameter (groups(qkv=True)): (dim, start, length), else None
+        self._cuts = list(cuts) if cuts is not None else [None] * len(index)
+        self.sizes = [self._part(k).numel() for k in range(len(index))]
         self.offsets = [0, *itertools.accumulate(self.sizes)]
         n = self.offsets[-1]
         self.shape = (n, n)
         self.n_matvecs = 0
+
+    def _part(self, k: int) -> torch.Tensor:
+        """The part of the parameter at layout position k this operator covers (a narrowed view for a slice)."""
+        p, c = self._core.params[self._index[k]], self._cuts[k]
+        return p if c is None else p.narrow(*c)
 
     @property
     def model(self) -> nn.Module:
@@ -389,8 +397,14 @@ class CurvatureOperator:
         """How often the cached graphs were (re)built: once, plus once per detected change of the model."""
         return self._core.n_fills
 
+    @property
+    def cuts(self) -> list[Cut | None]:
+        """Per parameter of the layout: ``None`` (all of it) or the slice ``(dim, start, length)`` it covers."""
+        return list(self._cuts)
+
     def __repr__(self) -> str:
-        view = "" if len(self._index) == len(self._core.names) else ", view"
+        whole = len(self._index) == len(self._core.names) and not any(self._cuts)
+        view = "" if whole else ", view"
         return (
             f"{type(self).__name__}(n={self.shape[0]}, params={len(self._index)} tensors{view}, dtype={self.dtype}, "
             f"device={self.device}, cache_graph={self.cache_graph!r}, n_matvecs={self.n_matvecs})"
@@ -398,7 +412,19 @@ class CurvatureOperator:
 
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:
         """Views of a flat vector shaped like the selected parameters."""
-        return [v[a:b].view_as(p) for a, b, p in zip(self.offsets[:-1], self.offsets[1:], self.params)]
+        return [v[a:b].view(self._part(k).shape) for k, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:]))]
+
+    def _embed(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Parts shaped like whole parameters: a slice's part is padded with zeros (``Pᵀ v``)."""
+        out = []
+        for k, t in enumerate(parts):
+            c = self._cuts[k]
+            if c is not None:
+                full = t.new_zeros(self._core.params[self._index[k]].shape)
+                full.narrow(*c).copy_(t)
+                t = full
+            out.append(t)
+        return out
 
     def flatten(self, tensors: Iterable[torch.Tensor | None]) -> torch.Tensor:
         """Concatenate per-parameter tensors (``None`` = zeros) into one flat vector."""
@@ -423,7 +449,8 @@ class CurvatureOperator:
             raise CurvatureError(f"restrict: {missing} are not among this operator's parameters {self.names[:8]}")
         wanted = set(names)
         view = copy.copy(self)
-        view._select([i for n, i in zip(self.names, self._index) if n in wanted])
+        keep = [k for k, n in enumerate(self.names) if n in wanted]
+        view._select([self._index[k] for k in keep], [self._cuts[k] for k in keep])
         return view
 
     def layers(self) -> dict[str, "CurvatureOperator"]:
@@ -432,6 +459,32 @@ class CurvatureOperator:
         for n in self.names:
             groups.setdefault(layer_of(n), []).append(n)
         return {layer: self.restrict(names) for layer, names in groups.items()}
+
+    def groups(self, spec: Any, *, qkv: bool = False) -> dict[str, "CurvatureOperator"]:
+        r"""``{group: view}``: one diagonal block per group of parameters, sharing this operator's graphs.
+
+        ``spec`` is a regex searched in each parameter name, whose captured groups joined by ``"."``
+        name the view (``r"blocks\.(\d+)\.(attn|mlp)"`` -> ``"0.attn"``, ``"0.mlp"``, ...), or a list
+        of module prefixes (one view each). With ``qkv=True`` a view holding a packed q/k/v projection
+        (``nn.MultiheadAttention``'s ``in_proj_weight``/``in_proj_bias``, GPT-2's ``c_attn``) also gets
+        ``"<view>.q"``, ``".k"``, ``".v"``: views over a third of those parameters. See
+        :mod:`landscape.curvature.groups`.
+        """
+        out: dict[str, CurvatureOperator] = {}
+        for key, names in group_names(self.names, spec).items():
+            view = self.restrict(names)
+            out[key] = view
+            if not qkv:
+                continue
+            packed = [(k, packed_cuts(n, view._core.params[i].shape)) for k, (n, i) in
+                      enumerate(zip(view.names, view._index)) if view._cuts[k] is None]
+            packed = [(k, c) for k, c in packed if c is not None]
+            for tag in "qkv":
+                if packed:
+                    part = copy.copy(view)
+                    part._select([view._index[k] for k, _ in packed], [c[tag] for _, c in packed])
+                    out[f"{key}.{tag}"] = part
+        return out
 
     def clear_cache(self) -> None:
         """Drop the cached graphs (shared with every view); they are rebuilt on the next product."""
@@ -488,7 +541,7 @@ class CurvatureOperator:
         with shard_failure(core.group) as failed, twice_differentiable():
             core.refresh()
             Vt = V.T.contiguous()  # rows contiguous: grad_outputs shaped like the parameters without copies
-            cols = [self.split(Vt[j]) for j in range(m)]
+            cols = [self._embed(self.split(Vt[j])) for j in range(m)]
             fresh_any = False
             for item, weight, fresh in core.cache.items(self._index):
                 self._products(item, cols, out, weight, retain=not fresh)
@@ -526,7 +579,8 @@ class CurvatureOperator:
     def _add_rows(self, out_row: torch.Tensor, rows: list[int], res: Sequence[torch.Tensor | None]) -> None:
         for k, r in zip(rows, res):
             if r is not None:
-                out_row[self.offsets[k] : self.offsets[k + 1]] += r.reshape(-1)
+                c = self._cuts[k]
+                out_row[self.offsets[k] : self.offsets[k + 1]] += (r if c is None else r.narrow(*c)).reshape(-1)
 
     def _graph_of_gradients(self, output: torch.Tensor, sel: list[int], grad_outputs: Any = None
                             ) -> list[torch.Tensor | None]:

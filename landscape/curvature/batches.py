@@ -58,6 +58,8 @@ def as_batches(batches: Any, allow_empty: bool = False) -> Iterable[Any]:
         and all(isinstance(t, torch.Tensor) for t in batches)
     ):
         raise CurvatureError("batches looks like a single (x, y) batch: wrap it in a list, [(x, y)]")
+    if isinstance(batches, dict):
+        raise CurvatureError("batches is a single dict batch: wrap it in a list, [batch]")
     try:
         it = iter(batches)
     except TypeError:
@@ -70,11 +72,13 @@ def as_batches(batches: Any, allow_empty: bool = False) -> Iterable[Any]:
 
 
 def batch_size(batch: Any) -> int:
-    """Number of samples in a batch: the leading dimension of its first tensor."""
+    """Number of samples in a batch: the leading dimension of its first tensor (of a dict batch:
+    of ``input_ids`` if it has them, else of its first tensor value)."""
     t = batch
     while not isinstance(t, torch.Tensor):
         if isinstance(t, dict) and t:
-            t = next(iter(t.values()))
+            tensors = [v for v in t.values() if isinstance(v, torch.Tensor)]
+            t = t["input_ids"] if isinstance(t.get("input_ids"), torch.Tensor) else (tensors or list(t.values()))[0]
         elif isinstance(t, (list, tuple)) and t:
             t = t[0]
         else:
