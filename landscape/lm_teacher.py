@@ -6,7 +6,7 @@ training (plain next-token cross-entropy, AdamW) and its cache.
     heads = 4             # attention heads ([model] width: the embedding width, a multiple of heads)
     context = 64          # tokens per window (training and every measurement)
     mlp_ratio = 4         # MLP hidden width = mlp_ratio · width
-    steps = 400           # AdamW steps on random training windows
+    steps = 400           # AdamW steps on random training windows (analyses/tinylm.toml: 1000)
     batch_size = 32       # windows per step
     lr = 3e-3             # peak learning rate: linear warm-up, cosine decay to lr/10
     warmup = 20

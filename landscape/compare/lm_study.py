@@ -79,12 +79,13 @@ def forward_parameters(student: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def block_map(names: list[str], pattern: str) -> dict[str, list[str]]:
-    """``{block: [parameter names]}``: the regex's groups joined by "." name a parameter's block;
-    an unmatched parameter belongs to its module (its name without the last part)."""
+    """``{block: [parameter names]}``: the regex, searched in each name as ``H.groups`` searches
+    it, names a parameter's block by its captured groups joined by "."; an unmatched parameter
+    belongs to its module (its name without the last part)."""
     rx = re.compile(pattern)
     blocks: dict[str, list[str]] = {}
     for n in names:
-        m = rx.match(n)
+        m = rx.search(n)
         key = ".".join(g for g in m.groups() if g is not None) if m and m.groups() else (
             m.group(0) if m else n.rsplit(".", 1)[0])
         blocks.setdefault(key, []).append(n)
