@@ -179,6 +179,9 @@ def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
     runs = raw.get("runs", {})
     if not isinstance(runs, Mapping) or (not runs and "compare" not in raw):  # `landscape compare` trains no run
         raise RecipeError(f"{source}: a recipe needs at least one [runs.<name>] table")
+    if runs and recipe["model"]["name"] == "tinylm":
+        raise RecipeError(f"{source}: [model] name = \"tinylm\" is a language model, which only `landscape compare` "
+                          "runs (the trainer's runs are for image classifiers); remove the [runs.*] tables")
     recipe["runs"] = {}
     for name, overrides in runs.items():
         where = f"{source}: [runs.{name}]"
