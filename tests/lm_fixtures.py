@@ -6,11 +6,11 @@ from torch import nn
 
 
 class Block(nn.Module):
-    def __init__(self, d: int, heads: int):
+    def __init__(self, d: int, heads: int, act=nn.GELU):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), act(), nn.Linear(4 * d, d))
 
     def forward(self, x):
         T = x.size(1)
@@ -21,10 +21,10 @@ class Block(nn.Module):
 
 
 class TinyLM(nn.Module):
-    def __init__(self, vocab: int = 11, d: int = 8, heads: int = 2, n_blocks: int = 2, context: int = 6):
+    def __init__(self, vocab: int = 11, d: int = 8, heads: int = 2, n_blocks: int = 2, context: int = 6, act=nn.GELU):
         super().__init__()
         self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(context, d)
-        self.blocks = nn.ModuleList([Block(d, heads) for _ in range(n_blocks)])
+        self.blocks = nn.ModuleList([Block(d, heads, act) for _ in range(n_blocks)])
         self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, vocab)
 
     def forward(self, input_ids):

@@ -62,7 +62,7 @@ def quantized_resnet():
 def test_shared_relu_gets_one_quantizer_per_call_site_and_functional_relu_is_named():
     student, messages = quantized_resnet()
     assert len(messages) == 1
-    assert "1 functional activation(s) are not quantized" in messages[0]
+    assert "1 activation(s) cannot be quantized in place and stay in float" in messages[0]
     assert "F.relu in the model's forward (TinyResNet.forward, test_quant_coverage.py:" in messages[0]
     for block in student.layer1:
         sites = block.relu.quant
@@ -125,7 +125,8 @@ def test_untraceable_model_falls_back_with_a_warning():
         def forward(self, x):
             return self.relu(self.fc(x)) if x.sum() > 0 else self.relu(-self.fc(x))
 
-    with pytest.warns(QuantizationWarning, match="torch.fx cannot trace Branchy .* one quantizer shared by all"):
+    with pytest.warns(QuantizationWarning, match="torch.fx cannot trace Branchy .* call sites of its 1 nn.ReLU/ReLU6 "
+                                                 "module.s. were not checked: each gets one quantizer shared by all"):
         student = quantize_model(Branchy(), 4, 4)
     assert isinstance(student.relu.quant, ActQuant)
 

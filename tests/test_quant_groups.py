@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from landscape.errors import LandscapeError
-from landscape.quant import QuantizerError, coverage_report, quantize_model, weight_qparams
+from landscape.quant import (QuantizerError, check_dequantization, coverage_report, forward_weights, integer_codes,
+                             quantize_model, weight_qparams)
 from landscape.quant.quantizers import LSQ, UniformWeight
 from landscape.schema import RecipeError
 
@@ -116,3 +117,29 @@ def test_lsq_learns_one_step_per_group():
 def test_bad_group_arguments_name_the_argument(kwargs, match):
     with pytest.raises(QuantizerError, match=match):
         quantize_model(_linear(W), 4, None, **kwargs)
+
+
+def test_group_codes_and_the_dequantization_check():
+    student = quantize_model(nn.Sequential(_linear(W)), 2, None, group_size=4)
+    codes = integer_codes(student)["0"]
+    assert codes.tolist() == [[-2, -2, -1, 1, -2, 0, 0, 1], [-2, -1, 0, 1, -2, -2, -2, -2]]
+    (row,) = check_dequantization(student)
+    assert row["layer"] == "0" and row["group_size"] == 4 and row["n_clipped"] == 1  # the 7 of [1, 2, 4, 7]
+    assert row["max_error_over_scale"] <= 0.5 + 1e-9
+    assert forward_weights(student).keys() == {"0.weight"}
+    assert torch.allclose(forward_weights(student)["0.weight"], HAND, atol=1e-8, rtol=0)
+
+
+def test_a_group_suffix_resolves_like_the_argument():
+    from landscape.quant.interface import resolve_quantizer
+
+    lsq = resolve_quantizer("lsq_g4", "weight")(3)
+    assert isinstance(lsq, LSQ) and lsq.group_size == 4
+    assert resolve_quantizer("uniform_g8", "weight")(3).group_size == 8
+    with pytest.raises(QuantizerError, match="weight = Pow2Weight takes no group_size"):
+        resolve_quantizer("pow2_g4", "weight")
+    with pytest.raises(QuantizerError, match="'uniform_g4' is not a built-in act quantizer"):
+        resolve_quantizer("uniform_g4", "act")
+    a = quantize_model(_linear(W), 3, None, weight="lsq_g4")
+    b = quantize_model(_linear(W), 3, None, weight="lsq", group_size=4)
+    assert torch.equal(a.quantized_weight(), b.quantized_weight()) and coverage_report(a).weight == "lsq_g4"

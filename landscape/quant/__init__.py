@@ -2,9 +2,11 @@
 
     student = quantize_model(teacher, w_bits=4, a_bits=4)   # deep copy, eval mode
     student = quantize_model(teacher, 4, None, weight="lsq") # weights only, another quantizer
+    student = quantize_model(lm, 4, None, group_size=64)      # weights only, per-group scales
     coverage_report(student)  -> which weight tensors were quantized, which skipped and why
     calibrate(student, batches)                               # PTQ: activation ranges
-    quantized_layers(student) -> [(name, QuantConv2d | QuantLinear)]
+    quantized_layers(student) -> [(name, QuantConv2d | QuantLinear | a quantized Linear subclass)]
+    forward_weights(student)  -> {parameter name: ŵ}      # attention projections included
     integer_codes(student)    -> {name: LongTensor}
     check_dequantization(student) -> per-layer report; raises QuantizationError on failure
     with frozen_rounding(student, batches): ...   # rounding offsets held fixed at θ
@@ -13,8 +15,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
-import re
 import warnings
 from collections import Counter, OrderedDict
 from contextlib import contextmanager
@@ -26,24 +26,26 @@ from torch import nn
 
 from landscape.quant import functional
 from landscape.quant.batches import Call, call_model, to_device
-from landscape.quant.coverage import ACTIVATION_MODULES, activation_sites
+from landscape.quant.coverage import ACTIVATION_MODULES, activation_sites, float_activation
 from landscape.quant.coverage_report import ATTR as _COVERAGE
 from landscape.quant.coverage_report import EXCLUDED, CoverageReport, coverage_report, skip_reason
 from landscape.quant.errors import FrozenRoundingError, QuantizationError, QuantizationWarning, QuantizerError
 from landscape.quant.frozen import frozen_rounding
 from landscape.quant.functional import (check_zero_point, dequantize, fake_quant_weight, qrange, quantize,
                                         weight_codes, weight_qparams)
-from landscape.quant.interface import (BUILTIN_ACT, BUILTIN_WEIGHT, ROLE, build, check_bits, is_builtin_uniform,
-                                       resolve_quantizer, role_of, select_layers, spec_name)
 from landscape.quant.groups import check_group_size
+from landscape.quant.interface import (BUILTIN_ACT, BUILTIN_WEIGHT, ROLE, build, check_bits, is_builtin_uniform,
+                                       resolve_quantizer, role_of, select_layers, spec_name, split_group,
+                                       with_group_size)
 from landscape.quant.modules import (ActQuant, ActQuantPerCall, CallCounters, QuantConv2d, QuantLinear, _QuantWeight,
                                      _to_quant, quant_class)
-from landscape.quant.targets import Target, weight_targets, weight_tensors
+from landscape.quant.source_scan import source_sites
+from landscape.quant.targets import Target, close_fast_paths, weight_targets, weight_tensors
 
 __all__ = ["quantize_model", "quantized_layers", "integer_codes", "act_quantizers", "coverage_report",
            "CoverageReport", "calibrating", "calibrate", "check_dequantization", "frozen_rounding",
            "QuantizationError", "QuantizationWarning", "FrozenRoundingError", "QuantizerError",
-           "BUILTIN_WEIGHT", "BUILTIN_ACT",
+           "BUILTIN_WEIGHT", "BUILTIN_ACT", "quantized_tensors", "forward_weights",
            "QuantConv2d", "QuantLinear", "ActQuant", "ActQuantPerCall", "functional", "weight_codes",
            "weight_qparams", "fake_quant_weight", "quantize", "dequantize", "qrange"]
 
@@ -66,23 +68,44 @@ def _act_quant(a_bits: int, act_momentum: float, sites: list[str], like: torch.T
     return quant
 
 
+RELU_CALLS = {"F.relu", "F.relu_", "torch.relu", "torch.relu_", "F.relu6", "Tensor.relu()", "Tensor.relu_()",
+              "relu", "relu6"}
+
+
 def _call_sites(student: nn.Module) -> dict[int, list[str]]:
     """id(activation module) -> its call sites; the warnings for what cannot be quantized.
 
     An activation module held under two names gets one quantizer per holder (no site list).
     """
     sites = activation_sites(student)
+    relus = [n for n, m in student.named_modules() if type(m) in ACTIVATION_MODULES]
+    floats = [f"`{n}` ({'nn.' if type(m).__module__.startswith('torch.nn') else ''}{type(m).__name__})"
+              for n, m in student.named_modules() if float_activation(m)]
+    floats += [f"`{n}` (nn.{type(m).__name__}'s {getattr(m.activation, '__name__', 'activation')})"
+               for n, m in student.named_modules()  # torch's layers call a functional activation inside
+               if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+               and not isinstance(m.activation, nn.Module)]
+    unread: list[str] = []
     if isinstance(sites, str):
-        warnings.warn(f"quantize_model: torch.fx cannot trace {type(student).__name__} ({sites}), so activation "
-                      f"call sites were not checked: each nn.ReLU module gets one quantizer shared by all its "
-                      f"calls, and functional activations (F.relu) are not quantized", QuantizationWarning,
-                      stacklevel=3)
-        return {}
-    if sites.functional:
-        warnings.warn(f"quantize_model: {len(sites.functional)} functional activation(s) are not quantized "
-                      f"(only nn.ReLU / nn.ReLU6 modules get an activation quantizer): "
-                      + "; ".join(sites.functional) + ". Use an nn.ReLU module there to quantize it.",
+        if relus:  # what the fallback loses: a ReLU module called twice shares one quantizer
+            warnings.warn(f"quantize_model: torch.fx cannot trace {type(student).__name__} ({sites}), so the call "
+                          f"sites of its {len(relus)} nn.ReLU/ReLU6 module(s) were not checked: each gets one "
+                          f"quantizer shared by all its calls", QuantizationWarning, stacklevel=3)
+        functional, unread = source_sites(student)  # exact for what the source says; no warning of its own
+    else:
+        functional = sites.functional
+    if floats or functional or unread:
+        parts = ([f"module(s) {', '.join(floats)}"] if floats else []) \
+            + ([f"functional call(s) {'; '.join(functional)}"] if functional else []) \
+            + ([f"the functional calls of {', '.join(unread)}.forward (its source could not be read)"]
+               if unread else [])
+        warnings.warn(f"quantize_model: {len(floats) + len(functional)} activation(s) cannot be quantized in place "
+                      f"and stay in float (only nn.ReLU / nn.ReLU6 modules get an activation quantizer): "
+                      + "; ".join(parts) + "." + (" A functional ReLU is quantized once it is an nn.ReLU module."
+                                                  if any(f.split()[0] in RELU_CALLS for f in functional) else ""),
                       QuantizationWarning, stacklevel=3)
+    if isinstance(sites, str):
+        return {}
     holders = Counter(id(c) for parent in student.modules() for c in parent._modules.values() if c is not None)
     return {id(m): sites.modules.get(n, [])[:1 if holders[id(m)] > 1 else None]
             for n, m in student.named_modules()}
@@ -107,30 +130,21 @@ def _coverage(student: nn.Module, targets: dict[str, Target], chosen: set[str], 
 
 def _weight_factory(weight, group_size: int | None, weight_zero_point: str):
     """(factory or None for the built-in per-channel path, group size, the name reported)."""
-    name = weight if isinstance(weight, str) else spec_name(weight)
-    if isinstance(weight, str) and (m := re.fullmatch(r"(\w+)_g(\d+)", weight)) and m[1] in BUILTIN_WEIGHT:
-        if group_size is not None and group_size != int(m[2]):
-            raise QuantizerError(f"quantize_model: weight = {weight!r} says group_size {m[2]} but group_size = "
+    base, suffix = split_group(weight)
+    if suffix is not None:
+        if group_size is not None and group_size != suffix:
+            raise QuantizerError(f"quantize_model: weight = {weight!r} says group_size {suffix} but group_size = "
                                  f"{group_size}; give one of them")
-        weight, group_size = m[1], check_group_size(int(m[2]), f"weight = {weight!r}: group size")
-    elif group_size is not None:
-        name = f"{name}_g{group_size}"
+        group_size = check_group_size(suffix, f"weight = {weight!r}: group size")
+    name = base if isinstance(base, str) else spec_name(base)
     if group_size is None:
-        return (None if is_builtin_uniform(weight, "weight") else resolve_quantizer(weight, "weight")), None, name
-    if is_builtin_uniform(weight, "weight"):
+        return (None if is_builtin_uniform(base, "weight") else resolve_quantizer(base, "weight")), None, name
+    if is_builtin_uniform(base, "weight"):
         from landscape.quant.quantizers.uniform import UniformWeight
 
-        return partial(UniformWeight, zero_point=weight_zero_point, group_size=group_size), group_size, name
-    factory = resolve_quantizer(weight, "weight")
-    try:
-        takes = "group_size" in inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        takes = False
-    if not takes:
-        raise QuantizerError(f"quantize_model: weight = {spec_name(factory)} takes no group_size; per-group scales "
-                             f"come with 'uniform' and 'lsq' (or a class whose __init__ has a group_size= "
-                             f"argument); use group_size=None for it")
-    return partial(factory, group_size=group_size), group_size, name
+        return partial(UniformWeight, zero_point=weight_zero_point, group_size=group_size), group_size, \
+            f"{name}_g{group_size}"
+    return with_group_size(resolve_quantizer(base, "weight"), group_size, "weight"), group_size, f"{name}_g{group_size}"
 
 
 def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_momentum: float = 0.9, *,
@@ -138,12 +152,28 @@ def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_moment
                    group_size: int | None = None, include=None, exclude=None) -> nn.Module:
     """A fake-quantized deep copy of ``model``, in eval mode.
 
-    * Every nn.Conv2d and nn.Linear (first and last included; exactly those classes, not
-      subclasses) gets ``w_bits`` weights from the quantizer ``weight``; the default
-      ``"uniform"`` is per-output-channel on the grid ``weight_zero_point``: ``"integral"``
-      (default; the official GDFQ/AIT grid, anchored at 0) or ``"float"`` (anchored at min); see
-      :mod:`.functional`. Another quantizer is held by the layer as ``wq`` and called on its
-      weight (once here, so a lazily initialised step is set now).
+    * **Weights** (:mod:`.targets`): every nn.Linear and nn.Conv2d and every subclass of them
+      (first and last layers included; nn.MultiheadAttention's ``out_proj``, a
+      NonDynamicallyQuantizableLinear, too), GPT-2's ``Conv1D``, and nn.MultiheadAttention's
+      input projection (the packed ``in_proj_weight``, or ``q_proj_weight`` / ``k_proj_weight`` /
+      ``v_proj_weight`` when kdim/vdim differ from embed_dim) get ``w_bits`` weights from the
+      quantizer ``weight``. Exactly nn.Linear / nn.Conv2d become QuantLinear / QuantConv2d;
+      any other class keeps its class and its own forward, which reads ŵ in place of each
+      quantized parameter for the duration of the call (MHA also reads its out_proj's ŵ). The
+      parameters stay the float ones (names, state-dict keys, ``requires_grad``): gradients
+      and curvature are taken with respect to them through the straight-through estimator.
+    * The default ``"uniform"`` is per-output-channel on the grid ``weight_zero_point``:
+      ``"integral"`` (default; the official GDFQ/AIT grid, anchored at 0) or ``"float"``
+      (anchored at min); see :mod:`.functional`. Another quantizer is held by the layer as
+      ``wq`` (``wq_<param>`` for an attention projection) and called on its weight (once here,
+      so a lazily initialised step is set now).
+    * ``group_size = g``: per-group scales, one per g consecutive inputs of each output
+      channel (GPTQ/AWQ-style; a Conv2d kernel's inputs are in·kh·kw; Conv1D's are the rows of
+      its stored (in, out) weight); the last group is shorter when g does not divide the input
+      dimension; g ≥ the input dimension is the per-channel quantizer (:mod:`.groups`). For
+      ``"uniform"`` (round to nearest, on ``weight_zero_point``'s grid) and ``"lsq"`` (one
+      learned step per group), or a class whose ``__init__`` takes ``group_size=``. The name
+      ``"uniform_g64"`` / ``"lsq_g64"`` is the same as ``weight=..., group_size=64``.
     * ``weight`` / ``act``: a built-in name (weights: uniform, lsq, dorefa, pow2, torch_ao;
       activations: uniform, lsq, pact, torch_ao -- :mod:`landscape.quant.quantizers`), a string
       ``"package.module:Name"`` (imported), or any class/factory called as ``Cls(bits)``
@@ -151,33 +181,38 @@ def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_moment
       (:mod:`landscape.quant.interface`). A quantizer's own parameters (an LSQ step, a PACT
       clip) train with the student and are marked *auxiliary*: the curvature engine leaves
       them out unless they are named in ``params=``.
-    * ``include`` / ``exclude``: which Conv2d/Linear layers are quantized, by their names in
-      ``model`` (kept in the student); each an exact name or a shell-style ``fnmatch`` pattern
-      (``"layer1.*"``), a string or a list; a pattern that matches no layer is an error.
-      Activation quantizers do not depend on them.
+    * ``include`` / ``exclude``: which weight modules are quantized, by their names in
+      ``model`` (kept in the student; an nn.MultiheadAttention's name selects its input
+      projection, ``<name>.out_proj`` its output projection); each an exact name or a
+      shell-style ``fnmatch`` pattern (``"layer1.*"``), a string or a list; a pattern that
+      matches no layer is an error. Activation quantizers do not depend on them.
     * ``a_bits=None``: weights only, no activation quantizer. Otherwise every nn.ReLU and
       nn.ReLU6 module (as in the official code) is replaced by ``Sequential(relu=<it>,
       quant=<quantizer>)``. The default ``"uniform"`` is :class:`ActQuant`: a per-tensor
       quantizer whose range is an EMA (``act_momentum``) of batch min/max. **Uncalibrated, it
       passes values through**: run :func:`calibrate` (post-training) or the trainer's warm-up
-      before using the student.
+      before using the student. Every other activation (GELU, SiLU, ... modules, functional
+      calls) cannot be quantized in place and stays in float: one :class:`QuantizationWarning`
+      names them all (:mod:`.coverage`).
 
     What was covered: :func:`coverage_report` ``(student)`` lists every weight tensor quantized
     and every one skipped with its reason (names of ``model``); a matrix or kernel skipped
-    because its module type is not quantized (nn.Conv1d, nn.Embedding, a subclass of
-    nn.Linear, ...) is also named in one :class:`QuantizationWarning`. A bad ``w_bits``,
-    ``a_bits``, quantizer or pattern is a :class:`QuantizerError` (a ``LandscapeError`` and
-    ``ValueError``) naming the argument.
+    because its module type is not quantized (nn.Conv1d, nn.Embedding, ...) is also named in
+    one :class:`QuantizationWarning`. A bad ``w_bits``, ``a_bits``, ``group_size``, quantizer
+    or pattern is a :class:`QuantizerError` (a ``LandscapeError`` and ``ValueError``) naming
+    the argument.
 
     Call sites are found by torch.fx symbolic tracing (no example input needed; the model is
     not run): a ReLU module that the forward pass calls k > 1 times (torchvision's BasicBlock
     calls ``self.relu`` twice) gets an :class:`ActQuantPerCall` with one quantizer per call
     site, so each site has its own range (state-dict keys ``<relu>.quant.0.lo``, ...); a module
     called once keeps ``<relu>.quant.lo`` (our models' checkpoints rely on that). Functional
-    activations (``F.relu``, ``torch.relu``, ``x.relu()``, ``F.relu6``) cannot be wrapped in
-    place: one :class:`QuantizationWarning` names each of them with its module and source line
-    (use an nn.ReLU module to quantize it). If the model cannot be traced (data-dependent
-    control flow), one warning says so and every ReLU module gets one quantizer, as if called once.
+    activations (``F.relu``, ``F.gelu``, ``torch.tanh``, ``x.relu()``, ...) are named with their
+    module and source line in the one warning (use an nn.ReLU module to quantize a ReLU). If the
+    model cannot be traced (data-dependent control flow; a language model building its causal
+    mask from ``x.size(1)``), the functional calls are read from the forwards' source instead
+    (:mod:`.source_scan`), and -- only if the model has ReLU modules -- one warning says that
+    each of them gets one quantizer, as if called once.
     """
     check_bits(w_bits, "w_bits")
     if a_bits is not None:
@@ -188,7 +223,7 @@ def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_moment
         raise QuantizerError(f"quantize_model: weight_zero_point: {exc}") from None
     w_factory, group_size, w_name = _weight_factory(weight, check_group_size(group_size), weight_zero_point)
     a_factory = None if a_bits is None or is_builtin_uniform(act, "act") else resolve_quantizer(act, "act")
-    uniform = is_builtin_uniform(re.sub(r"_g\d+$", "", weight) if isinstance(weight, str) else weight, "weight")
+    uniform = is_builtin_uniform(split_group(weight)[0], "weight")
     if not uniform and weight_zero_point != "integral":
         raise QuantizerError(f"quantize_model: weight_zero_point = {weight_zero_point!r} applies to the uniform "
                              f"weight quantizer only, not to weight = {spec_name(weight)}; leave it at 'integral'")
@@ -211,6 +246,7 @@ def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_moment
         if isinstance(m, nn.MultiheadAttention) and not isinstance(m, _QuantWeight) \
                 and isinstance(m.out_proj, _QuantWeight):
             _to_quant(m, quant_class(type(m)), w_bits, weight_zero_point, params=())
+    close_fast_paths(student)
     for parent_name, parent in list(student.named_modules()):
         if a_bits is None:
             continue
@@ -234,13 +270,51 @@ def quantize_model(model: nn.Module, w_bits: int, a_bits: int | None, act_moment
 
 
 def quantized_layers(student: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, layer)`` of every quantized Conv2d/Linear, whatever its weight quantizer."""
-    return [(n, m) for n, m in student.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    """``(name, layer)`` of every layer whose quantized ``weight`` is stored (out, in, ...):
+    QuantConv2d, QuantLinear and the quantized subclasses of nn.Linear / nn.Conv2d, whatever
+    the weight quantizer. GPT-2's Conv1D (stored (in, out)) and attention projections are in
+    :func:`quantized_tensors`."""
+    return [(n, m) for n, m in student.named_modules()
+            if isinstance(m, _QuantWeight) and isinstance(m, (nn.Linear, nn.Conv2d)) and "weight" in m.quantized_params]
 
 
-def _grid_layers(student: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The quantized layers on the built-in uniform grid (no ``wq`` quantizer): those with integer codes."""
-    return [(n, m) for n, m in quantized_layers(student) if m.weight_quantizer is None]
+def quantized_tensors(student: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """``(parameter name, module, local name)`` of every quantized weight tensor, in model order
+    (``blocks.0.attn.in_proj_weight``, ``blocks.0.attn.out_proj.weight``, ...)."""
+    return [(f"{n}.{p}" if n else p, m, p) for n, m in student.named_modules() if isinstance(m, _QuantWeight)
+            for p in m.quantized_params]
+
+
+@torch.no_grad()
+def forward_weights(student: nn.Module) -> dict[str, torch.Tensor]:
+    """``{parameter name: ŵ}``: the value every quantized weight tensor computes with (detached,
+    in its parameter's shape); the names are the float model's parameter names."""
+    return {name: m.quantized_param(p).detach().clone() for name, m, p in quantized_tensors(student)}
+
+
+def _grid(m: nn.Module, p: str) -> tuple[int, str, int | None] | None:
+    """(bits, zero point, group size) of a tensor on the uniform grid (the built-in path or a
+    UniformWeight quantizer), else None."""
+    from landscape.quant.quantizers.uniform import UniformWeight
+
+    q = m.param_quantizer(p)
+    if q is None:
+        return m.w_bits, m.zero_point, None
+    if type(q) is UniformWeight:
+        return q.bits, q.zero_point, q.group_size
+    return None
+
+
+def _grid_tensors(student: nn.Module) -> list[tuple[str, nn.Module, str, tuple[int, str, int | None]]]:
+    """(key, module, local name, grid) of every quantized tensor on the uniform grid; the key is
+    the layer name for a layer's ``weight`` (``"fc"``), else the parameter name."""
+    out = []
+    for name, m, p in quantized_tensors(student):
+        grid = _grid(m, p)
+        if grid is not None:
+            key = name[:-len(".weight")] if name.endswith(".weight") else "" if name == "weight" else name
+            out.append((key, m, p, grid))
+    return out
 
 
 def act_quantizers(student: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -250,10 +324,13 @@ def act_quantizers(student: nn.Module) -> list[tuple[str, nn.Module]]:
 
 @torch.no_grad()
 def integer_codes(student: nn.Module) -> dict[str, torch.Tensor]:
-    """The integer weight codes q of every quantized layer on the built-in uniform grid
-    (LongTensor, weight-shaped), each on its own layer's grid (``m.zero_point``). Layers with
-    another weight quantizer (``wq``) have no codes on that grid and are not listed."""
-    return {n: weight_codes(m.weight, m.w_bits, m.zero_point) for n, m in _grid_layers(student)}
+    """The integer codes q of every quantized weight tensor on the uniform grid (the built-in
+    per-channel path and per-group ``group_size=`` uniform), LongTensor in the parameter's
+    shape, keyed by layer name for a layer's ``weight`` (``"fc"``) and by parameter name
+    otherwise (``"attn.in_proj_weight"``). Tensors of another quantizer have no codes on that
+    grid and are not listed."""
+    return {key: m._oriented(weight_codes(m._oriented(m._parameters[p]), *grid))
+            for key, m, p, grid in _grid_tensors(student)}
 
 
 @contextmanager
@@ -299,20 +376,21 @@ def check_dequantization(student: nn.Module, atol: float = 1e-6) -> list[dict]:
     :mod:`.functional`); ``n_clipped`` counts the weights beyond the grid's end points. Floating-point rounding of w/s + z adds a
     slack of a few ulps of the code magnitude (16 bits in float32: ~1e-2·s).
 
-    Returns one row per layer on the built-in uniform grid (layer, bits, zero_point, n,
-    n_clipped, code_min, code_max, max_error_over_scale) and raises QuantizationError naming the
-    first layer that fails. Layers with another weight quantizer (``wq``) are not checked here.
+    Returns one row per tensor on the uniform grid, per channel or per group (layer, bits,
+    zero_point, group_size, n, n_clipped, code_min, code_max, max_error_over_scale; ``layer``
+    as the keys of :func:`integer_codes`) and raises QuantizationError naming the first that
+    fails. Tensors of another weight quantizer are not checked here.
     """
     rows = []
-    for name, m in _grid_layers(student):
-        w, bits = m.weight.detach(), m.w_bits
-        scale, zp = weight_qparams(w, bits, m.zero_point)
+    for name, m, p, (bits, zero_point, group_size) in _grid_tensors(student):
+        w = m._oriented(m._parameters[p].detach())  # (out, in, ...): channels and groups by rows
+        scale, zp = weight_qparams(w, bits, zero_point, group_size)
         q = quantize(w, scale, zp, bits)
         lo, hi = qrange(bits)
         if q.min() < lo or q.max() > hi or not torch.equal(q, q.round()):
             raise QuantizationError(f"{name}: codes outside [{lo}, {hi}] or not integers")
         w_hat = dequantize(q, scale, zp)
-        used = m.quantized_weight().detach()
+        used = m._oriented((m.quantized_weight() if p == "weight" else m.quantized_param(p)).detach())
         if not torch.allclose(used, w_hat, atol=atol, rtol=0):
             raise QuantizationError(f"{name}: forward weight differs from scale*(q - zero_point) "
                                     f"by {(used - w_hat).abs().max():.3g}")
@@ -321,7 +399,7 @@ def check_dequantization(student: nn.Module, atol: float = 1e-6) -> list[dict]:
         if ratio > 0.5 + max(slack, 1e-6):
             raise QuantizationError(f"{name}: dequantization error {ratio:.4f} x scale > scale/2")
         t, tol = w / scale + zp, max(slack, 1e-6)  # beyond the grid's end points: clipped
-        rows.append({"layer": name, "bits": bits, "zero_point": m.zero_point, "n": w.numel(),
+        rows.append({"layer": name, "bits": bits, "zero_point": zero_point, "group_size": group_size, "n": w.numel(),
                      "n_clipped": int(((t < lo - tol) | (t > hi + tol)).sum()),
                      "code_min": int(q.min()), "code_max": int(q.max()), "max_error_over_scale": ratio})
     return rows

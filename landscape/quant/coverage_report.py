@@ -7,10 +7,11 @@
 
 Names are those of the float model (a quantized layer keeps its name). A *weight tensor* is
 every parameter called ``weight`` and the projection weights of nn.MultiheadAttention
-(``in_proj_weight``, or ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``); 1-D ones (a normalization layer's scale) are listed as
-skipped with their reason but not warned about; a matrix or kernel left in float because its
-module type is not quantized is warned about once, by quantize_model; one left out by
-``include=``/``exclude=`` is reported, not warned about (you asked for it).
+(``in_proj_weight``, or ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``); 1-D ones (a
+normalization layer's scale) are listed as skipped with their reason but not warned about; a
+matrix or kernel left in float because its module type is not quantized (an nn.Embedding, an
+nn.Conv1d) is warned about once, by quantize_model; one left out by ``include=``/``exclude=``
+is reported, not warned about (you asked for it).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def skip_reason(module: nn.Module, tensor) -> str:
     if already_quantized(module):
         return f"{type(module).__name__} is already fake-quantized"
     name = f"nn.{type(module).__name__}" if type(module).__module__.startswith("torch.nn") else type(module).__name__
+    if isinstance(module, nn.Embedding):
+        return "nn.Embedding is not quantized (a lookup table; weight-only LLM quantizers keep it in float too)"
     if isinstance(module, (nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
         return f"{name}'s weight is not a plain parameter (a parametrization?): not quantized"
     return f"{name} is not quantized ({QUANTIZED})"

@@ -29,7 +29,10 @@ parameters train with the student but are not curvature parameters unless named.
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
 from fnmatch import fnmatchcase
+from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -72,13 +75,43 @@ def _import(spec: str, argument: str) -> Any:
         raise QuantizerError(f"{argument} = {spec!r}: module {module_name} has no {attr!r}") from None
 
 
+GROUPED = re.compile(r"(\w+)_g(\d+)")
+
+
+def split_group(spec: Any) -> tuple[Any, int | None]:
+    """``("uniform", 64)`` for a built-in weight name with a group suffix (``"uniform_g64"``),
+    else ``(spec, None)``."""
+    m = GROUPED.fullmatch(spec) if isinstance(spec, str) else None
+    return (m[1], int(m[2])) if m and m[1] in BUILTIN_WEIGHT else (spec, None)
+
+
+def with_group_size(factory: Factory, group_size: int, argument: str) -> Factory:
+    """``factory`` called with ``group_size=``; a :class:`QuantizerError` if it takes none."""
+    try:
+        takes = "group_size" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if not takes:
+        raise QuantizerError(f"quantize_model: {argument} = {spec_name(factory)} takes no group_size; per-group "
+                             f"scales come with 'uniform' and 'lsq' (or a class whose __init__ has a group_size= "
+                             f"argument); use group_size=None for it")
+    return partial(factory, group_size=group_size)
+
+
 def resolve_quantizer(spec: Any, role: str, argument: str | None = None) -> Factory:
-    """The factory for ``spec``: a built-in name, ``"package.module:Name"`` or a callable.
+    """The factory for ``spec``: a built-in name (a weight name with a group suffix,
+    ``"lsq_g64"``, too), ``"package.module:Name"`` or a callable.
 
     ``role`` is ``"weight"`` or ``"act"``; ``argument`` names the argument in messages.
     """
     argument = argument or role
     builtins = BUILTIN_WEIGHT if role == "weight" else BUILTIN_ACT
+    base, group_size = split_group(spec) if role == "weight" else (spec, None)
+    if group_size is not None:
+        from landscape.quant.groups import check_group_size
+
+        check_group_size(group_size, f"{argument} = {spec!r}: group size")
+        return with_group_size(resolve_quantizer(base, role, argument), group_size, argument)
     if isinstance(spec, str):
         if spec in builtins:
             return _import(f"landscape.quant.quantizers.{builtins[spec]}", argument)
@@ -180,7 +213,7 @@ def select_layers(names: Sequence[str], include: Any, exclude: Any) -> tuple[set
             if not any(fnmatchcase(n, p) for n in names):
                 shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
                 raise QuantizerError(f"quantize_model: {argument} pattern {p!r} matches no Conv2d/Linear layer "
-                                     f"of the model (layers: {shown})")
+                                     f"(nor attention, nor Conv1D) of the model (layers: {shown})")
         return items
 
     inc, exc = patterns(include, "include"), patterns(exclude, "exclude")

@@ -1,5 +1,5 @@
-"""Fake-quantized modules: QuantConv2d, QuantLinear (weights), ActQuant and ActQuantPerCall
-(activations).
+"""Fake-quantized modules: QuantConv2d, QuantLinear and the generated quantized classes
+(weights), ActQuant and ActQuantPerCall (activations).
 
 QuantConv2d / QuantLinear subclass nn.Conv2d / nn.Linear and keep their state-dict keys,
 so a teacher's weights load into a student unchanged. The latent full-precision weight is
@@ -8,6 +8,13 @@ attribute ``zero_point`` (``"integral"``, the official grid, or ``"float"``) pic
 grid (see :mod:`.functional`); it is not in the state dict. A layer quantized by another
 quantizer of the interface holds it as the sub-module ``wq`` (state-dict keys
 ``<layer>.wq.*``) and uses ``wq(weight)`` in its forward pass; ``zero_point`` is then unused.
+
+Any other weight module -- a subclass of nn.Linear (MHA's out_proj), GPT-2's Conv1D,
+nn.MultiheadAttention -- becomes a class generated once by :func:`quant_class`, a subclass of
+its own class and of :class:`_Substituted`: its own forward runs with ŵ in place of each
+quantized parameter (``quantized_params``: ``weight``, or MHA's ``in_proj_weight`` /
+``q_proj_weight``...), put into ``_parameters`` for the call and taken out after it, so the
+parameter stays the float leaf that gradients and curvature are taken with respect to.
 
 ActQuant follows a ReLU. Its range is an EMA (momentum 0.9) of batch min/max while
 ``calibrating`` is True (the warm-up) and frozen otherwise; the range lives in buffers, so
@@ -85,6 +92,10 @@ class _QuantWeight:
         if wq is not None:
             return self._oriented(wq(self._oriented(w)))
         return w + self.param_offset(param)
+
+    def quantized_parameters(self) -> dict[str, torch.Tensor]:
+        """``{parameter name: ŵ}`` for every quantized parameter of this module (names local to it)."""
+        return {p: self.quantized_param(p) for p in self.quantized_params}
 
     def weight_offset(self) -> torch.Tensor:
         """c = ŵ − w at the current weight (detached)."""

@@ -11,6 +11,12 @@
                                                q/k/v_proj_weight          out_proj's ŵ, which it reads
                                                (kdim/vdim ≠ embed_dim)    without calling out_proj)
 
+torch's nn.TransformerEncoderLayer has an inference fast path (eval mode, no grad) that reads
+its children's float weights itself, bypassing their forwards: :func:`close_fast_paths` turns
+it off in a student (its flag ``activation_relu_or_gelu`` = 0, which only the fast path reads;
+nn.TransformerEncoder's ``use_nested_tensor`` = False), so the quantized weights are used in
+every mode.
+
 A module already fake-quantized (a student of quantize_model, a torch.ao QAT module) or whose
 ``weight`` is not a plain parameter (a parametrization) is left alone, with its reason in the
 coverage report. A *weight tensor* of the coverage report is every parameter called ``weight``
@@ -80,3 +86,17 @@ def weight_tensors(module: nn.Module) -> list[str]:
     """The names of ``module``'s own weight tensors (the coverage report's unit)."""
     own = MHA_PACKED + MHA_SEPARATE if isinstance(module, nn.MultiheadAttention) else ("weight",)
     return [p for p in own if module._parameters.get(p) is not None]
+
+
+def close_fast_paths(student: nn.Module) -> None:
+    """Turn off the fast paths of torch's transformer layers that hold quantized modules (see
+    the module docstring); the slow path they fall back to computes the same function."""
+    from landscape.quant.modules import _QuantWeight
+
+    for m in student.modules():
+        if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerEncoder)) \
+                and any(isinstance(c, _QuantWeight) for c in m.modules()):
+            if isinstance(m, nn.TransformerEncoderLayer):
+                m.activation_relu_or_gelu = 0
+            else:
+                m.use_nested_tensor = False
