@@ -187,10 +187,19 @@ def test_dict_batches_in_gradient_slices_and_loaders():
     with reference_mode():
         direct = [float(L(theta + k * d)) for k in (-0.5, 0.0, 0.5)]
     assert loss_slice(model, loss, batches, d, [-0.5, 0.0, 0.5]).tolist() == pytest.approx(direct, rel=1e-12)
-    loader = torch.utils.data.DataLoader([{"input_ids": b} for b in batches[1]["input_ids"]], batch_size=2)
-    H = Hessian(model, loss, loader, cache_graph=False)
+    samples = [{"input_ids": b} for b in batches[1]["input_ids"]]
+    loader = torch.utils.data.DataLoader(samples, batch_size=2)
+    H = Hessian(model, loss, loader, cache_graph=False)  # every product is a pass over the loader
     v = torch.ones(H.shape[0], dtype=torch.float64)
-    assert torch.isfinite(H @ v).all() and torch.isfinite(H @ v).all()  # two passes: same batches
+    expected = Hessian(model, loss, list(loader)) @ v
+    for _ in range(2):
+        torch.testing.assert_close(H @ v, expected, rtol=1e-13, atol=1e-15)
+    shuffled = torch.utils.data.DataLoader(samples, batch_size=2, shuffle=True,
+                                           generator=torch.Generator().manual_seed(0))
+    H = Hessian(model, loss, shuffled, cache_graph=False)
+    with pytest.raises(CurvatureError, match=r"batches changed between two passes"):
+        for _ in range(6):  # a reshuffle that changes a batch is caught by the dict batches' fingerprints
+            H @ v
     with pytest.raises(CurvatureError, match=r"single dict batch"):
         Hessian(model, loss, batches[0])
 

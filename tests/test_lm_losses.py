@@ -10,8 +10,9 @@ from torch import nn
 from landscape import losses
 from landscape.curvature import GGN, Fisher
 from landscape.errors import LandscapeError
-from landscape.lm_losses import LMLossError, TokenOutputHessian
-from lm_helpers import hand_causal_ce, lm_batches, make_lm, ref_ggn_products, reference_mode
+from landscape.lm_losses import LMLossError, TokenOutputHessian, shifted_targets
+from lm_helpers import (flat_params, functional_call, hand_causal_ce, lm_batches, make_lm, ref_ggn_products,
+                        reference_mode, unflatten)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, robust on a shared machine
 
@@ -120,6 +121,30 @@ def test_ggn_and_fisher_equal_exact_jt_h_j(attn):
     assert float(ref.abs().max()) > 1e-3
     torch.testing.assert_close(GGN(model, loss, batches) @ V, ref, rtol=0, atol=tol)
     torch.testing.assert_close(Fisher(model, loss, batches) @ V, ref, rtol=0, atol=tol)
+
+
+def test_empirical_fisher_is_per_sequence():
+    """(1/B) Σ_i ∇ℓ_i ∇ℓ_iᵀ with ℓ_i = B · (sequence i's summed token CE)/N, from torch.func per sequence."""
+    from landscape.curvature import EmpiricalFisher
+
+    model, loss = make_lm(n_blocks=1), losses.causal_lm()
+    batch = lm_batches(sizes=(3,), pad=True, labels=True)[0]
+    names = [n for n, _ in model.named_parameters()]
+    theta = flat_params(model, names)
+    tgt = shifted_targets(batch)
+    B, N = tgt.shape[0], int((tgt != -100).sum())
+
+    def ell(th, i):
+        f = loss.outputs(lambda *a, **k: functional_call(model, unflatten(model, names, th), a, k), batch)
+        ce = torch.nn.functional.cross_entropy(f[i, :-1], tgt[i], ignore_index=-100, reduction="sum")
+        return B * ce / N
+
+    with reference_mode():
+        grads = torch.stack([torch.func.grad(ell)(theta, i) for i in range(B)])
+    v = torch.randn(theta.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    ref = grads.T @ (grads @ v) / B
+    torch.testing.assert_close(EmpiricalFisher(model, loss, [batch]) @ v, ref, rtol=0,
+                               atol=1e-12 * float(ref.abs().max()))
 
 
 # ---------------------------------------------------------------------------- hf_loss

@@ -38,11 +38,11 @@ class Point:
     source:  where the point came from (a checkpoint path), named in every error about it.
     unavailable: ``{loss: reason}`` for losses that cannot be evaluated here (e.g. the
              teacher file of the KL is missing): analyses of other losses still run.
-    extras:  checkpoint fields some analyses read (``epoch_grad``, the epoch's mean gradient).
     groups:  a parameter grouping for per-group rows (``layer`` = the group's name) of the trace,
              eigen and density analyses: a regex or a list of module prefixes, as for
              :meth:`CurvatureOperator.groups <landscape.curvature.base.CurvatureOperator.groups>`;
              ``qkv``: also the q, k and v parts of packed attention projections.
+    extras:  checkpoint fields some analyses read (``epoch_grad``, the epoch's mean gradient).
     """
 
     model: nn.Module
@@ -53,9 +53,9 @@ class Point:
     identity: str = ""
     source: str = ""
     unavailable: dict = field(default_factory=dict)
-    extras: dict = field(default_factory=dict)
     groups: Any = None
     qkv: bool = False
+    extras: dict = field(default_factory=dict)
     #: gradients already computed at this point, shared by the analyses (the weights do not
     #: change between analyses: slices restore them bit for bit)
     grads: dict = field(default_factory=dict, repr=False)

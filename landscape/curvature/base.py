@@ -411,7 +411,7 @@ class CurvatureOperator:
         )
 
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:
-        """Views of a flat vector shaped like the selected parameters."""
+        """Views of a flat vector shaped like the selected parameters (like their slices, in a view of ``groups(qkv=True)``)."""
         return [v[a:b].view(self._part(k).shape) for k, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:]))]
 
     def _embed(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -479,11 +479,10 @@ class CurvatureOperator:
             packed = [(k, packed_cuts(n, view._core.params[i].shape)) for k, (n, i) in
                       enumerate(zip(view.names, view._index)) if view._cuts[k] is None]
             packed = [(k, c) for k, c in packed if c is not None]
-            for tag in "qkv":
-                if packed:
-                    part = copy.copy(view)
-                    part._select([view._index[k] for k, _ in packed], [c[tag] for _, c in packed])
-                    out[f"{key}.{tag}"] = part
+            for tag in "qkv" if packed else "":
+                part = copy.copy(view)
+                part._select([view._index[k] for k, _ in packed], [c[tag] for _, c in packed])
+                out[f"{key}.{tag}"] = part
         return out
 
     def clear_cache(self) -> None:

@@ -1,6 +1,7 @@
 r"""Gauss-Newton and Fisher operators: ``Jᵀ M J`` with the same interface as the Hessian.
 
-For a batch b with model outputs ``f_b(θ)`` (logits, shape (B, C)) and Jacobian
+For a batch b with model outputs ``f_b(θ)`` (logits, shape (B, C), or (B, T, V) for a language
+model with :func:`~landscape.losses.causal_lm`) and Jacobian
 ``J_b = ∂f_b/∂θ``, each operator is the size-weighted mean over batches of
 
     A_b = J_bᵀ M_b J_b,
@@ -54,14 +55,17 @@ __all__ = ["GGN", "Fisher", "EmpiricalFisher"]
 
 
 class _FactorMatrix:
-    """``M_i = Σ_k G_ki G_kiᵀ`` per sample, from factors G of shape (K, B, C)."""
+    """``M_i = Σ_k G_ki G_kiᵀ`` per block i, from factors G of shape (K, *blocks, C): a block is a
+    row of the outputs (a sample of (B, C) logits, a token of (B, T, V) ones); ``apply`` takes w
+    shaped like the outputs, read as G's blocks (``w.reshape(G.shape[1:])``)."""
 
     def __init__(self, G: torch.Tensor):
         self.G = G.detach()
 
     def apply(self, w: torch.Tensor) -> torch.Tensor:
-        coef = (self.G * w[None]).sum(dim=-1, keepdim=True)
-        return (coef * self.G).sum(dim=0)
+        w2 = w.reshape(self.G.shape[1:])
+        coef = (self.G * w2[None]).sum(dim=-1, keepdim=True)
+        return (coef * self.G).sum(dim=0).reshape(w.shape)
 
 
 class _OutputGraph:
@@ -193,7 +197,9 @@ class EmpiricalFisher(_JMJ):
     r"""Empirical Fisher ``(1/N) Σ_i ∇ℓ_i ∇ℓ_iᵀ`` over all N samples (observed labels; see the module).
 
     ``ℓ_i`` are the per-sample losses whose mean is the batch loss; their output gradients are
-    ``ℓ'_i = B · ∂L_b/∂f_i``, taken by autograd from ``loss_fn.on_outputs``.
+    ``ℓ'_i = B · ∂L_b/∂f_i``, taken by autograd from ``loss_fn.on_outputs``. A sample is a row of
+    the batch: for a language model (``causal_lm``, (B, T, V) logits) a sequence, whose ``ℓ_i``
+    is B times its tokens' share of the token mean.
     """
 
     kind = "empirical_fisher"
@@ -208,4 +214,5 @@ class EmpiricalFisher(_JMJ):
                 raise CurvatureError(f"loss_fn.on_outputs must give a finite scalar, got {loss} on batch {index}")
             (g,) = torch.autograd.grad(loss, fd)
         B = f.shape[0]
-        return _FactorMatrix((B**0.5 * g)[None])
+        # one block per sample: all of a sample's outputs (a sequence's (T, V) logits) together
+        return _FactorMatrix((B**0.5 * g).reshape(1, B, -1))

@@ -15,12 +15,16 @@ turns that into diagonal blocks of the operator (views sharing its cached graph,
 With ``qkv=True`` each view that holds a packed q/k/v projection also gets its three parts as
 views ``"<view>.q"``, ``"<view>.k"``, ``"<view>.v"`` (in addition to the whole view): a view over
 a slice of a parameter, the rows (or columns) of that projection and of its bias. Packed
-projections recognised by name and shape:
+projections are recognised by name, and cut by shape (a 2-D weight along the dimension that is
+three times the other, a bias along its length; any other shape is left whole):
 
 * ``*.in_proj_weight`` (3E, E) and ``*.in_proj_bias`` (3E,) of ``nn.MultiheadAttention``:
   q, k, v are the thirds along dimension 0;
 * ``*.c_attn.weight`` (E, 3E) and ``*.c_attn.bias`` (3E,) of Hugging Face GPT-2's ``Conv1D``
   (its weight is stored as (in, out)): thirds along dimension 1 of the weight, 0 of the bias.
+
+The views are additive to their group: a table of groups with ``qkv=True`` counts the packed
+parameters twice (in ``"0.attn"`` and in its q, k, v).
 
 A slice's diagonal block is ``P H Pᵀ`` with P selecting those coordinates: a product with it
 pads the vector with zeros to the whole parameter and reads back the slice's rows, through the
