@@ -74,6 +74,8 @@ def test_lm_recipe_settings():
     bad["lm"] = {"heads": 3}
     with pytest.raises(RecipeError, match=r"heads = 3 does not divide \[model\] width = 64"):
         lm_settings(validate_recipe(bad, "bad.toml"))
+    with pytest.raises(RecipeError, match=r"mode = \"qat\" fine-tunes image students only"):
+        compare_settings({**recipe, "compare": {**recipe["compare"], "mode": "qat"}})
     with pytest.raises(RecipeError, match="only `landscape compare` runs"):
         validate_recipe({**bad, "lm": {}, "runs": {"kd": {}}}, "bad.toml")
     names = ["blocks.0.attn.in_proj_weight", "blocks.0.attn.out_proj.weight", "blocks.0.mlp.0.weight",

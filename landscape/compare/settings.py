@@ -119,6 +119,9 @@ def compare_settings(recipe: Mapping, where: str | None = None) -> dict:
     from landscape.quant.errors import QuantizerError
     from landscape.quant.interface import resolve_quantizer
 
+    if out["mode"] == "qat" and (recipe.get("model") or {}).get("name") == "tinylm":
+        raise RecipeError(f"{where} mode = \"qat\" fine-tunes image students only; a language model is compared "
+                          "post-training: use mode = \"ptq\"")
     grouped = [q for q in out["quantizers"] if split_group(q)[1] is not None]
     if grouped:
         import inspect
