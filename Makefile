@@ -10,7 +10,7 @@ JOBS   ?=
 # The default recipe on its own seeds publishes its results into README.md (docs/results.md).
 PUBLISH ?= $(if $(SEEDS),,$(if $(filter analyses/default.toml,$(RECIPE)),README.md,))
 
-.PHONY: setup test figures bench plot clean lock compare
+.PHONY: setup test figures bench plot clean lock compare compare-lm
 
 # The numbers depend on every package's version: set-up installs the exact versions of
 # requirements.lock (torch and all transitive dependencies), then this package without deps.
@@ -47,6 +47,12 @@ figures: $(STAMP)
 # quantizers x bit widths x layers (analyses/compare.toml); publishes its blocks into README.md
 compare: $(STAMP)
 	$(PY) -m landscape compare analyses/compare.toml $(if $(SEEDS),--seeds $(SEEDS),--publish README.md) \
+		$(if $(JOBS),--jobs $(JOBS),)
+
+# the embedded tiny LM (analyses/tinylm.toml): weight-only RTN / per-group RTN / LSQ per block,
+# into figures/compare/tinylm/; publishes its compare:tinylm:* blocks into README.md
+compare-lm: $(STAMP)
+	$(PY) -m landscape compare analyses/tinylm.toml $(if $(SEEDS),--seeds $(SEEDS),--publish README.md) \
 		$(if $(JOBS),--jobs $(JOBS),)
 
 plot: $(STAMP)

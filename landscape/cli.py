@@ -265,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None,
                    help="worker processes (default: the usable cores); never changes the numbers")
     p.add_argument("--checkpoints", default=None, metavar="DIR", help="teacher cache root (default: checkpoints/)")
-    p.add_argument("--out", default="figures/compare", help="where tables, figures, README.md and results.md go")
+    p.add_argument("--out", default=None, help="where tables, figures, README.md and results.md go (default "
+                   "figures/compare; a language-model recipe: figures/compare/<recipe name>)")
     p.add_argument("--publish", metavar="README", default=None,
                    help="also copy the compare:* results blocks into this Markdown file (and docs/results.md; default: publish nowhere)")
     p.add_argument("--data-root", default=None, help="folder holding the data (default: the recipe's [data] root; mnist5k and digits need none)")

@@ -38,9 +38,9 @@ from landscape.schema import (Bool, Choice, Field, Float, Int, IntList, RecipeEr
 __all__ = ["RecipeError", "check_keys", "check_bits", "load_recipe", "validate_recipe",
            "validate_run", "resolve_run", "check_overrides", "TRAIN_DEFAULTS"]
 
-DATASETS = ("mnist5k", "digits", "fashion-mnist", "cifar10", "cifar100")
-BUNDLED_DATASETS = ("mnist5k", "digits")   # shipped inside a Python package: no root
-MODELS = ("smallcnn", "resnet20")
+DATASETS = ("mnist5k", "digits", "fashion-mnist", "cifar10", "cifar100", "pydoc")  # pydoc: text (landscape.text_data)
+BUNDLED_DATASETS = ("mnist5k", "digits", "pydoc")   # shipped inside a Python package: no root
+MODELS = ("smallcnn", "resnet20", "tinylm")  # tinylm: a language model for `landscape compare` only ([lm])
 SOURCES = ("synthetic", "real", "none")
 REDUCTIONS = ("batchmean", "mean")
 GI_FORMS = ("official", "buffer")
@@ -57,7 +57,7 @@ TOP_FIELDS = {
     "threads": Int(1, lo=1, hi=4096),  # torch.set_num_threads: same numbers on any machine
     "reproducible": Bool(True),      # pinned AVX2 kernels (landscape.kernels); false = fast, machine-dependent
 }
-SECTIONS = ("data", "model", "quant", "teacher", "train", "runs", "analysis", "figures", "compare")
+SECTIONS = ("data", "model", "quant", "teacher", "train", "runs", "analysis", "figures", "compare", "lm")
 DATA_FIELDS = {
     "name": Choice("mnist5k", DATASETS),
     "root": Str(""),                 # folder (or .tar.gz for CIFAR); "" = the data set's default
@@ -179,6 +179,9 @@ def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
     runs = raw.get("runs", {})
     if not isinstance(runs, Mapping) or (not runs and "compare" not in raw):  # `landscape compare` trains no run
         raise RecipeError(f"{source}: a recipe needs at least one [runs.<name>] table")
+    if runs and recipe["model"]["name"] == "tinylm":
+        raise RecipeError(f"{source}: [model] name = \"tinylm\" is a language model, which only `landscape compare` "
+                          "runs (the trainer's runs are for image classifiers); remove the [runs.*] tables")
     recipe["runs"] = {}
     for name, overrides in runs.items():
         where = f"{source}: [runs.{name}]"
@@ -187,7 +190,7 @@ def validate_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> dict:
                                                   where, drop_default=False)
         validate_run(resolve_run(recipe, name), where)
     # the analyzers' sections travel untouched; they check them with landscape.schema
-    for section in ("analysis", "figures", "compare"):  # [compare]: landscape.compare.settings checks it
+    for section in ("analysis", "figures", "compare", "lm"):  # [compare], [lm]: landscape.compare.settings checks them
         if section in raw:
             if not isinstance(raw[section], Mapping):
                 raise RecipeError(f"{source}: [{section}] must be a table")

@@ -12,6 +12,8 @@ GDFQ generator ends in a non-affine BatchNorm, so its samples live on the same s
   by default ``/usr/share/datasets/fashion-mnist/`` (Debian: ``dataset-fashion-mnist``).
 - ``cifar10`` / ``cifar100``: the python-pickle release, from its folder
   (``cifar-10-batches-py`` / ``cifar-100-python``), a folder above it, or the ``.tar.gz``.
+- ``pydoc``: text (the standard library's pydoc topics) for a tiny language model; returns a
+  :class:`landscape.text_data.TextData` of token ids, not images (see that module).
 """
 
 from __future__ import annotations
@@ -265,8 +267,12 @@ def load_dataset(name: str, root: str | Path | None = None, test_fraction: float
         return load_fashion_mnist(root)
     if name in CIFAR:
         return load_cifar(name, root)
+    if name == "pydoc":  # text, not images: a TextData of token ids (test_fraction: the validation share)
+        from landscape.text_data import load_pydoc
+
+        return load_pydoc(test_fraction)
     raise ValueError(f"unknown data set {name!r}; choose mnist5k, digits, fashion-mnist, "
-                     "cifar10 or cifar100")
+                     "cifar10, cifar100 or pydoc")
 
 
 def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from landscape.lm_model import TinyLM
+
 
 def conv_bn_relu(c_in, c_out, stride=1):
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
@@ -76,7 +78,7 @@ class ResNet20(nn.Module):
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
 
 
-MODELS = {"smallcnn": SmallCNN, "resnet20": ResNet20}
+MODELS = {"smallcnn": SmallCNN, "resnet20": ResNet20, "tinylm": TinyLM}  # tinylm: landscape.lm_model
 
 
 def model_spec(name: str, in_channels: int, num_classes: int, width: int = 16) -> dict:

@@ -10,6 +10,7 @@ r"""The two claims of ``landscape compare``, judged in the verdict levels of
    second order) and ``trace_proxy`` (HAWQ-V2) is reported beside it (not judged).
 2. **Curvature-guided bit allocation beats uniform and random allocations at equal size.**
    Per quantizer, the test accuracy (%) of the guided allocation minus that of uniform bits
+   (a language model: the validation loss of uniform bits minus that of the guided allocation)
    (at the budgets that are bit widths) and minus the mean of the random allocations (at every
    budget); each difference averaged over budgets and seeds, interval by the same bootstrap
    (seeds, then budgets). Supported when both differences and their whole intervals are above
@@ -98,24 +99,37 @@ def spearman_rows(sensitivity: pd.DataFrame, loss: str = "ce") -> list[dict]:
     return rows
 
 
-def _differences(allocation: pd.DataFrame, against: str) -> pd.DataFrame:
-    """Guided minus ``against`` (uniform, or the mean of random) per quantizer, seed and budget."""
+#: the allocations' score column -> (sign making "guided better" positive, unit in the findings)
+METRICS = {"accuracy": (1.0, "accuracy points"),
+           "val_loss": (-1.0, "validation loss reduction, nats per token")}
+
+
+def allocation_metric(allocation: pd.DataFrame) -> str:
+    """The score column of an allocation table: ``accuracy`` (images) or ``val_loss`` (language models)."""
+    return next((m for m in METRICS if m in allocation.columns), "accuracy")
+
+
+def _differences(allocation: pd.DataFrame, against: str, metric: str = "accuracy") -> pd.DataFrame:
+    """Guided minus ``against`` (uniform, or the mean of random) per quantizer, seed and budget,
+    signed so that positive means the guided allocation is better (higher accuracy, lower loss)."""
     keys = ["quantizer", "seed", "budget"]
-    guided = allocation[allocation["strategy"] == "guided"].groupby(keys)["accuracy"].mean()
-    other = allocation[allocation["strategy"] == against].groupby(keys)["accuracy"].mean()
+    guided = allocation[allocation["strategy"] == "guided"].groupby(keys)[metric].mean()
+    other = allocation[allocation["strategy"] == against].groupby(keys)[metric].mean()
     both = pd.concat({"guided": guided, "other": other}, axis=1).dropna()
-    return (both["guided"] - both["other"]).rename("delta").reset_index()
+    return (METRICS[metric][0] * (both["guided"] - both["other"])).rename("delta").reset_index()
 
 
 def allocation_rows(allocation: pd.DataFrame) -> list[dict]:
-    """One row per (quantizer or ``all``, baseline): Δ accuracy with its interval."""
+    """One row per (quantizer or ``all``, baseline): Δ of the score (accuracy, or validation-loss
+    reduction) with its interval."""
     rows = []
+    metric = allocation_metric(allocation)
     for against in ("uniform", "random"):
-        d = _differences(allocation, against)
+        d = _differences(allocation, against, metric)
         for q in [*dict.fromkeys(allocation["quantizer"]), "all"]:
             part = distinct_weights(d) if q == "all" else d[d["quantizer"] == q]
             iv = bootstrap({s: g["delta"].to_numpy(float) for s, g in part.groupby("seed")}) if len(part) else None
-            rows.append({"quantizer": q, "against": against, "delta": iv.estimate if iv else math.nan,
+            rows.append({"quantizer": q, "against": against, "metric": metric, "delta": iv.estimate if iv else math.nan,
                          "low": iv.low if iv else math.nan, "high": iv.high if iv else math.nan,
                          "n_seeds": iv.n if iv else 0, "n_budgets": part["budget"].nunique() if len(part) else 0})
     return rows
@@ -129,6 +143,11 @@ def _interval(row: dict, key: str) -> Interval | None:
 
 def _fmt(iv: Interval | None, signed: bool = False) -> str:
     return "—" if iv is None else iv.text(lambda x: f"{x:+.2f}" if signed else f"{x:.2f}")
+
+
+def _unit(rows: dict) -> str:
+    metric = next((r.get("metric") for r in rows.values() if r.get("metric")), "accuracy")
+    return METRICS[metric][1]
 
 
 def claim_rows(spearman: list[dict], allocation: list[dict]) -> list[dict]:
@@ -148,7 +167,7 @@ def claim_rows(spearman: list[dict], allocation: list[dict]) -> list[dict]:
         out.append({"id": 2, "quantizer": q,
                     "claim": "curvature-guided bit allocation beats uniform and random allocations at equal size",
                     "number": f"Δ vs uniform = {_fmt(ivs['uniform'], True)}; Δ vs random = {_fmt(ivs['random'], True)} "
-                              "(accuracy points)",
+                              f"({_unit(al)})",
                     "verdict": weakest(*levels)})
     return sorted(out, key=lambda r: (r["id"], r["quantizer"] == "all"))
 

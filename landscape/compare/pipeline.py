@@ -11,7 +11,8 @@ Stages, each timed (wall and CPU seconds of all processes):
    a pool of ``jobs`` processes, each with the recipe's ``threads`` torch threads;
 3. **plot**     -- the four figures (:mod:`landscape.compare.plots`), from the tables only;
 4. **findings** -- the two claims (:mod:`landscape.compare.claims`), ``<out>/README.md`` and
-   ``<out>/results.md`` with the blocks ``compare:findings`` and ``compare:timings``, which
+   ``<out>/results.md`` with the blocks ``compare:findings`` and ``compare:timings`` (a language
+   model's: ``compare:<name>:findings`` / ``:timings``, its outputs under ``figures/compare/<name>``), which
    ``publish`` copies into a README (:func:`landscape.results.publish_results`), so no number
    in the README is typed by hand.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -51,20 +53,59 @@ def _study_job(recipe: dict, settings: dict, seed: int, quantizer: str, root: st
     return study_seed(recipe, settings, seed, root, data_root, device or "cpu", quantizers=[quantizer])
 
 
-def _results_text(findings: str, timings: str, provenance: str) -> str:
-    return "\n".join(["# Results of `make compare`", "",
+def _teacher_job(recipe: dict, seed: int, root: str, data_root, device) -> str:
+    """The cached teacher of one seed: the image teacher of ``landscape train``, or a language model's."""
+    from landscape.lm_teacher import get_lm_teacher, is_lm_recipe
+    from landscape.workers import teacher_job
+
+    if not is_lm_recipe(recipe):
+        return teacher_job(recipe, seed, root, data_root, device)
+    from landscape.data import load_dataset
+
+    d = recipe["data"]
+    path, _ = get_lm_teacher(recipe, load_dataset(d["name"], None, d["test_fraction"], d["split_seed"]), root, seed,
+                             device or "cpu")
+    return str(path)
+
+
+def block_prefix(recipe: Mapping) -> str:
+    """The results blocks' prefix: ``compare`` (images, ``make compare``), ``compare:<name>`` for a
+    language-model recipe (``compare:tinylm:findings``), so neither overwrites the other's."""
+    from landscape.lm_teacher import is_lm_recipe
+
+    if not is_lm_recipe(dict(recipe)):
+        return "compare"
+    name = str(recipe["name"]).lower()
+    return f"compare:{name}" if re.fullmatch(r"[a-z-]+", name) else "compare:lm"
+
+
+def default_out(recipe: Mapping) -> Path:
+    """``figures/compare`` for images; ``figures/compare/<recipe name>`` for a language model."""
+    from landscape.lm_teacher import is_lm_recipe
+
+    return Path("figures/compare") / (str(recipe["name"]) if is_lm_recipe(dict(recipe)) else "")
+
+
+def _results_text(findings: str, timings: str, provenance: str, prefix: str = "compare", title: str = "make compare") -> str:
+    return "\n".join([f"# Results of `{title}`", "",
                       "Written by `landscape compare`; `--publish README.md` copies these blocks into the README.", "",
-                      "## compare:findings", "", "<!-- results:compare:findings -->", findings, provenance,
-                      "<!-- /results:compare:findings -->", "",
-                      "## compare:timings", "", "<!-- results:compare:timings -->", timings,
-                      "<!-- /results:compare:timings -->", ""])
+                      f"## {prefix}:findings", "", f"<!-- results:{prefix}:findings -->", findings, provenance,
+                      f"<!-- /results:{prefix}:findings -->", "",
+                      f"## {prefix}:timings", "", f"<!-- results:{prefix}:timings -->", timings,
+                      f"<!-- /results:{prefix}:timings -->", ""])
 
 
-def _readme(out: Path, paths: list[Path], findings: str, settings: dict, provenance: str, timings: str) -> Path:
+def _readme(out: Path, paths: list[Path], findings: str, settings: dict, provenance: str, timings: str,
+            lm: bool = False) -> Path:
     lines = ["# `landscape compare`: quantizers × bit widths × layers", "",
              f"Quantizers {', '.join(settings['quantizers'])}; bits {settings['bits']}; activations "
              f"{settings['a_bits'] if settings['a_bits'] is not None else 'float'} bits; mode {settings['mode']}; "
              f"seeds {settings['seeds']}. {provenance}", ""]
+    if lm:
+        lines += ["A language model: every \"layer\" below is a **block** (the attention or the MLP of a transformer "
+                  "block, or the head; `[compare] blocks`), every loss is the next-token cross-entropy on fixed "
+                  "validation windows (nats per token), and where the captions and rules say test accuracy, read "
+                  "**validation loss**: lower is better, and claim 2's Δ is the guided allocation's loss reduction.", ""]
     for p in paths:
         lines += [f"## {p.stem}", "", f"![{p.stem}]({p.name})", "", CAPTIONS.get(p.stem, ""),
                   f"Data: [{p.stem}.csv]({p.stem}.csv).", ""]
@@ -75,7 +116,7 @@ def _readme(out: Path, paths: list[Path], findings: str, settings: dict, provena
     return path
 
 
-def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str | Path = "figures/compare", *,
+def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str | Path | None = None, *,
                 checkpoints: str | Path | None = None, seeds: Sequence[int] | None = None, jobs: int | None = None,
                 publish: str | Path | None = None, data_root: str | None = None,
                 device: str | None = None) -> dict[str, pd.DataFrame]:
@@ -100,14 +141,14 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
     threads = int(recipe.get("threads", 1))
     jobs = int(jobs) if jobs else min(default_jobs(), len(settings["seeds"]) * len(settings["quantizers"]))
     root = str(Path(checkpoints) if checkpoints else DEFAULT_OUT)
-    out = Path(out)
+    out = Path(out) if out else default_out(recipe)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     set_threads(threads)
     print(f"compare {recipe['name']}: {len(settings['quantizers'])} quantizers × {len(settings['bits'])} bit widths "
           f"× {len(settings['seeds'])} seeds, {settings['mode']}; {jobs} process(es) × {threads} torch thread(s)",
           flush=True)
     with clock.stage("teachers"):
-        run_jobs(teacher_job, [(recipe, s, root, data_root, device) for s in settings["seeds"]], jobs, threads,
+        run_jobs(_teacher_job, [(recipe, s, root, data_root, device) for s in settings["seeds"]], jobs, threads,
                  "teacher")
     with clock.stage("measure"):
         work = [(recipe, settings, s, q, root, data_root, device) for s in settings["seeds"] for q in settings["quantizers"]]
@@ -116,7 +157,8 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
     for name, t in tables.items():
         t.to_csv(out / "tables" / f"{name}.csv", index=False)
     with clock.stage("plot"):
-        spearman = pd.DataFrame(spearman_rows(tables["sensitivity"], "ce") + spearman_rows(tables["sensitivity"], "kl"))
+        spearman = pd.DataFrame([r for loss in ("ce", "kl") if loss in set(tables["sensitivity"]["loss"])
+                                 for r in spearman_rows(tables["sensitivity"], loss)])
         alloc = pd.DataFrame(allocation_rows(tables["allocation"]))
         spearman.to_csv(out / "tables" / "spearman.csv", index=False)
         alloc.to_csv(out / "tables" / "allocation_claims.csv", index=False)
@@ -132,9 +174,11 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
                   f"python {platform.python_version()}; {os.cpu_count()} cores, load average {load0} at the start "
                   f"and {_load()} at the end (the machine's, all users).")
     timings = _timings(clock.wall, clock.cpu)
-    _readme(out, paths, findings, settings, provenance, timings)
+    _readme(out, paths, findings, settings, provenance, timings, lm=block_prefix(recipe) != "compare")
     results = out / "results.md"
-    results.write_text(_results_text(findings, timings, "\n" + provenance + "\n"), encoding="utf-8")
+    prefix = block_prefix(recipe)
+    title = "make compare" if prefix == "compare" else f"landscape compare {recipe.get('path', recipe['name'])}"
+    results.write_text(_results_text(findings, timings, "\n" + provenance + "\n", prefix, title), encoding="utf-8")
     if publish:
         publish_results(results, publish)
     print(f"\n{len(paths)} figures, {out / 'README.md'} and {results} written")

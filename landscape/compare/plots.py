@@ -65,9 +65,10 @@ def fig_curvature(tables: dict):
     if df.empty:
         return None
     quantizers = list(dict.fromkeys(df["quantizer"]))
-    fig, axes = plt.subplots(2, 2, figsize=(8.5, 6.2), sharex=True)
+    losses = [l for l in ("ce", "kl") if l in set(df["loss"])]  # a language model has CE only
+    fig, axes = plt.subplots(len(losses), 2, figsize=(8.5, 3.1 * len(losses) + 0.2), sharex=True, squeeze=False)
     titles = {"trace": "Hessian trace", "lambda_max": "top eigenvalue λ_max"}
-    for i, loss in enumerate(("ce", "kl")):
+    for i, loss in enumerate(losses):
         for j, metric in enumerate(("trace", "lambda_max")):
             ax, part = axes[i, j], df[(df["loss"] == loss) & (df["metric"] == metric)]
             sns.lineplot(data=part, x="bits", y="value", ax=ax, linewidth=1.6, **_quantizer_kwargs(quantizers),
@@ -144,26 +145,28 @@ def fig_mixed(tables: dict, teacher_acc: float | None = None):
     df = tables["allocation"]
     if df.empty:
         return None
+    metric = "val_loss" if "val_loss" in df.columns else "accuracy"
     quantizers = list(dict.fromkeys(df["quantizer"]))
     fig, axes = plt.subplots(1, len(quantizers), figsize=(3.1 * len(quantizers), 3.4), squeeze=False, sharey=True)
     for ax, q in zip(axes[0], quantizers):
         part = df[df["quantizer"] == q]
         rnd = part[part["strategy"] == "random"]
-        ax.scatter(rnd["avg_bits"], rnd["accuracy"], s=6, color=STRATEGY_STYLES["random"][0], alpha=0.5,
+        ax.scatter(rnd["avg_bits"], rnd[metric], s=6, color=STRATEGY_STYLES["random"][0], alpha=0.5,
                    label="random order")
         for strategy in ("reversed", "guided"):
-            s = part[part["strategy"] == strategy].groupby("budget")[["avg_bits", "accuracy"]].mean()
+            s = part[part["strategy"] == strategy].groupby("budget")[["avg_bits", metric]].mean()
             color, ls, marker = STRATEGY_STYLES[strategy]
-            ax.plot(s["avg_bits"], s["accuracy"], color=color, linestyle=ls, marker=marker, markersize=4,
+            ax.plot(s["avg_bits"], s[metric], color=color, linestyle=ls, marker=marker, markersize=4,
                     label="guided (½δᵀHδ)" if strategy == "guided" else "reversed order")
-        uni = part[part["strategy"] == "uniform"].groupby("budget")[["avg_bits", "accuracy"]].mean()
-        ax.scatter(uni["avg_bits"], uni["accuracy"], marker="s", s=28, color="#000000", label="uniform bits", zorder=5)
+        uni = part[part["strategy"] == "uniform"].groupby("budget")[["avg_bits", metric]].mean()
+        ax.scatter(uni["avg_bits"], uni[metric], marker="s", s=28, color="#000000", label="uniform bits", zorder=5)
         if teacher_acc is not None:
-            ax.axhline(teacher_acc, color="#000000", linestyle="--", linewidth=0.8, label="float teacher")
+            ax.axhline(teacher_acc, color="#000000", linestyle="--", linewidth=0.8,
+                       label="float teacher" if metric == "accuracy" else "float model")
         ax.set_title(q)
         ax.set_xlabel("average bits per weight")
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][0].set_ylabel("test accuracy (%)" if metric == "accuracy" else "validation loss (nats/token)")
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig, df
@@ -173,7 +176,7 @@ def plot_compare(tables: dict, spearman: pd.DataFrame, out_dir: str | Path) -> l
     """Draw the four figures into ``out_dir``; returns the PNG paths (PDF and CSV beside each)."""
     out_dir = Path(out_dir)
     curv = tables["curvature"]
-    teacher = curv[(curv["quantizer"] == "float") & (curv["metric"] == "accuracy")]["value"]
+    teacher = curv[(curv["quantizer"] == "float") & curv["metric"].isin(["accuracy", "val_loss"])]["value"]
     teacher_acc = float(teacher.mean()) if len(teacher) else None
     tables = {**tables, "curvature": curv[curv["quantizer"] != "float"]}
     drawers = {"compare_curvature": lambda: fig_curvature(tables),

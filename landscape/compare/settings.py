@@ -2,7 +2,8 @@
 by key like every recipe section (:mod:`landscape.schema`).
 
     [compare]
-    quantizers = ["uniform", "lsq", "pact", "pow2"]   # built-in names or "package.module:Name"
+    quantizers = ["uniform", "lsq", "pact", "pow2"]   # built-in names or "package.module:Name";
+                                                       # "rtn" = uniform; "<name>_g32": per-group weights
     bits = [8, 4, 3, 2]                                # weight bits (and activation bits, see a_bits)
     a_bits = "same"                                    # "same" as the weights, "none" (weights only), or 2..16
     mode = "ptq"                                       # "ptq": calibration only; "qat": short real-data KD
@@ -17,6 +18,7 @@ weights (:data:`PAIRS`).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Mapping
 
 from landscape.config import MAX_BITS, MIN_BITS
@@ -25,7 +27,7 @@ from landscape.schema import Choice, Float, Int, IntList, RecipeError, Str, StrL
 __all__ = ["COMPARE_FIELDS", "PAIRS", "compare_settings", "quantizer_pair"]
 
 #: name -> (weight quantizer, activation quantizer) given to quantize_model.
-PAIRS = {"uniform": ("uniform", "uniform"), "lsq": ("lsq", "lsq"), "pact": ("uniform", "pact"),
+PAIRS = {"uniform": ("uniform", "uniform"), "rtn": ("uniform", "uniform"), "lsq": ("lsq", "lsq"), "pact": ("uniform", "pact"),
          "pow2": ("pow2", "uniform"), "dorefa": ("dorefa", "uniform"), "torch_ao": ("torch_ao", "torch_ao")}
 COSTS = ("second_order", "taylor", "trace_proxy", "measured")
 
@@ -50,7 +52,14 @@ COMPARE_FIELDS = {
     "n_random": Int(10, lo=1),              # random allocations per budget and seed
     "cost": Choice("second_order", COSTS),  # what guides the allocation
     "cost_loss": Choice("ce", ("ce", "kl")),
+    # language models ([model] name = "tinylm"): the blocks of the per-block damage (a regex whose
+    # groups, joined by ".", name a block; a quantized parameter it does not match is its own
+    # module's block, e.g. "head"), and how many validation batches of analysis_batch_size
+    # windows give every validation loss (students, allocations)
+    "blocks": Str(r"blocks\.(\d+)\.(attn|mlp)"),
+    "eval_batches": Int(4, lo=1),
 }
+GROUP_RE = re.compile(r"^(?P<base>.+)_g(?P<group>[1-9]\d*)$")
 
 
 def _a_bits(value: Any, where: str) -> int | str | None:
@@ -78,8 +87,17 @@ def _budgets(value: Any, bits: list[int], where: str) -> list[float]:
     return sorted(float(v) for v in value)
 
 
+def split_group(name: str) -> tuple[str, int | None]:
+    """``("rtn", 32)`` for ``"rtn_g32"`` (per-group scales along the input dimension, groups of
+    32 weights); ``(name, None)`` for a name without the ``_g<N>`` suffix."""
+    m = GROUP_RE.match(name)
+    return (m["base"], int(m["group"])) if m and ":" not in name else (name, None)
+
+
 def quantizer_pair(name: str) -> tuple[str, str]:
-    """(weight, act) for a quantizer name; a user's ``"package.module:Name"`` quantizes weights."""
+    """(weight, act) for a quantizer name; a user's ``"package.module:Name"`` quantizes weights;
+    a ``_g<N>`` suffix (per-group weights) is that of the name without it."""
+    name = split_group(name)[0]
     if name in PAIRS:
         return PAIRS[name]
     if ":" in name:
@@ -101,6 +119,18 @@ def compare_settings(recipe: Mapping, where: str | None = None) -> dict:
     from landscape.quant.errors import QuantizerError
     from landscape.quant.interface import resolve_quantizer
 
+    if out["mode"] == "qat" and (recipe.get("model") or {}).get("name") == "tinylm":
+        raise RecipeError(f"{where} mode = \"qat\" fine-tunes image students only; a language model is compared "
+                          "post-training: use mode = \"ptq\"")
+    grouped = [q for q in out["quantizers"] if split_group(q)[1] is not None]
+    if grouped:
+        import inspect
+
+        from landscape.quant import quantize_model
+
+        if "group_size" not in inspect.signature(quantize_model).parameters:
+            raise RecipeError(f"{where} quantizers {grouped}: per-group quantization (\"_g<N>\") needs "
+                              "quantize_model(group_size=), which this landscape.quant lacks; remove them")
     for q in out["quantizers"]:  # a name that cannot be imported fails here, before any teacher trains
         for spec, role in zip(quantizer_pair(q), ("weight", "act")):
             try:

@@ -77,13 +77,14 @@ def _permuted(table: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     return table.assign(cost=[curves[moved[l]][b] for l, b in zip(table["layer"], table["bits"])])
 
 
-def _allocations(work, forward: dict[int, dict[str, torch.Tensor]], damage: pd.DataFrame, settings, base,
-                 data, rng: np.random.Generator) -> list[dict]:
+def _allocations(evaluate, forward: dict[int, dict], damage: pd.DataFrame, settings, base,
+                 rng: np.random.Generator, metric: str = "accuracy") -> list[dict]:
     """At each budget: the allocation guided by the cost table; the *reversed* one (the cost curve
     of the i-th most sensitive layer given to the i-th least sensitive, sensitivity = cost at the
     fewest bits); ``n_random`` *random* ones (the curves given to a random permutation of the
     layers); and uniform bits where the budget is a width. Every one is the exact optimum of its
-    cost table under the same size budget, so all spend the budget alike; each is evaluated."""
+    cost table under the same size budget, so all spend the budget alike; each is evaluated by
+    ``evaluate({layer: forward[bits][layer]})`` into the column ``metric``."""
     table = damage.rename(columns={settings["cost"]: "cost"})[["layer", "bits", "cost", "n_params"]]
     n = dict(zip(table["layer"], table["n_params"]))
     layers = list(dict.fromkeys(table["layer"]))
@@ -93,9 +94,9 @@ def _allocations(work, forward: dict[int, dict[str, torch.Tensor]], damage: pd.D
     rows = []
 
     def record(budget, strategy, draw, alloc):
-        acc = _accuracy_with(work, {l: forward[b][l] for l, b in alloc.items()}, data)
+        value = evaluate({l: forward[b][l] for l, b in alloc.items()})
         rows.append({**base, "budget": budget, "strategy": strategy, "draw": draw,
-                     "avg_bits": allocation_size(alloc, n), "accuracy": acc,
+                     "avg_bits": allocation_size(alloc, n), metric: value,
                      "allocation": json.dumps(alloc, sort_keys=False)})
 
     perms = [list(rng.permutation(layers)) for _ in range(settings["n_random"])]
@@ -122,8 +123,13 @@ def study_seed(recipe: dict, settings: dict, seed: int, root: str | Path = "chec
     """Every measurement of one seed (see the module docstring for the tables), for the
     recipe's quantizers or the given ones; the float teacher's accuracy row comes with the
     first quantizer of the recipe. The numbers do not depend on how quantizers are split."""
+    from landscape.lm_teacher import is_lm_recipe
     from landscape.zsq.teacher import get_teacher
 
+    if is_lm_recipe(recipe):  # a language model: per-block damage, validation loss instead of accuracy
+        from landscape.compare.lm_study import study_lm_seed
+
+        return study_lm_seed(recipe, settings, seed, root, device, quantizers)
     torch.manual_seed(seed)
     d = recipe["data"]
     data = load_dataset(d["name"], data_root or d["root"] or None, d["test_fraction"], d["split_seed"])
@@ -156,7 +162,8 @@ def study_seed(recipe: dict, settings: dict, seed: int, root: str | Path = "chec
         damage = pd.concat([t for t in sensitivity if t["quantizer"].iloc[0] == q and t["seed"].iloc[0] == seed
                             and t["loss"].iloc[0] == settings["cost_loss"]], ignore_index=True)
         work = copy.deepcopy(teacher)
-        allocation += _allocations(work, forward, damage, settings, {"quantizer": q, "seed": seed}, data,
+        allocation += _allocations(lambda weights: _accuracy_with(work, weights, data), forward, damage, settings,
+                                   {"quantizer": q, "seed": seed},
                                    np.random.default_rng([seed, settings["quantizers"].index(q)]))
     if settings["quantizers"][0] in (quantizers or settings["quantizers"]):
         curvature.append({"quantizer": "float", "bits": 32, "seed": seed, "loss": "none", "metric": "accuracy",

@@ -13,9 +13,10 @@ with, for any quantizer.
 """
 
 from landscape.sensitivity.allocation import allocate_bits, allocation_size
+from landscape.sensitivity.block_damage import block_damage
 from landscape.sensitivity.damage import COLUMNS, layer_damage
 from landscape.sensitivity.errors import SensitivityError
 from landscape.sensitivity.forward_weight import QUANTIZER_ATTRIBUTES, forward_weight, quantized_weights
 
-__all__ = ["layer_damage", "allocate_bits", "allocation_size", "forward_weight", "quantized_weights",
+__all__ = ["layer_damage", "block_damage", "allocate_bits", "allocation_size", "forward_weight", "quantized_weights",
            "SensitivityError", "COLUMNS", "QUANTIZER_ATTRIBUTES"]
