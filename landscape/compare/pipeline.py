@@ -35,6 +35,7 @@ import pandas as pd
 from landscape.compare.claims import RULES, allocation_rows, claim_rows, findings_table, spearman_rows
 from landscape.compare.plots import CAPTIONS, plot_compare
 from landscape.compare.settings import compare_settings
+from landscape.compare.lm_study import study_lm_seed
 from landscape.compare.study import study_seed
 
 __all__ = ["run_compare", "TABLES"]
@@ -50,13 +51,17 @@ def _load() -> str:
 
 
 def _study_job(recipe: dict, settings: dict, seed: int, quantizer: str, root: str, data_root, device) -> dict:
+    from landscape.lm_teacher import is_lm_recipe
+
+    if is_lm_recipe(recipe):  # a language model: per-block damage, validation loss instead of accuracy
+        return study_lm_seed(recipe, settings, seed, root, device or "cpu", [quantizer])
     return study_seed(recipe, settings, seed, root, data_root, device or "cpu", quantizers=[quantizer])
 
 
 def _teacher_job(recipe: dict, seed: int, root: str, data_root, device) -> str:
     """The cached teacher of one seed: the image teacher of ``landscape train``, or a language model's."""
     from landscape.lm_teacher import get_lm_teacher, is_lm_recipe
-    from landscape.workers import teacher_job
+    from landscape.pipeline import teacher_job
 
     if not is_lm_recipe(recipe):
         return teacher_job(recipe, seed, root, data_root, device)

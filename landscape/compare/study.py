@@ -123,13 +123,8 @@ def study_seed(recipe: dict, settings: dict, seed: int, root: str | Path = "chec
     """Every measurement of one seed (see the module docstring for the tables), for the
     recipe's quantizers or the given ones; the float teacher's accuracy row comes with the
     first quantizer of the recipe. The numbers do not depend on how quantizers are split."""
-    from landscape.lm_teacher import is_lm_recipe
     from landscape.zsq.teacher import get_teacher
 
-    if is_lm_recipe(recipe):  # a language model: per-block damage, validation loss instead of accuracy
-        from landscape.compare.lm_study import study_lm_seed
-
-        return study_lm_seed(recipe, settings, seed, root, device, quantizers)
     torch.manual_seed(seed)
     d = recipe["data"]
     data = load_dataset(d["name"], data_root or d["root"] or None, d["test_fraction"], d["split_seed"])
