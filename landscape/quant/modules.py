@@ -9,12 +9,18 @@ grid (see :mod:`.functional`); it is not in the state dict. A layer quantized by
 quantizer of the interface holds it as the sub-module ``wq`` (state-dict keys
 ``<layer>.wq.*``) and uses ``wq(weight)`` in its forward pass; ``zero_point`` is then unused.
 
-Any other weight module -- a subclass of nn.Linear (MHA's out_proj), GPT-2's Conv1D,
-nn.MultiheadAttention -- becomes a class generated once by :func:`quant_class`, a subclass of
-its own class and of :class:`_Substituted`: its own forward runs with ŵ in place of each
-quantized parameter (``quantized_params``: ``weight``, or MHA's ``in_proj_weight`` /
-``q_proj_weight``...), put into ``_parameters`` for the call and taken out after it, so the
-parameter stays the float leaf that gradients and curvature are taken with respect to.
+Any other weight module -- a subclass of nn.Linear (MHA's out_proj) or nn.Conv2d, GPT-2's
+Conv1D, nn.MultiheadAttention -- becomes a class generated once by :func:`quant_class`, a
+subclass of its own class. Its forward computes the float class's function with explicit
+weights ŵ of its quantized parameters (``quantized_params``: ``weight``, or MHA's
+``in_proj_weight`` / ``q_proj_weight``...): ``F.linear`` / the convolution for a subclass that
+keeps nn.Linear's / nn.Conv2d's forward, ``torch.addmm`` for Conv1D, and torch's
+``F.multi_head_attention_forward`` for MHA (with out_proj's ŵ, which MHA reads without calling
+out_proj). The module is never mutated, so the parameter stays the float leaf that gradients and
+curvature are taken with respect to, also when threads call one student at once. A class whose
+forward is its own (a subclass that overrides it) falls back to swapping ŵ into
+``_parameters`` for the call, under a per-module lock (:class:`_Swapped`). Generated classes
+pickle through :func:`quant_class` of the float class, so a student loads in a fresh process.
 
 ActQuant follows a ReLU. Its range is an EMA (momentum 0.9) of batch min/max while
 ``calibrating`` is True (the warm-up) and frozen otherwise; the range lives in buffers, so
@@ -133,7 +139,8 @@ def _value(module: nn.Module, param: str) -> torch.Tensor | None:
 
 
 def _rebuild(float_cls: type) -> nn.Module:
-    """An empty instance of ``quant_class(float_cls)``, for unpickling (the state follows)."""
+    """An empty instance of ``quant_class(float_cls)``, for unpickling (the state follows).
+    Saved students name this function: keep its name and place."""
     cls = quant_class(float_cls)
     return cls.__new__(cls)
 
@@ -235,6 +242,7 @@ class _MHAForward(_Generated):
 
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_LOCK = threading.Lock()
+_CLASSES_LOCK = threading.Lock()  # quant_class generates each class once, also under threads
 
 
 def _lock_of(module: nn.Module) -> threading.RLock:
@@ -307,7 +315,7 @@ def quant_class(cls: type) -> type:
         return QuantConv2d
     if cls is nn.Linear:
         return QuantLinear
-    with _LOCKS_LOCK:
+    with _CLASSES_LOCK:
         if cls not in _GENERATED:
             name = f"Quant{cls.__name__}"
             while name in globals():
