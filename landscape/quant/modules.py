@@ -9,12 +9,18 @@ grid (see :mod:`.functional`); it is not in the state dict. A layer quantized by
 quantizer of the interface holds it as the sub-module ``wq`` (state-dict keys
 ``<layer>.wq.*``) and uses ``wq(weight)`` in its forward pass; ``zero_point`` is then unused.
 
-Any other weight module -- a subclass of nn.Linear (MHA's out_proj), GPT-2's Conv1D,
-nn.MultiheadAttention -- becomes a class generated once by :func:`quant_class`, a subclass of
-its own class and of :class:`_Substituted`: its own forward runs with ŵ in place of each
-quantized parameter (``quantized_params``: ``weight``, or MHA's ``in_proj_weight`` /
-``q_proj_weight``...), put into ``_parameters`` for the call and taken out after it, so the
-parameter stays the float leaf that gradients and curvature are taken with respect to.
+Any other weight module -- a subclass of nn.Linear (MHA's out_proj) or nn.Conv2d, GPT-2's
+Conv1D, nn.MultiheadAttention -- becomes a class generated once by :func:`quant_class`, a
+subclass of its own class. Its forward computes the float class's function with explicit
+weights ŵ of its quantized parameters (``quantized_params``: ``weight``, or MHA's
+``in_proj_weight`` / ``q_proj_weight``...): ``F.linear`` / the convolution for a subclass that
+keeps nn.Linear's / nn.Conv2d's forward, ``torch.addmm`` for Conv1D, and torch's
+``F.multi_head_attention_forward`` for MHA (with out_proj's ŵ, which MHA reads without calling
+out_proj). The module is never mutated, so the parameter stays the float leaf that gradients and
+curvature are taken with respect to, also when threads call one student at once. A class whose
+forward is its own (a subclass that overrides it) falls back to swapping ŵ into
+``_parameters`` for the call, under a per-module lock (:class:`_Swapped`). Generated classes
+pickle through :func:`quant_class` of the float class, so a student loads in a fresh process.
 
 ActQuant follows a ReLU. Its range is an EMA (momentum 0.9) of batch min/max while
 ``calibrating`` is True (the warm-up) and frozen otherwise; the range lives in buffers, so
@@ -32,6 +38,10 @@ activation quantizer's ``forward`` is replaced there instead, for every quantize
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
 
 import torch
 from torch import nn
@@ -120,12 +130,142 @@ class QuantLinear(_QuantWeight, nn.Linear):
         return F.linear(x, self.quantized_weight(), self.bias)
 
 
-class _Substituted(_QuantWeight):
-    """Mixin for a module whose own forward reads its parameters (a subclass of nn.Linear,
-    GPT-2's Conv1D, nn.MultiheadAttention): for the duration of the float class's forward,
-    each quantized parameter's entry in ``_parameters`` holds ŵ (differentiable in w through
-    the STE) and is restored afterwards, also on error. ``substitute_children``: child modules
-    whose parameters this forward reads without calling the child (MHA's ``out_proj``)."""
+def _value(module: nn.Module, param: str) -> torch.Tensor | None:
+    """The tensor the forward pass uses for ``module``'s parameter ``param``: ŵ when the module
+    quantizes it, the parameter itself otherwise (a child left in float, a bias)."""
+    if isinstance(module, _QuantWeight) and param in module.quantized_params:
+        return module.quantized_param(param)
+    return getattr(module, param)
+
+
+def _rebuild(float_cls: type) -> nn.Module:
+    """An empty instance of ``quant_class(float_cls)``, for unpickling (the state follows).
+    Saved students name this function: keep its name and place."""
+    cls = quant_class(float_cls)
+    return cls.__new__(cls)
+
+
+class _Generated(_QuantWeight):
+    """Base of the classes :func:`quant_class` generates. They exist only once quant_class has
+    run in a process, so an instance pickles as ``_rebuild(float class)`` plus its state: a
+    student saved with ``torch.save`` loads in a fresh process (the float class must be
+    importable there, as for the float model)."""
+
+    _float_cls: type | None = None  # the float class, set on each generated class
+
+    def __reduce_ex__(self, protocol):
+        reduced = super().__reduce_ex__(protocol)  # (constructor, args, state, ...)
+        return (_rebuild, (type(self)._float_cls,)) + tuple(reduced[2:])
+
+
+class _LinearForward(_Generated):
+    """A subclass of nn.Linear that keeps nn.Linear's forward (MHA's out_proj): y = x ŵᵀ + b."""
+
+    def forward(self, input):
+        return F.linear(input, _value(self, "weight"), self.bias)
+
+
+class _Conv2dForward(_Generated):
+    """A subclass of nn.Conv2d that keeps nn.Conv2d's forward: the convolution with ŵ."""
+
+    def forward(self, input):
+        return self._conv_forward(input, _value(self, "weight"), self.bias)
+
+
+def _conv1d_forward(self, x):  # transformers' Conv1D.forward, kept to recognise it (_known_conv1d)
+    size_out = x.size()[:-1] + (self.nf,)
+    x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+    x = x.view(size_out)
+    return x
+
+
+def _known_conv1d(cls: type) -> bool:
+    """GPT-2's Conv1D whose forward is exactly :func:`_conv1d_forward` (same bytecode and names),
+    so that computing it with ŵ below is the same function; another version falls back."""
+    f = getattr(cls.forward, "__code__", None)
+    ref = _conv1d_forward.__code__
+    return (cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers") and f is not None
+            and (f.co_code, f.co_names, f.co_consts, f.co_argcount)
+            == (ref.co_code, ref.co_names, ref.co_consts, ref.co_argcount))
+
+
+class _Conv1DForward(_Generated):
+    """GPT-2's Conv1D (weight stored (in, out)): y = b + x ŵ, over the last dimension of x."""
+
+    def forward(self, x):
+        size_out = x.size()[:-1] + (self.nf,)
+        return torch.addmm(self.bias, x.reshape(-1, x.size(-1)), _value(self, "weight")).view(size_out)
+
+
+class _MHAForward(_Generated):
+    """nn.MultiheadAttention with its own forward: torch's slow path,
+    ``F.multi_head_attention_forward`` with ŵ of the input projections (packed ``in_proj_weight``
+    or ``q/k/v_proj_weight``) and of ``out_proj`` (which it reads without calling it), and the
+    module's settings (batch_first, masks, need_weights, average_attn_weights, is_causal,
+    add_zero_attn, bias_k/v, dropout in train mode). torch's inference fast path, which would
+    read the float weights itself, computes the same function; it is never taken here."""
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True,
+                attn_mask=None, average_attn_weights: bool = True, is_causal: bool = False):
+        is_batched = query.dim() == 3
+        key_padding_mask = F._canonical_mask(
+            mask=key_padding_mask, mask_name="key_padding_mask", other_type=F._none_or_dtype(attn_mask),
+            other_name="attn_mask", target_type=query.dtype)
+        attn_mask = F._canonical_mask(
+            mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="", target_type=query.dtype,
+            check_other=False)
+        if query.is_nested or key.is_nested or value.is_nested:
+            raise AssertionError("MultiheadAttention does not support NestedTensor outside of its fast path, "
+                                 "which a quantized attention module never takes (it reads the float weights)")
+        if self.batch_first and is_batched:  # keep query is key is value where it holds
+            if key is value:
+                if query is key:
+                    query = key = value = query.transpose(1, 0)
+                else:
+                    query, key = (x.transpose(1, 0) for x in (query, key))
+                    value = key
+            else:
+                query, key, value = (x.transpose(1, 0) for x in (query, key, value))
+        separate = not self._qkv_same_embed_dim
+        projections = dict(q_proj_weight=_value(self, "q_proj_weight"), k_proj_weight=_value(self, "k_proj_weight"),
+                           v_proj_weight=_value(self, "v_proj_weight")) if separate else {}
+        attn_output, attn_output_weights = F.multi_head_attention_forward(
+            query, key, value, self.embed_dim, self.num_heads, _value(self, "in_proj_weight"), self.in_proj_bias,
+            self.bias_k, self.bias_v, self.add_zero_attn, self.dropout, _value(self.out_proj, "weight"),
+            self.out_proj.bias, training=self.training, key_padding_mask=key_padding_mask,
+            need_weights=need_weights, attn_mask=attn_mask, use_separate_proj_weight=separate,
+            average_attn_weights=average_attn_weights, is_causal=is_causal, **projections)
+        if self.batch_first and is_batched:
+            return attn_output.transpose(1, 0), attn_output_weights
+        return attn_output, attn_output_weights
+
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+_CLASSES_LOCK = threading.Lock()  # quant_class generates each class once, also under threads
+
+
+def _lock_of(module: nn.Module) -> threading.RLock:
+    """The module's own swap lock (held outside its state, so it neither pickles nor copies)."""
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(module)
+        if lock is None:
+            lock = _LOCKS[module] = threading.RLock()
+        return lock
+
+
+class _Swapped(_Generated):
+    """The fallback for a class whose forward landscape does not know (a subclass of nn.Linear,
+    nn.Conv2d or nn.MultiheadAttention with a forward of its own): for the duration of that
+    forward, each quantized parameter's entry in ``_parameters`` holds ŵ (differentiable in w
+    through the STE) and is restored afterwards, also on error. ``substitute_children``: child
+    modules whose parameters this forward reads without calling the child (MHA's ``out_proj``).
+
+    The swap mutates the module, so it runs under a per-module lock (the module's, then each
+    child's): concurrent forwards of the module take turns and the parameter is always the
+    float leaf again after them. Code in another thread that reads the parameter itself
+    (``named_parameters``, ``state_dict``) during such a forward can still see ŵ; the known
+    classes (the other generated classes) compute with explicit weights and never swap."""
 
     substitute_children: tuple[str, ...] = ()
     _float_forward = None  # the float class's forward, set on each generated class
@@ -133,17 +273,33 @@ class _Substituted(_QuantWeight):
     def forward(self, *args, **kwargs):
         owners = [self] + [c for c in (self._modules.get(n) for n in self.substitute_children)
                            if isinstance(c, _QuantWeight)]
-        saved = []
-        try:
+        with contextlib.ExitStack() as stack:
             for m in owners:
-                for p in m.quantized_params:
-                    value = m.quantized_param(p)
-                    saved.append((m, p, m._parameters[p]))
-                    m._parameters[p] = value
-            return type(self)._float_forward(self, *args, **kwargs)
-        finally:
-            for m, p, original in reversed(saved):
-                m._parameters[p] = original
+                stack.enter_context(_lock_of(m))
+            saved = []
+            try:
+                for m in owners:
+                    for p in m.quantized_params:
+                        value = m.quantized_param(p)
+                        saved.append((m, p, m._parameters[p]))
+                        m._parameters[p] = value
+                return type(self)._float_forward(self, *args, **kwargs)
+            finally:
+                for m, p, original in reversed(saved):
+                    m._parameters[p] = original
+
+
+def _forward_kind(cls: type) -> type:
+    """The generated class's forward: explicit weights for a forward landscape knows, else the swap."""
+    if issubclass(cls, nn.MultiheadAttention) and cls.forward is nn.MultiheadAttention.forward:
+        return _MHAForward
+    if issubclass(cls, nn.Linear) and cls.forward is nn.Linear.forward:
+        return _LinearForward
+    if issubclass(cls, nn.Conv2d) and cls.forward is nn.Conv2d.forward:
+        return _Conv2dForward
+    if _known_conv1d(cls):
+        return _Conv1DForward
+    return _Swapped
 
 
 _GENERATED: dict[type, type] = {}
@@ -152,20 +308,25 @@ _GENERATED: dict[type, type] = {}
 def quant_class(cls: type) -> type:
     """The fake-quantized class of a float module class: QuantConv2d / QuantLinear for exactly
     nn.Conv2d / nn.Linear (their own forward); for any other class (a subclass of nn.Linear,
-    GPT-2's Conv1D, nn.MultiheadAttention) a subclass of it and of :class:`_Substituted`,
-    generated once and registered in this module under its name (so students pickle)."""
+    GPT-2's Conv1D, nn.MultiheadAttention) a subclass of it and of one of the generated bases
+    (:func:`_forward_kind`), generated once and registered in this module under its name.
+    Its instances pickle through :func:`_rebuild`, so a student loads in a fresh process."""
     if cls is nn.Conv2d:
         return QuantConv2d
     if cls is nn.Linear:
         return QuantLinear
-    if cls not in _GENERATED:
-        name = f"Quant{cls.__name__}"
-        while name in globals():
-            name += "_"
-        body = {"_float_forward": cls.forward, "__module__": __name__, "__qualname__": name}
-        if issubclass(cls, nn.MultiheadAttention):
-            body["substitute_children"] = ("out_proj",)
-        _GENERATED[cls] = globals()[name] = type(name, (_Substituted, cls), body)
+    with _CLASSES_LOCK:
+        if cls not in _GENERATED:
+            name = f"Quant{cls.__name__}"
+            while name in globals():
+                name += "_"
+            kind = _forward_kind(cls)
+            body = {"_float_cls": cls, "__module__": __name__, "__qualname__": name}
+            if kind is _Swapped:
+                body["_float_forward"] = cls.forward
+                if issubclass(cls, nn.MultiheadAttention):
+                    body["substitute_children"] = ("out_proj",)
+            _GENERATED[cls] = globals()[name] = type(name, (kind, cls), body)
     return _GENERATED[cls]
 
 

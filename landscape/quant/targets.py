@@ -2,14 +2,14 @@
 
     module                                   tensors quantized          forward
     nn.Conv2d, nn.Linear (exactly)           weight                     QuantConv2d / QuantLinear
-    any other subclass of nn.Linear or       weight                     the class's own forward, on ŵ
-      nn.Conv2d (MHA's out_proj, a
-      NonDynamicallyQuantizableLinear)
-    GPT-2's Conv1D (transformers), weight    weight (channels/groups    its own forward, on ŵ
+    any other subclass of nn.Linear or       weight                     F.linear / the convolution on ŵ
+      nn.Conv2d (MHA's out_proj, a                                      (a forward of its own: run on
+      NonDynamicallyQuantizableLinear)                                  ŵ swapped in, under a lock)
+    GPT-2's Conv1D (transformers), weight    weight (channels/groups    torch.addmm on ŵ (as its forward)
       stored (in, out)                         along the stored rows' transpose)
-    nn.MultiheadAttention                    in_proj_weight, or         its own forward, on ŵ (and on
-                                               q/k/v_proj_weight          out_proj's ŵ, which it reads
-                                               (kdim/vdim ≠ embed_dim)    without calling out_proj)
+    nn.MultiheadAttention                    in_proj_weight, or         F.multi_head_attention_forward
+                                               q/k/v_proj_weight          on ŵ and on out_proj's ŵ, which
+                                               (kdim/vdim ≠ embed_dim)    it reads without calling out_proj
 
 torch's nn.TransformerEncoderLayer has an inference fast path (eval mode, no grad) that reads
 its children's float weights itself, bypassing their forwards: :func:`close_fast_paths` turns
