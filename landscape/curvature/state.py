@@ -98,12 +98,28 @@ _PLAIN = frozenset({bool, int, float, str, type(None)})  # the common plain type
 _SKIP = object()
 
 
-# ---------------------------------------------------------------------------- a loss that is no module
-def _home(obj: Any) -> str | None:
-    """The module that defines a loss callable: its function's, or its class's."""
-    while isinstance(obj, (functools.partial, types.MethodType)):
-        obj = obj.func if isinstance(obj, functools.partial) else obj.__func__
-    return getattr(obj, "__module__", None) if isinstance(obj, types.FunctionType) else type(obj).__module__
+# ---------------------------------------------------------------------------- what a loss reaches
+_OPAQUE = frozenset({"torch", "numpy", "scipy", "builtins", "functools", "typing", "collections", "abc",
+                     "threading", "logging", "pathlib", "os", "sys", "re", "io", "landscape"})
+"""Top-level packages whose objects and functions :func:`loss_state` does not walk into: their state
+is not a loss's (modules and tensors of theirs are still found and watched)."""
+
+
+def _opaque(obj: Any) -> bool:
+    """Whether ``obj`` (a function or a class) comes from a package of :data:`_OPAQUE`."""
+    module = getattr(obj, "__module__", None) or ""
+    return module.split(".", 1)[0] in _OPAQUE
+
+
+def _slots(obj: Any) -> list[tuple[str, Any]]:
+    """An object's attributes: its ``__dict__`` and its set ``__slots__``."""
+    out = list(getattr(obj, "__dict__", {}).items())
+    for cls in type(obj).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
+                out.append((name, getattr(obj, name)))
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -118,23 +134,27 @@ def _global_names(code: types.CodeType) -> tuple[str, ...]:
 
 def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
         list[tuple[str, nn.Module]], list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
-    """What a loss callable that is not an ``nn.Module`` reaches: ``(modules, tensors, values)``.
+    """What a loss callable reaches besides the model: ``(modules, tensors, values)``.
 
-    A bounded walk from ``loss_fn`` through the loss object's attributes, closure cells, default
-    arguments, a ``functools.partial``'s function, arguments and keywords, a bound method's
-    ``__self__``, the items of lists, tuples and dicts of at most :data:`MAX_ITEMS` items, the
-    attributes of objects whose class is defined in the loss's own module, and the globals read
-    by functions defined there; at most :data:`MAX_DEPTH` references deep, each object once, the
-    model never. Each result is a list of ``(path, object)``, paths such as ``"loss_fn.teacher"``
-    or ``"loss_fn.keywords['temperature']"``: every ``nn.Module`` reached (not walked into: it is
+    A bounded walk from ``loss_fn`` through the attributes (``__dict__``, ``__slots__``,
+    dataclass fields) of every object whose class does not come from a library of
+    :data:`_OPAQUE` (a config object, an ``argparse.Namespace``, wherever its class is
+    defined), closure cells, default arguments and the globals a function reads (functions of
+    those libraries excepted), a ``functools.partial``'s function, arguments and keywords, a
+    bound method's ``__self__``, the items of lists, tuples and dicts of at most
+    :data:`MAX_ITEMS` items; at most :data:`MAX_DEPTH` references deep, each object once, the
+    model never. A loss that is itself an ``nn.Module`` is listed and its public attributes that
+    are neither plain nor tensors (a list of teachers, a config object) are walked: its tree
+    (parameters, buffers, public plain values and tensors) is watched by :class:`StateTracker`.
+    Each result is a list of ``(path, object)``, paths such as ``"loss_fn.teacher"`` or
+    ``"loss_fn.keywords['temperature']"``: every ``nn.Module`` reached (not walked into: it is
     watched as a tree), every tensor, and every plain value (scalar, string, ``None``, enum,
-    dtype, device).
+    dtype, device, a set of those).
     """
     modules: list[tuple[str, nn.Module]] = []
     tensors: list[tuple[str, torch.Tensor]] = []
     values: list[tuple[str, Any]] = []
     seen: set[int] = {id(model)} if model is not None else set()
-    home = _home(loss_fn)
 
     def walk(obj: Any, path: str, depth: int) -> None:
         if isinstance(obj, _ATOMS):
@@ -147,6 +167,12 @@ def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
             tensors.append((path, obj))
         elif isinstance(obj, nn.Module):
             modules.append((path, obj))
+            if depth == 0:  # the loss is a module: what its other public attributes reach is the loss's
+                for key, value in list(obj.__dict__.items()):
+                    if key[0] != "_" and not isinstance(value, torch.Tensor) and _plain(value) is _SKIP:
+                        walk(value, f"{path}.{key}", depth + 1)
+        elif isinstance(obj, (type, types.ModuleType, types.BuiltinFunctionType, types.BuiltinMethodType)):
+            return
         elif isinstance(obj, functools.partial):
             walk(obj.func, f"{path}.func", depth + 1)
             for i, a in enumerate(obj.args):
@@ -157,6 +183,8 @@ def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
             walk(obj.__self__, f"{path}.__self__", depth + 1)
             walk(obj.__func__, path, depth)
         elif isinstance(obj, types.FunctionType):
+            if _opaque(obj):
+                return
             code = obj.__code__
             for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
                 try:
@@ -168,17 +196,19 @@ def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
                 walk(a, f"{path}.__defaults__[{i}]", depth + 1)
             for k, a in (obj.__kwdefaults__ or {}).items():
                 walk(a, f"{path}.__kwdefaults__[{k!r}]", depth + 1)
-            if obj.__module__ == home:
-                g = obj.__globals__
-                for name in _global_names(code):
-                    if name in g:
-                        walk(g[name], f"{path}.{name}", depth + 1)
+            g = obj.__globals__
+            for name in _global_names(code):
+                if name in g:
+                    walk(g[name], f"{path}.{name}", depth + 1)
         elif isinstance(obj, (list, tuple, dict)):
             if len(obj) <= MAX_ITEMS:
                 for k, a in list(obj.items() if isinstance(obj, dict) else enumerate(obj)):
                     walk(a, f"{path}[{k!r}]", depth + 1)
-        elif depth == 0 or type(obj).__module__ == home:  # the loss object, or an object of its module's classes
-            for key, value in list(getattr(obj, "__dict__", {}).items()):
+        elif isinstance(obj, (set, frozenset)):
+            if len(obj) <= MAX_ITEMS and all(isinstance(a, _ATOMS) for a in obj):
+                values.append((path, frozenset(obj)))
+        elif depth == 0 or not _opaque(type(obj)):  # the loss object, or an object of a class not a library's
+            for key, value in _slots(obj):
                 walk(value, f"{path}.{key}", depth + 1)
 
     walk(loss_fn, "loss_fn", 0)
@@ -225,16 +255,17 @@ def module_values(model: nn.Module, modes: bool = True) -> tuple:
     return tuple(x for m in model.modules() for x in (type(m), *_attributes(m, modes)))
 
 
-def _tree(roots: list[tuple[str, nn.Module]], modes: bool) -> list[tuple[str, nn.Module, bool]]:
-    """``(name, module, modes)`` for every module of the roots' trees, each once, the first root's
-    (the model's) with ``modes`` as given, the others' (the loss's) always with their modes."""
-    out: list[tuple[str, nn.Module, bool]] = []
+def _tree(roots: list[tuple[str, nn.Module]], modes: bool) -> list[tuple[str, nn.Module, bool, bool]]:
+    """``(name, module, modes, loss)`` for every module of the roots' trees, each once: the first root's
+    (the model's) with ``modes`` as given and ``loss=False``, the others' (the loss's) always with
+    their modes and ``loss=True``."""
+    out: list[tuple[str, nn.Module, bool, bool]] = []
     seen: set[int] = set()
     for k, (prefix, root) in enumerate(roots):
         for name, m in root.named_modules():
             if id(m) not in seen:
                 seen.add(id(m))
-                out.append((f"{prefix}.{name}" if name else prefix, m, modes or k > 0))
+                out.append((f"{prefix}.{name}" if name else prefix, m, modes or k > 0, k > 0))
     return out
 
 
@@ -254,12 +285,19 @@ def _is_counter(name: str, t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex()) and name.endswith("num_batches_tracked")
 
 
-def _tensors(tree: list[tuple[str, nn.Module, bool]], loose: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
-    """``(name, tensor)`` for the parameters and non-counter buffers of the tree's modules and the loose
-    tensors, each tensor once (a loss that holds a wrapper of the model shares its tensors)."""
+def _public_tensors(m: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """A module's public tensor attributes that are neither parameters nor buffers (``self.w = torch.tensor(…)``)."""
+    return [(k, v) for k, v in m.__dict__.items() if k[0] != "_" and isinstance(v, torch.Tensor)]
+
+
+def _tensors(tree: list[tuple[str, nn.Module, bool, bool]], loose: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for the parameters and non-counter buffers of the tree's modules, the public tensor
+    attributes of the loss's modules, and the loose tensors, each tensor once (a loss that holds a
+    wrapper of the model shares its tensors)."""
     out: list[tuple[str, torch.Tensor]] = []
     have: set[int] = set()
-    named = ((f"{prefix}.{n}", t) for prefix, m, _ in tree for n, t in [*m._parameters.items(), *m._buffers.items()]
+    named = ((f"{prefix}.{n}", t) for prefix, m, _, loss in tree
+             for n, t in [*m._parameters.items(), *m._buffers.items(), *(_public_tensors(m) if loss else ())]
              if t is not None and not _is_counter(n, t))
     for name, t in [*named, *loose]:
         if id(t) not in have:
@@ -288,7 +326,8 @@ class StateTracker:
         self.model = model
         self.loss_fn = loss_fn
         self.modes = bool(modes)
-        self._walked = loss_fn is not None and not isinstance(loss_fn, nn.Module)
+        self._walked = loss_fn is not None
+        self._always = not isinstance(loss_fn, nn.Module)  # a loss module is walked only when needed
         self.clear()
 
     def clear(self) -> None:
@@ -296,7 +335,7 @@ class StateTracker:
         self._roots: list[tuple[str, nn.Module]] = []
         self._loose: list[tuple[str, torch.Tensor]] = []
         self._plain: list[tuple[str, Any]] = []
-        self._tree: list[tuple[str, nn.Module, bool]] = []
+        self._tree: list[tuple[str, nn.Module, bool, bool]] = []
         self._refs: list = []
         self._module_values: list[tuple] = []
         self._entries: list[tuple[str, torch.Tensor]] = []
@@ -306,23 +345,24 @@ class StateTracker:
 
     # ------------------------------------------------------------------ reading the state
     def _loss_now(self) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
-        if self._walked:
-            return loss_state(self.loss_fn, self.model)
-        return ([("loss_fn", self.loss_fn)] if self.loss_fn is not None else []), [], []
+        return loss_state(self.loss_fn, self.model) if self._walked else ([], [], [])
 
-    def _record_modules(self, tree: list[tuple[str, nn.Module, bool]]) -> None:
+    def _record_modules(self, tree: list[tuple[str, nn.Module, bool, bool]]) -> None:
         self._tree = tree
-        self._refs = _refs([m for _, m, _ in tree])
-        self._module_values = [(type(m), _attributes(m, modes)) for _, m, modes in tree]
+        self._refs = _refs([m for _, m, _, _ in tree])
+        self._module_values = [(type(m), _attributes(m, modes)) for _, m, modes, _ in tree]
         self._entries = _tensors(tree, self._loose)
 
     def _same_structure(self) -> bool:
-        refs = _refs([m for _, m, _ in self._tree])
+        refs = _refs([m for _, m, _, _ in self._tree])
         return len(refs) == len(self._refs) and all(map(operator.is_, refs, self._refs))
 
     def snapshot(self) -> None:
         """Record the current state (call right after building a graph from it)."""
         self._roots, self._loose, self._plain = self._loss_now()
+        # a loss module whose public attributes reach nothing beyond its tree (landscape.losses') need not be
+        # walked while none of its attributes is re-assigned: the walk would read the same objects
+        self._always = not isinstance(self.loss_fn, nn.Module) or len(self._roots) > 1 or bool(self._loose or self._plain)
         self._record_modules(_tree([("model", self.model), *self._roots], self.modes))
         self._layouts = [_layout(t) for _, t in self._entries]
         with torch.no_grad():
@@ -349,11 +389,12 @@ class StateTracker:
         """``None`` if nothing changed since :meth:`snapshot`, else the name of the first change."""
         if not self._recorded:
             return None
-        if self._walked:
+        same = self._same_structure()
+        if self._walked and (self._always or not same):
             what = self._loss_changed()
             if what is not None:
                 return what
-        if not self._same_structure():
+        if not same:
             what = self._modules_changed()
             if what is not None:
                 return what
@@ -385,7 +426,7 @@ class StateTracker:
         tree = _tree([("model", self.model), *self._roots], self.modes)
         if len(tree) != len(self._tree):
             return "the modules (one added or removed)"
-        for (name, m, modes), (kind, attrs) in zip(tree, self._module_values):
+        for (name, m, modes, _), (kind, attrs) in zip(tree, self._module_values):
             if type(m) is not kind:
                 return f"{name} (its class)"
             now = _attributes(m, modes)
