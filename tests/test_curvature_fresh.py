@@ -327,10 +327,25 @@ def _closure_over_a_foreign_object(teacher):
     return loss, lambda: setattr(cfg, "temperature", 4.0)
 
 
+class _SlottedWeightedCE:  # a loss object with __slots__ (no __dict__): its slots are its attributes
+    __slots__ = ("weight",)
+
+    def __init__(self, weight):
+        self.weight = weight
+
+    def __call__(self, model, batch):
+        return self.weight * ce(model(batch[0]), batch[1])
+
+
+def _slotted_field(teacher):
+    loss = _SlottedWeightedCE(1.0)
+    return loss, lambda: setattr(loss, "weight", 0.3)
+
+
 SPLIT = [_temperature, _reduction, _kd_scale, _dataclass_field]  # split at the outputs: the GGN's too
 SETTINGS = SPLIT + [_plain_dataclass_field, _other_teacher, _partial_keyword, _closure_value, _module_attribute, _criterion_setting,
                     _class_weights_tensor, _loss_module_tensor_in_place, _loss_module_tensor_reassigned,
-                    _loss_module_list_of_teachers, _closure_over_a_foreign_object]
+                    _loss_module_list_of_teachers, _closure_over_a_foreign_object, _slotted_field]
 
 
 @pytest.mark.parametrize(("op", "setting"), [(Hessian, f) for f in SETTINGS] + [(GGN, f) for f in SPLIT],

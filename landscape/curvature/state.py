@@ -17,11 +17,19 @@ module in those trees it records
   convolution's ``stride``, a loss's ``temperature`` or ``reduction``. ``training`` too, except
   on the model's own modules when the operator sets the model's mode itself (``eval_mode=True``:
   switching the model between ``train()`` and ``eval()`` then changes nothing);
-* every parameter and floating-point buffer: its identity, layout and version counter (object,
-  storage pointer, dtype, device, shape, stride, ``_version``: catches re-assignment,
-  ``vector_to_parameters``, ``model.to(…)``, ``load_state_dict``, any in-place write through
-  autograd) and a copy of its bytes, compared exactly on every check (catches every write,
-  through ``.data`` or not, BatchNorm's running statistics included).
+* every parameter and floating-point buffer -- and, in the loss's tree, every public tensor
+  attribute too (class weights kept as ``self.w = torch.tensor(…)``, not a buffer): its
+  identity, layout and version counter (object, storage pointer, dtype, device, shape, stride,
+  ``_version``: catches re-assignment, ``vector_to_parameters``, ``model.to(…)``,
+  ``load_state_dict``, any in-place write through autograd) and a copy of its bytes, compared
+  exactly on every check (catches every write, through ``.data`` or not, BatchNorm's running
+  statistics included).
+
+A loss module's other public attributes -- neither plain nor tensors nor submodules: a list of
+teachers, a config object -- are walked by :func:`loss_state` like a loss that is not a module
+(below), on every check when the snapshot's walk found anything there, else only when one of
+the loss's attributes is re-assigned (:mod:`landscape.losses`' losses hold nothing there: they
+are never walked).
 
 When no attribute, child, parameter or buffer of any watched module was re-assigned since the
 snapshot (the usual case), the structural part of the check is one identity comparison of the
@@ -31,11 +39,13 @@ re-assignment to the same value (or of something not watched) is taken as the ne
 
 **A loss that is not a module** (a closure, a lambda, a ``functools.partial``, a bound method,
 a plain or dataclass object) is walked on every check by :func:`loss_state`, a bounded walk:
-the loss object's attributes, closure cells, default arguments, a partial's function and
-arguments, a bound method's ``__self__``, the items of small containers, and the globals read
-by functions defined in the loss's own module, at most :data:`MAX_DEPTH` references deep.
-Every module it reaches (a teacher) is watched as a tree like the model; every tensor and plain
-value it reaches (a captured temperature, class weights) is compared too.
+the attributes of the loss object and of every object whose class is not a library's (see
+:data:`_OPAQUE`: a config object or an ``argparse.Namespace`` a closure reads, wherever its
+class is defined), closure cells, default arguments, the globals a function reads, a
+partial's function and arguments, a bound method's ``__self__``, the items of small
+containers, at most :data:`MAX_DEPTH` references deep. Every module it reaches (a teacher) is
+watched as a tree like the model; every tensor and plain value it reaches (a captured
+temperature, class weights) is compared too.
 
 *A walk, not a documented* ``H.clear_cache()``, *for such losses* -- chosen by measurement:
 the walk of each teacher-holding form the tests pin (closure, default argument, partial, bound
@@ -43,8 +53,12 @@ method, partial of a method, module global) takes 6-35 µs on this project's 2-c
 (under load; ``loss_state`` timed alone), i.e. at most 0.04 % of one Hessian-vector product on
 the bench's small CNN (97 ms) and 0.1 % of one on its worst case (31 ms); the whole check with
 a closure-held teacher took 0.15x the previous check's time, side by side. Asking users to
-refresh by hand would trade that for a silent stale answer whenever they forget. Only losses
-that are not modules pay for it; :mod:`landscape.losses`' are modules, so the analyzers never do.
+refresh by hand would trade that for a silent stale answer whenever they forget. With the walk
+entering objects of any non-library class again (as d9cd2c3 did), ``benchmarks/freshness.py
+--threads 1`` measured the closure-held teacher's walk at 7.0 µs, 0.003 % of the CNN's product
+(check 0.236 ms against 0.215 ms for the same loss as a module). Only losses that are not
+modules (or hold lists or objects) pay for it; :mod:`landscape.losses`' are plain modules, so
+the analyzers never do.
 
 **Counters** are not settings and are left out: integer buffers named ``num_batches_tracked``
 (a train-mode forward increments them; no output depends on them) and any private attribute.
@@ -56,10 +70,11 @@ values that the operator's own forward passes change are re-recorded after them
 (:meth:`StateTracker.refresh_versions`), so a product never trips the check by itself.
 
 **Not watched** (call ``H.clear_cache()`` after changing them, or build a new operator):
-private attributes (names starting with ``_``), attributes set on a class, values that are
-neither plain nor tensors (a callable, a dict, a list) and in-place changes inside them, hooks,
-and anything a non-module loss reaches only beyond the walk's bounds (another module's
-globals, objects of classes defined elsewhere, more than :data:`MAX_DEPTH` references deep,
+private attributes (names starting with ``_``), attributes set on a class, hooks; public
+tensor attributes of the model's modules that are not buffers; values that are neither plain
+nor tensors (a callable, a dict, a list) on the model's modules and a loss module's
+submodules, with the changes inside them; and anything a loss reaches only beyond the walk's bounds (objects and
+functions of the libraries in :data:`_OPAQUE`, more than :data:`MAX_DEPTH` references deep,
 containers of more than :data:`MAX_ITEMS` items).
 
 The snapshot costs one copy of the watched tensors; a check reads them and the copy once
