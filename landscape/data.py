@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from landscape.errors import LandscapeError
+from landscape.schema import RecipeError
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
@@ -265,7 +266,7 @@ def load_dataset(name: str, root: str | Path | None = None, test_fraction: float
         return load_fashion_mnist(root)
     if name in CIFAR:
         return load_cifar(name, root)
-    raise ValueError(f"unknown data set {name!r}; choose mnist5k, digits, fashion-mnist, "
+    raise RecipeError(f"unknown data set {name!r}; choose mnist5k, digits, fashion-mnist, "
                      "cifar10 or cifar100")
 
 

@@ -12,9 +12,10 @@ that raises it and named for what the user did: ``RecipeError`` (a recipe or fla
 ``CheckpointError``, ``TrainingError``, ``DataError``, ``LogError``, ``ReportError``,
 ``AnalysisError``, ``ResourceError``, ``DistributedError``, ``SensitivityError``,
 ``CurvatureError`` (and ``ReductionError``), ``TableError`` (and ``FigureError``),
-``QuantizerError``, ``FrozenRoundingError``, ``CallSiteError``. Most also derive from the
-builtin their callers caught before (ValueError, RuntimeError, FileNotFoundError), so old
-``except ValueError`` code keeps working; the CLI relies on :class:`LandscapeError` alone.
+``QuantizerError``, ``FrozenRoundingError``, ``CallSiteError``, ``LossError`` (and
+``LossTypeError``). Most also derive from the builtin their callers caught before (ValueError,
+TypeError, RuntimeError, FileNotFoundError), so old ``except ValueError`` code keeps working;
+the CLI relies on :class:`LandscapeError` alone.
 
 Anything else that escapes is a bug in landscape, not a bad input: the CLI prints its traceback
 and a line asking for a report (exit 1). ``landscape.quant.QuantizationError`` (the built-in

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from landscape.schema import RecipeError
+
 
 def conv_bn_relu(c_in, c_out, stride=1):
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
@@ -81,7 +83,7 @@ MODELS = {"smallcnn": SmallCNN, "resnet20": ResNet20}
 
 def model_spec(name: str, in_channels: int, num_classes: int, width: int = 16) -> dict:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose {', '.join(MODELS)}")
+        raise RecipeError(f"unknown model {name!r}; choose {', '.join(MODELS)}")
     return {"name": name, "in_channels": int(in_channels), "num_classes": int(num_classes),
             "width": int(width)}
 
