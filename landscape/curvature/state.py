@@ -115,7 +115,8 @@ _SKIP = object()
 
 # ---------------------------------------------------------------------------- what a loss reaches
 _OPAQUE = frozenset({"torch", "numpy", "scipy", "builtins", "functools", "typing", "collections", "abc",
-                     "threading", "logging", "pathlib", "os", "sys", "re", "io", "landscape"})
+                     "threading", "logging", "pathlib", "os", "sys", "re", "io", "pandas", "sklearn",
+                     "transformers", "tokenizers", "landscape"})
 """Top-level packages whose objects and functions :func:`loss_state` does not walk into: their state
 is not a loss's (modules and tensors of theirs are still found and watched)."""
 
@@ -128,12 +129,17 @@ def _opaque(obj: Any) -> bool:
 
 def _slots(obj: Any) -> list[tuple[str, Any]]:
     """An object's attributes: its ``__dict__`` and its set ``__slots__``."""
-    out = list(getattr(obj, "__dict__", {}).items())
+    d = getattr(obj, "__dict__", None)
+    out = list(d.items()) if isinstance(d, dict) else []
     for cls in type(obj).__mro__:
         slots = cls.__dict__.get("__slots__", ())
         for name in (slots,) if isinstance(slots, str) else slots:
-            if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
+            if name in ("__dict__", "__weakref__"):
+                continue
+            try:
                 out.append((name, getattr(obj, name)))
+            except Exception:  # noqa: BLE001 - an unset slot, or a descriptor that refuses: nothing to watch
+                continue
     return out
 
 
