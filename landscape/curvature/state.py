@@ -73,9 +73,9 @@ values that the operator's own forward passes change are re-recorded after them
 private attributes (names starting with ``_``), attributes set on a class, hooks; public
 tensor attributes of the model's modules that are not buffers; values that are neither plain
 nor tensors (a callable, a dict, a list) on the model's modules and a loss module's
-submodules, with the changes inside them; and anything a loss reaches only beyond the walk's bounds (objects and
-functions of the libraries in :data:`_OPAQUE`, more than :data:`MAX_DEPTH` references deep,
-containers of more than :data:`MAX_ITEMS` items).
+submodules, with the changes inside them; and anything a loss reaches only beyond the walk's
+bounds (objects and functions of the libraries in :data:`_OPAQUE`, more than
+:data:`MAX_DEPTH` references deep, containers of more than :data:`MAX_ITEMS` items).
 
 The snapshot costs one copy of the watched tensors; a check reads them and the copy once
 (:mod:`~landscape.curvature.exact`: ``memcmp``). That read is the check's floor, and on the
