@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from landscape.errors import LandscapeError
+from landscape.errors import UnknownNameError
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
@@ -271,8 +272,8 @@ def load_dataset(name: str, root: str | Path | None = None, test_fraction: float
         from landscape.text_data import load_pydoc
 
         return load_pydoc(test_fraction)
-    raise ValueError(f"unknown data set {name!r}; choose mnist5k, digits, fashion-mnist, "
-                     "cifar10, cifar100 or pydoc")
+    raise UnknownNameError(f"unknown data set {name!r}; choose mnist5k, digits, fashion-mnist, "
+                           "cifar10, cifar100 or pydoc")
 
 
 def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,

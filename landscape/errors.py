@@ -6,15 +6,17 @@ and the fix, so the CLI prints ``str(exc)`` and nothing else.
       LockError               another process holds a run folder (or cache entry)
       UnsafePathError         a name or a planted link would write outside --out, or through a link
       DeviceError             a --device torch does not know, or CUDA asked for where there is none
+      UnknownNameError        a model, data set or kernel mode that is not one of the choices
 
 Every error a user can cause derives from :class:`LandscapeError`, each defined beside the code
 that raises it and named for what the user did: ``RecipeError`` (a recipe or flag),
 ``CheckpointError``, ``TrainingError``, ``DataError``, ``LogError``, ``ReportError``,
 ``AnalysisError``, ``ResourceError``, ``DistributedError``, ``SensitivityError``,
 ``CurvatureError`` (and ``ReductionError``), ``TableError`` (and ``FigureError``),
-``QuantizerError``, ``FrozenRoundingError``, ``CallSiteError``. Most also derive from the
-builtin their callers caught before (ValueError, RuntimeError, FileNotFoundError), so old
-``except ValueError`` code keeps working; the CLI relies on :class:`LandscapeError` alone.
+``QuantizerError``, ``FrozenRoundingError``, ``CallSiteError``, ``LossError`` (and
+``LossTypeError``). Most also derive from the builtin their callers caught before (ValueError,
+TypeError, RuntimeError, FileNotFoundError), so old ``except ValueError`` code keeps working;
+the CLI relies on :class:`LandscapeError` alone.
 
 Anything else that escapes is a bug in landscape, not a bad input: the CLI prints its traceback
 and a line asking for a report (exit 1). ``landscape.quant.QuantizationError`` (the built-in
@@ -38,6 +40,10 @@ class StorageError(LandscapeError, RuntimeError):
 
 class LockError(LandscapeError, RuntimeError):
     """Another process is writing the same run folder (or cache entry)."""
+
+
+class UnknownNameError(LandscapeError, ValueError):
+    """A name that is not one of the choices (a model, a data set, a kernel mode), from a recipe or a call."""
 
 
 class UnsafePathError(LandscapeError, ValueError):

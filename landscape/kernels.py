@@ -36,6 +36,8 @@ import platform
 import sys
 from typing import Mapping, Sequence
 
+from landscape.errors import UnknownNameError
+
 __all__ = ["PINNED", "REPRODUCIBLE", "FAST", "pinned_env", "apply", "current", "cpu_model", "cpu_isa",
            "describe"]
 
@@ -117,7 +119,7 @@ def apply(mode: str, argv: Sequence[str] | None = None) -> None:
     command line to re-execute (default ``sys.argv[1:]``).
     """
     if mode not in (REPRODUCIBLE, FAST):
-        raise ValueError(f"kernel mode {mode!r}: expected {REPRODUCIBLE!r} or {FAST!r}")
+        raise UnknownNameError(f"kernel mode {mode!r}: expected {REPRODUCIBLE!r} or {FAST!r}")
     env = pinned_env(os.environ, mode)
     if all(os.environ.get(k) == v for k, v in env.items()):
         return

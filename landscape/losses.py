@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import LandscapeError
 from .lm_losses import CausalLM, HFLoss, causal_lm, hf_loss  # the LM losses on dict batches (issue 17)
 from .output_hessians import SoftmaxOutputHessian, SumOutputHessian
 
@@ -77,15 +78,25 @@ __all__ = [
 REDUCTIONS = ("batchmean", "mean")
 
 
+class LossError(LandscapeError, ValueError):
+    """A loss built or called with what it cannot use (a reduction, a temperature, logits of the wrong
+    shape); the message names the argument and the fix. Still a ``ValueError``."""
+
+
+class LossTypeError(LossError, TypeError):
+    """A :class:`LossError` about the kind of an argument (a teacher that is not a module, a batch that
+    is not ``(x, y)``); still a ``TypeError`` too."""
+
+
 def _check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise LossError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return reduction
 
 
 def _check_temperature(temperature: float) -> float:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        raise LossError(f"temperature must be a positive number, got {temperature!r}")
     return float(temperature)
 
 
@@ -108,7 +119,7 @@ def kl_divergence(
     T = _check_temperature(temperature)
     _check_reduction(reduction)
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
+        raise LossError(
             f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}"
         )
     log_q = F.log_softmax(student_logits / T, dim=-1)
@@ -141,13 +152,13 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(batch, (tuple, list)) and len(batch) >= 1:
         return batch[0], (batch[1] if len(batch) > 1 else None)
     hint = ": for a dict batch {'input_ids': ...} use landscape.losses.causal_lm()" if isinstance(batch, dict) else ""
-    raise TypeError(f"a batch must be a tuple (x, y), got {type(batch).__name__}{hint}")
+    raise LossTypeError(f"a batch must be a tuple (x, y), got {type(batch).__name__}{hint}")
 
 
 # ---------------------------------------------------------------------------- output-space Hessians
 def _check_logits(f: torch.Tensor) -> torch.Tensor:
     if f.dim() != 2:
-        raise ValueError(f"the output-space Hessian needs 2-D logits (batch, classes), got shape {tuple(f.shape)}")
+        raise LossError(f"the output-space Hessian needs 2-D logits (batch, classes), got shape {tuple(f.shape)}")
     return f
 
 
@@ -191,7 +202,7 @@ class CrossEntropy(_LossModule):
         """CE of given logits against the batch's labels."""
         _, y = _unpack(batch)
         if y is None:
-            raise TypeError("cross_entropy needs labels: a batch (x, y)")
+            raise LossTypeError("cross_entropy needs labels: a batch (x, y)")
         return ce(outputs, y)
 
     def output_hessian(self, outputs: torch.Tensor, batch: Any) -> SoftmaxOutputHessian:
@@ -213,7 +224,7 @@ class KLToTeacher(_LossModule):
 
     def __init__(self, teacher: nn.Module, temperature: float = 1.0, reduction: str = "batchmean"):
         if not isinstance(teacher, nn.Module):
-            raise TypeError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
+            raise LossTypeError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
         super().__init__()
         self.teacher = teacher  # a registered submodule
         self.temperature = _check_temperature(temperature)
@@ -253,7 +264,7 @@ class Distillation(_LossModule):
         reduction: str = "batchmean",
     ):
         if not isinstance(teacher, nn.Module):
-            raise TypeError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
+            raise LossTypeError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
         super().__init__()
         self.teacher = teacher  # a registered submodule
         self.temperature = _check_temperature(temperature)
@@ -261,7 +272,7 @@ class Distillation(_LossModule):
         self.kd_scale = float(kd_scale)
         self.reduction = _check_reduction(reduction)
         if not self.ce_scale and not self.kd_scale:
-            raise ValueError("distillation: ce_scale and kd_scale are both 0")
+            raise LossError("distillation: ce_scale and kd_scale are both 0; make one of them non-zero")
 
     @property
     def name(self) -> str:
@@ -276,7 +287,7 @@ class Distillation(_LossModule):
         """``ce_scale·CE + kd_scale·KL`` of given student logits."""
         x, y = _unpack(batch)
         if self.ce_scale and y is None:
-            raise TypeError("distillation with ce_scale != 0 needs labels: a batch (x, y)")
+            raise LossTypeError("distillation with ce_scale != 0 needs labels: a batch (x, y)")
         t = _teacher_logits(self.teacher, x) if self.kd_scale else outputs.detach()
         return distillation_loss(outputs, y, t, self.temperature, self.ce_scale, self.kd_scale, self.reduction)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from landscape.errors import UnknownNameError
 from landscape.lm_model import TinyLM
 
 
@@ -83,7 +84,7 @@ MODELS = {"smallcnn": SmallCNN, "resnet20": ResNet20, "tinylm": TinyLM}  # tinyl
 
 def model_spec(name: str, in_channels: int, num_classes: int, width: int = 16) -> dict:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose {', '.join(MODELS)}")
+        raise UnknownNameError(f"unknown model {name!r}; choose {', '.join(MODELS)}")
     return {"name": name, "in_channels": int(in_channels), "num_classes": int(num_classes),
             "width": int(width)}
 

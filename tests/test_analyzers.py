@@ -377,3 +377,30 @@ def test_off_a_terminal_each_checkpoint_prints_one_line(tiny_runs, tmp_path, cap
     n = len(list_checkpoints(tiny_runs["kd"]))
     assert len(lines) == n
     assert all("cosine" in l for l in lines) and lines[-1].split("(")[1].startswith(f"{n}/{n}")
+
+
+def test_a_state_that_fails_on_bad_input_is_listed_and_a_bug_is_raised(tiny_runs, tmp_path, monkeypatch):
+    """A checkpoint's state (what crossings compares between epochs) that meets bad input (a
+    LandscapeError) is a problem of that checkpoint and the sweep goes on; any other exception is a
+    bug in landscape and is raised, as for the analyses themselves."""
+    import landscape.analyzers.crossings as crossings
+    from landscape.curvature import CurvatureError
+
+    state = crossings.state
+
+    def bad_at_epoch_2(point, cfg):
+        if point.meta["epoch"] == 2:
+            raise CurvatureError("planted: epoch 2's state")
+        return state(point, cfg)
+
+    monkeypatch.setattr(crossings, "state", bad_at_epoch_2)
+    with pytest.warns(AnalysisWarning, match="epoch_0002.pt: crossings: CurvatureError: planted"):
+        tables = analyze_runs([tiny_runs["kd"]], analyses=["crossings"], out_dir=tmp_path / "a", device="cpu")
+    assert any("planted" in str(p) for p in tables.problems)
+
+    def buggy(point, cfg):
+        raise KeyError("a bug in landscape")
+
+    monkeypatch.setattr(crossings, "state", buggy)
+    with pytest.raises(KeyError, match="a bug in landscape"):
+        analyze_runs([tiny_runs["kd"]], analyses=["crossings"], out_dir=tmp_path / "b", device="cpu")

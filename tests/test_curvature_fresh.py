@@ -7,6 +7,7 @@ non-deterministic loaders (shuffling, noise, random flips), zero-sample batches,
 ``eval_mode=False`` and a once-differentiable STE get one clear error or warning.
 """
 
+import argparse
 import dataclasses
 import functools
 import warnings
@@ -284,9 +285,67 @@ def _class_weights_tensor(teacher):
     return (lambda model, batch: F.cross_entropy(model(batch[0]), batch[1], weight=w)), lambda: w.data.mul_(scale)
 
 
+class _TensorWeightedCE(nn.Module):  # class weights kept as a plain tensor attribute, not a buffer
+    def __init__(self):
+        super().__init__()
+        self.w = torch.tensor([1.0, 2.0, 0.5, 1.0], dtype=torch.float64)
+
+    def forward(self, model, batch):
+        return F.cross_entropy(model(batch[0]) * self.w, batch[1])
+
+
+def _loss_module_tensor_in_place(teacher):
+    loss = _TensorWeightedCE()
+    return loss, lambda: loss.w.mul_(3.0)
+
+
+def _loss_module_tensor_reassigned(teacher):
+    loss = _TensorWeightedCE()
+    return loss, lambda: setattr(loss, "w", torch.tensor([0.5, 2.0, 3.0, 0.2], dtype=torch.float64))
+
+
+class _Teachers(nn.Module):  # teachers kept in a list attribute: reached only by walking the loss module
+    def __init__(self, teachers):
+        super().__init__()
+        self.teachers = list(teachers)
+
+    def forward(self, model, batch):
+        return sum(_kd(model, batch, t, 2.0) for t in self.teachers)
+
+
+def _loss_module_list_of_teachers(teacher):
+    loss = _Teachers([teacher])
+    return loss, lambda: teacher.fc.weight.data.mul_(3.0)
+
+
+def _closure_over_a_foreign_object(teacher):
+    cfg = argparse.Namespace(temperature=1.0)  # an object whose class is defined in another package
+
+    def loss(model, batch):
+        return ce(model(batch[0]) / cfg.temperature, batch[1])
+
+    return loss, lambda: setattr(cfg, "temperature", 4.0)
+
+
+class _SlottedWeightedCE:  # a loss object with __slots__ (no __dict__): its slots are its attributes
+    __slots__ = ("weight",)
+
+    def __init__(self, weight):
+        self.weight = weight
+
+    def __call__(self, model, batch):
+        return self.weight * ce(model(batch[0]), batch[1])
+
+
+def _slotted_field(teacher):
+    loss = _SlottedWeightedCE(1.0)
+    return loss, lambda: setattr(loss, "weight", 0.3)
+
+
 SPLIT = [_temperature, _reduction, _kd_scale, _dataclass_field]  # split at the outputs: the GGN's too
 SETTINGS = SPLIT + [_plain_dataclass_field, _other_teacher, _partial_keyword, _closure_value, _module_attribute, _criterion_setting,
-                    _class_weights_tensor]
+                    _class_weights_tensor, _loss_module_tensor_in_place, _loss_module_tensor_reassigned,
+                    _loss_module_list_of_teachers, _closure_over_a_foreign_object, _slotted_field]
 
 
 @pytest.mark.parametrize(("op", "setting"), [(Hessian, f) for f in SETTINGS] + [(GGN, f) for f in SPLIT],

@@ -182,3 +182,38 @@ def test_a_bug_under_torchrun_exits_1_and_releases_the_other_ranks(tmp_path):
     assert r1[1][2].rstrip().endswith(f"landscape[rank 1]: {cli.BUG_REPORT}")
     # rank 0 was waiting for it: released with one line naming what happened (exit 2), not hung
     assert r0[1][0] == 2 and "DistributedError" in r0[1][2] and "Traceback" not in r0[1][2], r0[1]
+
+
+def _bad_user_inputs():
+    """(call, builtin base its callers caught before, words the one line must hold) for public API calls
+    with a bad argument: each must be a LandscapeError (exit 2 from the CLI) that keeps that base."""
+    import torch
+    from torch import nn
+
+    from landscape import data, kernels, losses, models
+    from landscape.zsq.gi import InundatedSGD
+
+    teacher, x = nn.Linear(3, 4), torch.zeros(2, 3)
+    return [
+        (lambda: losses.kl_to_teacher("teacher.pt"), TypeError, "teacher must be an nn.Module, got str"),
+        (lambda: losses.distillation(lambda x: x), TypeError, "teacher must be an nn.Module"),
+        (lambda: losses.kl_to_teacher(teacher, temperature=0), ValueError, "temperature must be a positive number"),
+        (lambda: losses.kl_to_teacher(teacher, reduction="sum"), ValueError, "reduction must be one of"),
+        (lambda: losses.distillation(teacher, ce_scale=0, kd_scale=0), ValueError, "both 0"),
+        (lambda: losses.cross_entropy()(teacher, {"input_ids": x}), TypeError, "causal_lm()"),
+        (lambda: losses.cross_entropy()(teacher, (x,)), TypeError, "cross_entropy needs labels"),
+        (lambda: losses.kl_divergence(x, torch.zeros(2, 5)), ValueError, "differ in shape"),
+        (lambda: models.model_spec("vgg16", 1, 10), ValueError, "unknown model 'vgg16'; choose smallcnn"),
+        (lambda: data.load_dataset("imagenet"), ValueError, "unknown data set 'imagenet'"),
+        (lambda: kernels.apply("turbo"), ValueError, "kernel mode 'turbo'"),
+        (lambda: InundatedSGD([nn.Parameter(x)], lr=-1.0), ValueError, "lr=-1.0"),
+        (lambda: InundatedSGD([nn.Parameter(x)], lr=0.1, form="fancy"), ValueError, "form='fancy'"),
+    ]
+
+
+def test_bad_arguments_to_the_public_api_are_landscape_errors_keeping_their_builtin_base():
+    for call, base, words in _bad_user_inputs():
+        with pytest.raises(LandscapeError) as info:
+            call()
+        assert isinstance(info.value, base), (words, type(info.value).__mro__)
+        assert words in str(info.value) and "\n" not in str(info.value), str(info.value)

@@ -48,6 +48,15 @@ __all__ = ["MODULES", "AnalysisWarning", "Problem", "AnalysisTables", "analyze_h
 MODULES = {m.NAME: m for m in (cosine, trace, eigen, density, interepoch, crossings)}
 
 
+def _bad_input() -> tuple[type[BaseException], ...]:
+    """What one checkpoint's analysis may fail with and the sweep lists as a problem and goes on:
+    a bad input (a :class:`LandscapeError`, a file error) or no memory left for it. Anything else
+    is a bug in landscape, raised as one."""
+    import torch
+
+    return (LandscapeError, OSError, MemoryError, torch.OutOfMemoryError)
+
+
 class AnalysisWarning(UserWarning):
     """A checkpoint or run was skipped; the analysis went on without it."""
 
@@ -316,7 +325,7 @@ class _Job:
                 for n in need_state.get(e, ()):
                     try:
                         states[(n, e)] = MODULES[n].state(point, self.cfg)
-                    except Exception as exc:  # noqa: BLE001
+                    except _bad_input() as exc:  # as in _one: a bug in landscape is raised, not listed
                         self.problem(paths[e], n, _reason(exc, paths[e]))
                 for n, key, prev in todo:
                     if prev is None:
@@ -337,11 +346,9 @@ class _Job:
 
     def _one(self, name, key, point, path, compute) -> None:
         """Run one analysis on one checkpoint; cache it only if nothing it needed was missing."""
-        import torch
-
         try:
             rows = compute()
-        except (LandscapeError, OSError, MemoryError, torch.OutOfMemoryError) as exc:
+        except _bad_input() as exc:
             # one checkpoint's bad input (a corrupt file, a NaN loss, no memory left for it) never
             # stops the sweep; anything else is a bug in landscape and is raised as one
             self.problem(path, name, _reason(exc, path))

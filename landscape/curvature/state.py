@@ -17,11 +17,19 @@ module in those trees it records
   convolution's ``stride``, a loss's ``temperature`` or ``reduction``. ``training`` too, except
   on the model's own modules when the operator sets the model's mode itself (``eval_mode=True``:
   switching the model between ``train()`` and ``eval()`` then changes nothing);
-* every parameter and floating-point buffer: its identity, layout and version counter (object,
-  storage pointer, dtype, device, shape, stride, ``_version``: catches re-assignment,
-  ``vector_to_parameters``, ``model.to(…)``, ``load_state_dict``, any in-place write through
-  autograd) and a copy of its bytes, compared exactly on every check (catches every write,
-  through ``.data`` or not, BatchNorm's running statistics included).
+* every parameter and floating-point buffer -- and, in the loss's tree, every public tensor
+  attribute too (class weights kept as ``self.w = torch.tensor(…)``, not a buffer): its
+  identity, layout and version counter (object, storage pointer, dtype, device, shape, stride,
+  ``_version``: catches re-assignment, ``vector_to_parameters``, ``model.to(…)``,
+  ``load_state_dict``, any in-place write through autograd) and a copy of its bytes, compared
+  exactly on every check (catches every write, through ``.data`` or not, BatchNorm's running
+  statistics included).
+
+A loss module's other public attributes -- neither plain nor tensors nor submodules: a list of
+teachers, a config object -- are walked by :func:`loss_state` like a loss that is not a module
+(below), on every check when the snapshot's walk found anything there, else only when one of
+the loss's attributes is re-assigned (:mod:`landscape.losses`' losses hold nothing there: they
+are never walked).
 
 When no attribute, child, parameter or buffer of any watched module was re-assigned since the
 snapshot (the usual case), the structural part of the check is one identity comparison of the
@@ -31,11 +39,13 @@ re-assignment to the same value (or of something not watched) is taken as the ne
 
 **A loss that is not a module** (a closure, a lambda, a ``functools.partial``, a bound method,
 a plain or dataclass object) is walked on every check by :func:`loss_state`, a bounded walk:
-the loss object's attributes, closure cells, default arguments, a partial's function and
-arguments, a bound method's ``__self__``, the items of small containers, and the globals read
-by functions defined in the loss's own module, at most :data:`MAX_DEPTH` references deep.
-Every module it reaches (a teacher) is watched as a tree like the model; every tensor and plain
-value it reaches (a captured temperature, class weights) is compared too.
+the attributes of the loss object and of every object whose class is not a library's (see
+:data:`_OPAQUE`: a config object or an ``argparse.Namespace`` a closure reads, wherever its
+class is defined), closure cells, default arguments, the globals a function reads, a
+partial's function and arguments, a bound method's ``__self__``, the items of small
+containers, at most :data:`MAX_DEPTH` references deep. Every module it reaches (a teacher) is
+watched as a tree like the model; every tensor and plain value it reaches (a captured
+temperature, class weights) is compared too.
 
 *A walk, not a documented* ``H.clear_cache()``, *for such losses* -- chosen by measurement:
 the walk of each teacher-holding form the tests pin (closure, default argument, partial, bound
@@ -43,8 +53,12 @@ method, partial of a method, module global) takes 6-35 µs on this project's 2-c
 (under load; ``loss_state`` timed alone), i.e. at most 0.04 % of one Hessian-vector product on
 the bench's small CNN (97 ms) and 0.1 % of one on its worst case (31 ms); the whole check with
 a closure-held teacher took 0.15x the previous check's time, side by side. Asking users to
-refresh by hand would trade that for a silent stale answer whenever they forget. Only losses
-that are not modules pay for it; :mod:`landscape.losses`' are modules, so the analyzers never do.
+refresh by hand would trade that for a silent stale answer whenever they forget. With the walk
+entering objects of any non-library class again (as d9cd2c3 did), ``benchmarks/freshness.py
+--threads 1`` measured the closure-held teacher's walk at 7.0 µs, 0.003 % of the CNN's product
+(check 0.236 ms against 0.215 ms for the same loss as a module). Only losses that are not
+modules (or hold lists or objects) pay for it; :mod:`landscape.losses`' are plain modules, so
+the analyzers never do.
 
 **Counters** are not settings and are left out: integer buffers named ``num_batches_tracked``
 (a train-mode forward increments them; no output depends on them) and any private attribute.
@@ -56,11 +70,12 @@ values that the operator's own forward passes change are re-recorded after them
 (:meth:`StateTracker.refresh_versions`), so a product never trips the check by itself.
 
 **Not watched** (call ``H.clear_cache()`` after changing them, or build a new operator):
-private attributes (names starting with ``_``), attributes set on a class, values that are
-neither plain nor tensors (a callable, a dict, a list) and in-place changes inside them, hooks,
-and anything a non-module loss reaches only beyond the walk's bounds (another module's
-globals, objects of classes defined elsewhere, more than :data:`MAX_DEPTH` references deep,
-containers of more than :data:`MAX_ITEMS` items).
+private attributes (names starting with ``_``), attributes set on a class, hooks; public
+tensor attributes of the model's modules that are not buffers; values that are neither plain
+nor tensors (a callable, a dict, a list) on the model's modules and a loss module's
+submodules, with the changes inside them; and anything a loss reaches only beyond the walk's
+bounds (objects and functions of the libraries in :data:`_OPAQUE`, more than
+:data:`MAX_DEPTH` references deep, containers of more than :data:`MAX_ITEMS` items).
 
 The snapshot costs one copy of the watched tensors; a check reads them and the copy once
 (:mod:`~landscape.curvature.exact`: ``memcmp``). That read is the check's floor, and on the
@@ -98,12 +113,34 @@ _PLAIN = frozenset({bool, int, float, str, type(None)})  # the common plain type
 _SKIP = object()
 
 
-# ---------------------------------------------------------------------------- a loss that is no module
-def _home(obj: Any) -> str | None:
-    """The module that defines a loss callable: its function's, or its class's."""
-    while isinstance(obj, (functools.partial, types.MethodType)):
-        obj = obj.func if isinstance(obj, functools.partial) else obj.__func__
-    return getattr(obj, "__module__", None) if isinstance(obj, types.FunctionType) else type(obj).__module__
+# ---------------------------------------------------------------------------- what a loss reaches
+_OPAQUE = frozenset({"torch", "numpy", "scipy", "builtins", "functools", "typing", "collections", "abc",
+                     "threading", "logging", "pathlib", "os", "sys", "re", "io", "pandas", "sklearn",
+                     "transformers", "tokenizers", "landscape"})
+"""Top-level packages whose objects and functions :func:`loss_state` does not walk into: their state
+is not a loss's (modules and tensors of theirs are still found and watched)."""
+
+
+def _opaque(obj: Any) -> bool:
+    """Whether ``obj`` (a function or a class) comes from a package of :data:`_OPAQUE`."""
+    module = getattr(obj, "__module__", None) or ""
+    return module.split(".", 1)[0] in _OPAQUE
+
+
+def _slots(obj: Any) -> list[tuple[str, Any]]:
+    """An object's attributes: its ``__dict__`` and its set ``__slots__``."""
+    d = getattr(obj, "__dict__", None)
+    out = list(d.items()) if isinstance(d, dict) else []
+    for cls in type(obj).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            try:
+                out.append((name, getattr(obj, name)))
+            except Exception:  # noqa: BLE001 - an unset slot, or a descriptor that refuses: nothing to watch
+                continue
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -118,23 +155,27 @@ def _global_names(code: types.CodeType) -> tuple[str, ...]:
 
 def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
         list[tuple[str, nn.Module]], list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
-    """What a loss callable that is not an ``nn.Module`` reaches: ``(modules, tensors, values)``.
+    """What a loss callable reaches besides the model: ``(modules, tensors, values)``.
 
-    A bounded walk from ``loss_fn`` through the loss object's attributes, closure cells, default
-    arguments, a ``functools.partial``'s function, arguments and keywords, a bound method's
-    ``__self__``, the items of lists, tuples and dicts of at most :data:`MAX_ITEMS` items, the
-    attributes of objects whose class is defined in the loss's own module, and the globals read
-    by functions defined there; at most :data:`MAX_DEPTH` references deep, each object once, the
-    model never. Each result is a list of ``(path, object)``, paths such as ``"loss_fn.teacher"``
-    or ``"loss_fn.keywords['temperature']"``: every ``nn.Module`` reached (not walked into: it is
+    A bounded walk from ``loss_fn`` through the attributes (``__dict__``, ``__slots__``,
+    dataclass fields) of every object whose class does not come from a library of
+    :data:`_OPAQUE` (a config object, an ``argparse.Namespace``, wherever its class is
+    defined), closure cells, default arguments and the globals a function reads (functions of
+    those libraries excepted), a ``functools.partial``'s function, arguments and keywords, a
+    bound method's ``__self__``, the items of lists, tuples and dicts of at most
+    :data:`MAX_ITEMS` items; at most :data:`MAX_DEPTH` references deep, each object once, the
+    model never. A loss that is itself an ``nn.Module`` is listed and its public attributes that
+    are neither plain nor tensors (a list of teachers, a config object) are walked: its tree
+    (parameters, buffers, public plain values and tensors) is watched by :class:`StateTracker`.
+    Each result is a list of ``(path, object)``, paths such as ``"loss_fn.teacher"`` or
+    ``"loss_fn.keywords['temperature']"``: every ``nn.Module`` reached (not walked into: it is
     watched as a tree), every tensor, and every plain value (scalar, string, ``None``, enum,
-    dtype, device).
+    dtype, device, a set of those).
     """
     modules: list[tuple[str, nn.Module]] = []
     tensors: list[tuple[str, torch.Tensor]] = []
     values: list[tuple[str, Any]] = []
     seen: set[int] = {id(model)} if model is not None else set()
-    home = _home(loss_fn)
 
     def walk(obj: Any, path: str, depth: int) -> None:
         if isinstance(obj, _ATOMS):
@@ -147,6 +188,12 @@ def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
             tensors.append((path, obj))
         elif isinstance(obj, nn.Module):
             modules.append((path, obj))
+            if depth == 0:  # the loss is a module: what its other public attributes reach is the loss's
+                for key, value in list(obj.__dict__.items()):
+                    if key[0] != "_" and not isinstance(value, torch.Tensor) and _plain(value) is _SKIP:
+                        walk(value, f"{path}.{key}", depth + 1)
+        elif isinstance(obj, (type, types.ModuleType, types.BuiltinFunctionType, types.BuiltinMethodType)):
+            return
         elif isinstance(obj, functools.partial):
             walk(obj.func, f"{path}.func", depth + 1)
             for i, a in enumerate(obj.args):
@@ -157,6 +204,8 @@ def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
             walk(obj.__self__, f"{path}.__self__", depth + 1)
             walk(obj.__func__, path, depth)
         elif isinstance(obj, types.FunctionType):
+            if _opaque(obj):
+                return
             code = obj.__code__
             for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
                 try:
@@ -168,17 +217,19 @@ def loss_state(loss_fn: Any, model: nn.Module | None = None) -> tuple[
                 walk(a, f"{path}.__defaults__[{i}]", depth + 1)
             for k, a in (obj.__kwdefaults__ or {}).items():
                 walk(a, f"{path}.__kwdefaults__[{k!r}]", depth + 1)
-            if obj.__module__ == home:
-                g = obj.__globals__
-                for name in _global_names(code):
-                    if name in g:
-                        walk(g[name], f"{path}.{name}", depth + 1)
+            g = obj.__globals__
+            for name in _global_names(code):
+                if name in g:
+                    walk(g[name], f"{path}.{name}", depth + 1)
         elif isinstance(obj, (list, tuple, dict)):
             if len(obj) <= MAX_ITEMS:
                 for k, a in list(obj.items() if isinstance(obj, dict) else enumerate(obj)):
                     walk(a, f"{path}[{k!r}]", depth + 1)
-        elif depth == 0 or type(obj).__module__ == home:  # the loss object, or an object of its module's classes
-            for key, value in list(getattr(obj, "__dict__", {}).items()):
+        elif isinstance(obj, (set, frozenset)):
+            if len(obj) <= MAX_ITEMS and all(isinstance(a, _ATOMS) for a in obj):
+                values.append((path, frozenset(obj)))
+        elif depth == 0 or not _opaque(type(obj)):  # the loss object, or an object of a class not a library's
+            for key, value in _slots(obj):
                 walk(value, f"{path}.{key}", depth + 1)
 
     walk(loss_fn, "loss_fn", 0)
@@ -225,16 +276,17 @@ def module_values(model: nn.Module, modes: bool = True) -> tuple:
     return tuple(x for m in model.modules() for x in (type(m), *_attributes(m, modes)))
 
 
-def _tree(roots: list[tuple[str, nn.Module]], modes: bool) -> list[tuple[str, nn.Module, bool]]:
-    """``(name, module, modes)`` for every module of the roots' trees, each once, the first root's
-    (the model's) with ``modes`` as given, the others' (the loss's) always with their modes."""
-    out: list[tuple[str, nn.Module, bool]] = []
+def _tree(roots: list[tuple[str, nn.Module]], modes: bool) -> list[tuple[str, nn.Module, bool, bool]]:
+    """``(name, module, modes, loss)`` for every module of the roots' trees, each once: the first root's
+    (the model's) with ``modes`` as given and ``loss=False``, the others' (the loss's) always with
+    their modes and ``loss=True``."""
+    out: list[tuple[str, nn.Module, bool, bool]] = []
     seen: set[int] = set()
     for k, (prefix, root) in enumerate(roots):
         for name, m in root.named_modules():
             if id(m) not in seen:
                 seen.add(id(m))
-                out.append((f"{prefix}.{name}" if name else prefix, m, modes or k > 0))
+                out.append((f"{prefix}.{name}" if name else prefix, m, modes or k > 0, k > 0))
     return out
 
 
@@ -254,12 +306,19 @@ def _is_counter(name: str, t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex()) and name.endswith("num_batches_tracked")
 
 
-def _tensors(tree: list[tuple[str, nn.Module, bool]], loose: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
-    """``(name, tensor)`` for the parameters and non-counter buffers of the tree's modules and the loose
-    tensors, each tensor once (a loss that holds a wrapper of the model shares its tensors)."""
+def _public_tensors(m: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """A module's public tensor attributes that are neither parameters nor buffers (``self.w = torch.tensor(…)``)."""
+    return [(k, v) for k, v in m.__dict__.items() if k[0] != "_" and isinstance(v, torch.Tensor)]
+
+
+def _tensors(tree: list[tuple[str, nn.Module, bool, bool]], loose: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for the parameters and non-counter buffers of the tree's modules, the public tensor
+    attributes of the loss's modules, and the loose tensors, each tensor once (a loss that holds a
+    wrapper of the model shares its tensors)."""
     out: list[tuple[str, torch.Tensor]] = []
     have: set[int] = set()
-    named = ((f"{prefix}.{n}", t) for prefix, m, _ in tree for n, t in [*m._parameters.items(), *m._buffers.items()]
+    named = ((f"{prefix}.{n}", t) for prefix, m, _, loss in tree
+             for n, t in [*m._parameters.items(), *m._buffers.items(), *(_public_tensors(m) if loss else ())]
              if t is not None and not _is_counter(n, t))
     for name, t in [*named, *loose]:
         if id(t) not in have:
@@ -288,7 +347,8 @@ class StateTracker:
         self.model = model
         self.loss_fn = loss_fn
         self.modes = bool(modes)
-        self._walked = loss_fn is not None and not isinstance(loss_fn, nn.Module)
+        self._walked = loss_fn is not None
+        self._always = not isinstance(loss_fn, nn.Module)  # a loss module is walked only when needed
         self.clear()
 
     def clear(self) -> None:
@@ -296,7 +356,7 @@ class StateTracker:
         self._roots: list[tuple[str, nn.Module]] = []
         self._loose: list[tuple[str, torch.Tensor]] = []
         self._plain: list[tuple[str, Any]] = []
-        self._tree: list[tuple[str, nn.Module, bool]] = []
+        self._tree: list[tuple[str, nn.Module, bool, bool]] = []
         self._refs: list = []
         self._module_values: list[tuple] = []
         self._entries: list[tuple[str, torch.Tensor]] = []
@@ -306,23 +366,24 @@ class StateTracker:
 
     # ------------------------------------------------------------------ reading the state
     def _loss_now(self) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, torch.Tensor]], list[tuple[str, Any]]]:
-        if self._walked:
-            return loss_state(self.loss_fn, self.model)
-        return ([("loss_fn", self.loss_fn)] if self.loss_fn is not None else []), [], []
+        return loss_state(self.loss_fn, self.model) if self._walked else ([], [], [])
 
-    def _record_modules(self, tree: list[tuple[str, nn.Module, bool]]) -> None:
+    def _record_modules(self, tree: list[tuple[str, nn.Module, bool, bool]]) -> None:
         self._tree = tree
-        self._refs = _refs([m for _, m, _ in tree])
-        self._module_values = [(type(m), _attributes(m, modes)) for _, m, modes in tree]
+        self._refs = _refs([m for _, m, _, _ in tree])
+        self._module_values = [(type(m), _attributes(m, modes)) for _, m, modes, _ in tree]
         self._entries = _tensors(tree, self._loose)
 
     def _same_structure(self) -> bool:
-        refs = _refs([m for _, m, _ in self._tree])
+        refs = _refs([m for _, m, _, _ in self._tree])
         return len(refs) == len(self._refs) and all(map(operator.is_, refs, self._refs))
 
     def snapshot(self) -> None:
         """Record the current state (call right after building a graph from it)."""
         self._roots, self._loose, self._plain = self._loss_now()
+        # a loss module whose public attributes reach nothing beyond its tree (landscape.losses') need not be
+        # walked while none of its attributes is re-assigned: the walk would read the same objects
+        self._always = not isinstance(self.loss_fn, nn.Module) or len(self._roots) > 1 or bool(self._loose or self._plain)
         self._record_modules(_tree([("model", self.model), *self._roots], self.modes))
         self._layouts = [_layout(t) for _, t in self._entries]
         with torch.no_grad():
@@ -349,11 +410,12 @@ class StateTracker:
         """``None`` if nothing changed since :meth:`snapshot`, else the name of the first change."""
         if not self._recorded:
             return None
-        if self._walked:
+        same = self._same_structure()
+        if self._walked and (self._always or not same):
             what = self._loss_changed()
             if what is not None:
                 return what
-        if not self._same_structure():
+        if not same:
             what = self._modules_changed()
             if what is not None:
                 return what
@@ -385,7 +447,7 @@ class StateTracker:
         tree = _tree([("model", self.model), *self._roots], self.modes)
         if len(tree) != len(self._tree):
             return "the modules (one added or removed)"
-        for (name, m, modes), (kind, attrs) in zip(tree, self._module_values):
+        for (name, m, modes, _), (kind, attrs) in zip(tree, self._module_values):
             if type(m) is not kind:
                 return f"{name} (its class)"
             now = _attributes(m, modes)

@@ -32,6 +32,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from landscape.quant.functional import weight_codes
+from landscape.zsq.errors import OptimizerSettingError
 
 FORMS = ("official", "buffer")
 
@@ -95,13 +96,13 @@ class InundatedSGD(torch.optim.Optimizer):
                  weight_decay: float = 0.0, rho: float | None = None, kappa_max: float = 128.0,
                  bisect_steps: int = 5, form: str = "official"):
         if lr < 0:
-            raise ValueError(f"lr={lr}: expected a non-negative learning rate")
+            raise OptimizerSettingError(f"lr={lr}: expected a non-negative learning rate")
         if rho is not None and not 0.0 <= rho <= 1.0:
-            raise ValueError(f"rho={rho}: the target crossing fraction must be in [0, 1]")
+            raise OptimizerSettingError(f"rho={rho}: the target crossing fraction must be in [0, 1]")
         if kappa_max < 1.0:
-            raise ValueError(f"kappa_max={kappa_max}: must be >= 1 (GI never shrinks a gradient)")
+            raise OptimizerSettingError(f"kappa_max={kappa_max}: must be >= 1 (GI never shrinks a gradient)")
         if form not in FORMS:
-            raise ValueError(f"form={form!r}: expected one of {', '.join(FORMS)}")
+            raise OptimizerSettingError(f"form={form!r}: expected one of {', '.join(FORMS)}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         rho=rho, kappa_max=kappa_max, bisect_steps=bisect_steps,
                         w_bits=None, layer=None, zero_point="integral")
