@@ -37,8 +37,9 @@ lock:
 
 setup: $(STAMP)
 
+# Two pytest workers, one test file each at a time (a file's fixtures stay in one process).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 figures: $(STAMP)
 	$(PY) -m landscape figures $(RECIPE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),) \
