@@ -190,3 +190,20 @@ def ref_hvp(model, loss_fn, batches, names, V):
             count += n
         cols.append(total / count)
     return torch.stack(cols, dim=1)
+
+
+def exact_hessian(model, loss_fn, names, batch) -> torch.Tensor:
+    """The dense Hessian of ``loss_fn(model, batch)`` over the flat parameters ``names``, by
+    torch.func.hessian on one torch thread under the math attention kernel."""
+    theta = flat_params(model, names)
+
+    def L(th):
+        return loss_fn(lambda *a, **k: functional_call(model, unflatten(model, names, th), a, k), batch)
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with reference_mode():
+            return torch.func.hessian(L)(theta)
+    finally:
+        torch.set_num_threads(n)

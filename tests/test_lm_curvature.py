@@ -14,7 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from landscape.analyzers import AnalysisError, analyze_model
 from landscape.curvature import GGN, estimators, CurvatureError, Hessian, gradient, loss_slice, mean_loss
 from landscape.losses import causal_lm
-from lm_helpers import (flat_params, functional_call, lm_batches, make_lm, ref_ggn_products, ref_hvp, reference_mode,
+from lm_helpers import (exact_hessian, flat_params, functional_call, lm_batches, make_lm, ref_ggn_products, ref_hvp, reference_mode,
                         unflatten)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, robust on a shared machine
@@ -93,18 +93,7 @@ def block_hessian():
     """The exact Hessian over the blocks' parameters of a 1-block LM (torch.func.hessian, float64)."""
     model, loss, batches = make_lm(n_blocks=1, seed=5), causal_lm(), lm_batches(sizes=(3,), pad=True)
     names = [n for n, _ in model.named_parameters() if n.startswith("blocks.")]
-    theta = flat_params(model, names)
-
-    def L(th):
-        return loss(lambda *a, **k: functional_call(model, unflatten(model, names, th), a, k), batches[0])
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with reference_mode():
-            exact = torch.func.hessian(L)(theta)
-    finally:
-        torch.set_num_threads(n)
+    exact = exact_hessian(model, loss, names, batches[0])
     offsets, i = {}, 0
     for n in names:
         p = dict(model.named_parameters())[n]

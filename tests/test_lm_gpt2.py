@@ -7,7 +7,7 @@ import torch
 
 from landscape.curvature import GGN, Hessian, estimators
 from landscape.losses import causal_lm, hf_loss
-from lm_helpers import flat_params, functional_call, reference_mode, unflatten
+from lm_helpers import exact_hessian, flat_params
 
 transformers = pytest.importorskip("transformers")
 
@@ -24,18 +24,7 @@ def gpt2():
     ids = torch.randint(0, 11, (2, 6), generator=g)
     batch = {"input_ids": ids, "labels": ids}
     names = [n for n, _ in model.named_parameters() if ".attn." in n]  # c_attn (packed q/k/v) and c_proj
-    theta = flat_params(model, names)
-
-    def L(th):
-        return causal_lm()(lambda *a, **k: functional_call(model, unflatten(model, names, th), a, k), batch)
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with reference_mode():
-            exact = torch.func.hessian(L)(theta)
-    finally:
-        torch.set_num_threads(n)
+    exact = exact_hessian(model, causal_lm(), names, batch)
     return model, batch, names, exact
 
 

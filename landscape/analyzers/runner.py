@@ -137,18 +137,8 @@ def analyze_here(run_dirs, analyses=None, force: bool = False, settings: Mapping
                  loader: CheckpointLoader | None = None, process_group=None) -> AnalysisTables:
     """Run the chosen analyses over every checkpoint of each run folder, in this process.
 
-    Parameters
-    ----------
-    run_dirs:  run folders (``checkpoints/<recipe>/<run>-seed<S>/``) or one folder.
-    analyses:  names from :data:`landscape.analyzers.ANALYSES`; ``None`` = all.
-    force:     recompute even when a cached result exists.
-    settings:  a recipe's ``[analysis]`` table (see :mod:`landscape.analyzers.settings`).
-    out_dir:   where ``<analysis>.csv`` tables (and the ``.cache`` folder) go.
-    device:    ``"cpu"``, ``"cuda"``...; default CUDA when available.
-    threads:   torch threads for this process (``torch.set_num_threads``); the same number gives
-               the same tables on any machine. None leaves torch's setting alone.
-    progress:  None = a bar on a terminal and one line per checkpoint elsewhere (a log, CI);
-               ``"lines"`` = always lines; False = silent.
+    ``run_dirs`` ... ``progress``: as :func:`landscape.analyzers.sweep.analyze_runs`, which chooses
+    who computes and calls this for one process (or one share of a sweep).
     cache, loader: the results cache (default ``<out_dir>/.cache``) and the checkpoint loader (the
                data-parallel mode of :mod:`landscape.analyzers.distributed` passes its own).
     process_group: the points' (:class:`~landscape.analyzers._common.Point`) when the default
