@@ -22,7 +22,7 @@ the engine runs under (:meth:`CurvatureOperator._apply`, :func:`gradient`, the s
 
 Cost: the math kernel materialises the (B, heads, T, T) attention matrix, where the fused
 kernels tile it; the first-order graph the engine keeps is larger by that matrix per layer
-(see docs/transformers_engine.md for measured numbers).
+(see docs/transformers.md for measured numbers).
 """
 
 from __future__ import annotations
