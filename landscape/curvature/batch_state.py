@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .exact import copy_of, first_changed
+from .exact import copy_of, first_changed, layout
 
 __all__ = ["BatchWatch"]
 
@@ -38,8 +38,7 @@ _PLAIN = (bool, int, float, complex, str, bytes, type(None))
 
 
 def _layout(t: torch.Tensor) -> tuple:
-    ptr = t.data_ptr() if t.device.type != "meta" else 0
-    return (ptr, t._version, t.dtype, t.device, tuple(t.shape), t.stride(), t.requires_grad)
+    return (*layout(t), t.requires_grad)
 
 
 class BatchWatch:

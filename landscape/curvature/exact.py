@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["copy_of", "first_changed"]
+__all__ = ["copy_of", "first_changed", "layout"]
 
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -43,6 +43,14 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
         return t.view(kind) if kind is not None and t.dtype != kind else t
     except RuntimeError:  # a layout that cannot be viewed (sparse): compared as it is
         return t
+
+
+def layout(t: torch.Tensor) -> tuple:
+    """Where and how a tensor is stored, and its autograd version counter: ``(storage pointer, version,
+    dtype, device, shape, stride)``. Equal layouts and :func:`first_changed` saying nothing mean the same tensor
+    state; the freshness checks compare this first (cheap) and the bytes after."""
+    ptr = t.data_ptr() if t.device.type != "meta" else 0
+    return (ptr, t._version, t.dtype, t.device, tuple(t.shape), t.stride())
 
 
 def copy_of(t: torch.Tensor) -> torch.Tensor:

@@ -98,7 +98,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .exact import copy_of, first_changed
+from .exact import copy_of, first_changed, layout
 
 __all__ = ["StateTracker", "loss_state", "module_values"]
 
@@ -328,8 +328,7 @@ def _tensors(tree: list[tuple[str, nn.Module, bool, bool]], loose: list[tuple[st
 
 
 def _layout(t: torch.Tensor) -> tuple:
-    ptr = t.data_ptr() if t.device.type != "meta" else 0
-    return (id(t), ptr, t._version, t.dtype, t.device, tuple(t.shape), t.stride())
+    return (id(t), *layout(t))
 
 
 def _first_written(entries: list[tuple[str, torch.Tensor]], copies: list[torch.Tensor]) -> str | None:
