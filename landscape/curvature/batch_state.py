@@ -55,7 +55,7 @@ class BatchWatch:
     def __init__(self, batches: Any):
         self.batches = batches
         self._refs: list[Any] | None = None
-        self._tensors: list[tuple[str, torch.Tensor, tuple, Any]] = []
+        self._tensors: list[tuple[tuple, torch.Tensor]] = []  # (layout, copy) per tensor of the walk
 
     def _walk(self) -> tuple[list[tuple[str, Any]], list[tuple[str, torch.Tensor]]]:
         """``(refs, tensors)``: ``("is", object)`` for every batch and container item (compared by
@@ -89,7 +89,7 @@ class BatchWatch:
         """Record the batches as they are now (call right after building graphs from them)."""
         refs, tensors = self._walk()
         self._refs = refs
-        self._tensors = [(path, t, _layout(t), copy_of(t)) for path, t in tensors]
+        self._tensors = [(_layout(t), copy_of(t)) for _, t in tensors]
 
     def clear(self) -> None:
         self._refs, self._tensors = None, []
@@ -104,10 +104,9 @@ class BatchWatch:
         for (how, new), (old_how, old) in zip(refs, self._refs):
             if how != old_how or (new is not old if how == "is" else new != old):
                 return "the list of batches (an item replaced, or a value inside a batch changed)"
-        for (path, t), (_, old_t, layout, _) in zip(tensors, self._tensors):
-            if t is not old_t:
-                return f"{path} (replaced)"
+        # a replaced tensor is an "is" ref above: here every tensor is the snapshot's own
+        for (path, t), (layout, _) in zip(tensors, self._tensors):
             if _layout(t) != layout:
                 return f"{path} (written in place)"
-        i = first_changed([(t, copy) for (_, t), (*_, copy) in zip(tensors, self._tensors)])
+        i = first_changed([(t, copy) for (_, t), (_, copy) in zip(tensors, self._tensors)])
         return None if i is None else f"{tensors[i][0]} (its values changed)"
