@@ -31,6 +31,7 @@ libraries pick (faster on AVX-512), and provenance then says the numbers are mac
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -56,27 +57,29 @@ PINNED: dict[str, str] = {
 ENV_MODE = "LANDSCAPE_KERNELS"
 
 
-def _cpu_flags() -> set[str]:
+@functools.lru_cache(maxsize=None)
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each field of ``/proc/cpuinfo`` (``{}`` where there is none), read once
+    per process: :func:`describe` asks for the flags twice and the model once."""
+    out: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                key, sep, value = line.partition(":")
+                if sep:
+                    out.setdefault(key.strip(), value.strip())
     except OSError:  # pragma: no cover - not Linux
         pass
-    return set()
+    return out
+
+
+def _cpu_flags() -> set[str]:
+    return set(_cpuinfo().get("flags", "").split())
 
 
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_isa() -> str:
