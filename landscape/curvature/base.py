@@ -135,7 +135,8 @@ class _Core:
         self.cache = GraphCache(self.source, build, self.device, cache_graph, memory_budget)
         self.tracker = StateTracker(model, loss_fn, modes=not eval_mode)  # eval_mode=True sets the modes itself
         # a list (or tuple) of batches is watched like the model; a loader is fingerprinted per pass
-        self.watch = BatchWatch(self.source.batches) if self.source.fixed else None
+        # instead (BatchSource), so its watch watches nothing (an empty list never changes)
+        self.watch = BatchWatch(self.source.batches if self.source.fixed else ())
         self.n_fills = 0
         self.unused: set[int] = set()
         self.no_curvature: set[int] = set()
@@ -161,12 +162,11 @@ class _Core:
                 self.n_fills += 1
             return
         if self.cache.filled:
-            what = self.tracker.changed() or (self.watch.changed() if self.watch is not None else None)
+            what = self.tracker.changed() or self.watch.changed()
             if what is not None:
                 self.cache.clear()
                 self.tracker.clear()
-                if self.watch is not None:
-                    self.watch.clear()
+                self.watch.clear()
                 self._reresolve()
                 self.inspected.clear()  # a changed model may have gained or lost (computable) gradients
                 self.unused.clear()
@@ -177,8 +177,7 @@ class _Core:
             self.cache.fill({p.untyped_storage().data_ptr() for p in self.model.parameters()})
             self.n_fills += 1
             self.tracker.snapshot()
-            if self.watch is not None:
-                self.watch.snapshot()
+            self.watch.snapshot()
 
     def _reresolve(self) -> None:
         """Parameters may have been replaced (new module, ``load_state_dict(assign=True)``): look them up by name."""
