@@ -146,7 +146,11 @@ class TokenOutputHessian:
         return out.reshape(G.shape[0], B, T, V)
 
 
-def _token_hessian(f: torch.Tensor, tgt: torch.Tensor) -> TokenOutputHessian:
+def _token_hessian(outputs: torch.Tensor, batch: Any, who: str, use_mask: bool) -> TokenOutputHessian:
+    """The output Hessian of the shifted CE of ``who`` (padding in the mask dropped or not, ``use_mask``)."""
+    batch = _check_batch(batch, who)
+    f = _logits_of(outputs, batch["input_ids"], who)
+    tgt = shifted_targets(batch, use_mask)
     B, T, V = f.shape
     keep = torch.zeros(B, T, dtype=torch.bool, device=f.device)
     keep[:, :-1] = tgt != IGNORE_INDEX
@@ -193,9 +197,7 @@ class CausalLM(nn.Module):
 
     def output_hessian(self, outputs: torch.Tensor, batch: Any) -> TokenOutputHessian:
         """``(diag p − p pᵀ)/N`` per predicted token, zero elsewhere (see the module)."""
-        batch = _check_batch(batch, "causal_lm")
-        f = _logits_of(outputs, batch["input_ids"], "causal_lm")
-        return _token_hessian(f, shifted_targets(batch))
+        return _token_hessian(outputs, batch, "causal_lm", use_mask=True)
 
     def forward(self, model: nn.Module, batch: Any) -> torch.Tensor:
         return self.on_outputs(self.outputs(model, batch), batch)
@@ -240,9 +242,7 @@ class HFLoss(nn.Module):
 
     def output_hessian(self, outputs: torch.Tensor, batch: Any) -> TokenOutputHessian:
         """``(diag p − p pᵀ)/N`` per predicted token of HF's causal-LM loss."""
-        batch = _check_batch(batch, "hf_loss")
-        f = _logits_of(outputs, batch["input_ids"], "hf_loss")
-        return _token_hessian(f, shifted_targets(batch, use_mask=False))
+        return _token_hessian(outputs, batch, "hf_loss", use_mask=False)
 
     @staticmethod
     def _loss_of(out: Any) -> torch.Tensor:
