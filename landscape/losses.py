@@ -73,6 +73,10 @@ __all__ = [
     "REDUCTIONS",
     "SoftmaxOutputHessian",
     "SumOutputHessian",
+    "causal_lm",  # the LM losses on dict batches, re-exported from landscape.lm_losses
+    "hf_loss",
+    "CausalLM",
+    "HFLoss",
 ]
 
 REDUCTIONS = ("batchmean", "mean")
@@ -328,5 +332,3 @@ def distillation(
 ) -> Distillation:
     """``ce_scale·CE + kd_scale·KL`` loss_fn (GDFQ: 1, 1; AIT: 0, 1), ``name="ce+kl"`` (or ``"kl"``/``"ce"``)."""
     return Distillation(teacher, temperature, ce_scale, kd_scale, reduction)
-
-__all__ += ["causal_lm", "hf_loss", "CausalLM", "HFLoss"]
