@@ -323,7 +323,9 @@ class CurvatureOperator:
         self._index = index
         # a view may hold a slice of a parameter (groups(qkv=True)): (dim, start, length), else None
         self._cuts = list(cuts) if cuts is not None else [None] * len(index)
-        self.sizes = [self._part(k).numel() for k in range(len(index))]
+        # shapes of the covered parts, fixed for the operator's life (a re-resolved parameter keeps its shape)
+        self._shapes = [self._part(k).shape for k in range(len(index))]
+        self.sizes = [s.numel() for s in self._shapes]
         self.offsets = [0, *itertools.accumulate(self.sizes)]
         n = self.offsets[-1]
         self.shape = (n, n)
@@ -411,7 +413,7 @@ class CurvatureOperator:
 
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:
         """Views of a flat vector shaped like the selected parameters (like their slices, in a view of ``groups(qkv=True)``)."""
-        return [v[a:b].view(self._part(k).shape) for k, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:]))]
+        return [v[a:b].view(s) for a, b, s in zip(self.offsets[:-1], self.offsets[1:], self._shapes)]
 
     def _embed(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
         """Parts shaped like whole parameters: a slice's part is padded with zeros (``Pᵀ v``)."""
