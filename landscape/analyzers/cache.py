@@ -53,6 +53,18 @@ def _record_seal(name: str, stamp: list, digest: str) -> str:
     return hashlib.sha256(json.dumps([name, stamp, digest]).encode()).hexdigest()[:16]
 
 
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then
+    ``os.replace`` (a reader sees the old file or the new one); the temporary never stays."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def cache_key(name: str, version: int, settings: dict, hashes: list[str]) -> str:
     """The key of one result: analysis, analyzer version, settings and checkpoint hashes."""
     blob = json.dumps({"analysis": name, "version": version, "settings": settings, "checkpoints": hashes},
@@ -113,13 +125,7 @@ class Cache:
                 except (OSError, ValueError):
                     on_disk = {}
                 on_disk.update(index)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-                try:
-                    tmp.write_text(json.dumps(on_disk))
-                    os.replace(tmp, path)
-                finally:
-                    tmp.unlink(missing_ok=True)
+                _replace(path, json.dumps(on_disk).encode())
 
     # ------------------------------------------------------------------ entries
     def _path(self, name: str, key: str) -> Path:
@@ -158,14 +164,7 @@ class Cache:
         """Write one result, sealed (see the module docstring), atomically."""
         body = to_table(rows).to_csv(index=False).encode("utf-8")
         text = f"{SEAL} {name} {key} sha256={_seal(name, key, body)}\n".encode() + body
-        path = self._path(name, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        try:
-            tmp.write_bytes(text)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _replace(self._path(name, key), text)
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
