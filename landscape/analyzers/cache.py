@@ -141,21 +141,23 @@ class Cache:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            return self._reject(path, f"cannot be read ({exc.strerror})")
+            return self.reject(path, f"cannot be read ({exc.strerror})")
         head, sep, body = data.partition(b"\n")
         want = f"{SEAL} {name} {key} sha256=".encode()
         if not sep or not head.startswith(want):
-            return self._reject(path, "has no seal for this analysis and key (written by an older "
-                                "version, or copied from another entry)")
+            return self.reject(path, "has no seal for this analysis and key (written by an older "
+                               "version, or copied from another entry)")
         if head[len(want):].decode("ascii", "replace") != _seal(name, key, body):
-            return self._reject(path, "does not match its seal (edited or truncated)")
+            return self.reject(path, "does not match its seal (edited or truncated)")
         try:
             return pd.read_csv(io.BytesIO(body), keep_default_na=True)
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-            return self._reject(path, f"cannot be parsed ({type(exc).__name__})")
+            return self.reject(path, f"cannot be parsed ({type(exc).__name__})")
 
-    def _reject(self, path: Path, why: str) -> None:
-        line = f"cache entry {path} {why}; recomputed"
+    def reject(self, where: str | Path, why: str) -> None:
+        """Record, once, that the entry ``where`` was not used because ``why`` (it is recomputed);
+        the runner warns the lines of :attr:`rejected` once per sweep. Returns None (a miss)."""
+        line = f"cache entry {where} {why}; recomputed"
         if line not in self.rejected:  # an entry is looked up again under its lock
             self.rejected.append(line)
         return None
