@@ -35,7 +35,7 @@ import contextlib
 import numpy as np
 import torch
 
-from landscape.analyzers._common import Point, flat_gradient, group_views, make_operator, probe_seed
+from landscape.analyzers._common import Point, flat_gradient, group_views, loss_value, make_operator, probe_seed
 from landscape.analyzers.tidy import row
 
 NAME = "eigen"
@@ -61,7 +61,7 @@ def _freezable(model) -> bool:
 
 
 def analyze(point: Point, cfg: dict) -> list[dict]:
-    from landscape.curvature import loss_slice, mean_loss
+    from landscape.curvature import loss_slice
 
     s = cfg[NAME]
     names = point.param_names()
@@ -88,8 +88,7 @@ def analyze(point: Point, cfg: dict) -> list[dict]:
         scale = {"grad_along_e": lambda: float((g @ e).abs()), "grad_norm": lambda: float(g.norm()),
                  "unit": lambda: 1.0}[s["scale"]]()
         rows.append(row(point.meta, loss=loss, metric="slice_scale", value=scale))
-        rows.append(row(point.meta, loss=loss, metric="loss_value", value=float(mean_loss(point.model, fn, point.batches,
-                                                                   process_group=point.process_group))))
+        rows.append(row(point.meta, loss=loss, metric="loss_value", value=loss_value(point, loss)))
         for kind in kinds:
             step = e if kind == "requantized_unit" else e * scale
             context = (lambda: _frozen(point.model, point.batches)) if kind == "frozen" else None
