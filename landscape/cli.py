@@ -192,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "numbers then depend on the machine; default: pinned AVX2 kernels, landscape.kernels)")
         return p
 
+    def processes(p) -> None:
+        """--device, --nproc and --oversubscribe: the options of a command that can run as N processes."""
+        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+        p.add_argument("--nproc", type=int, default=None, metavar="N",
+                       help="processes on this machine (relaunches through torchrun; default: 1, or torchrun's)")
+        p.add_argument("--oversubscribe", action="store_true",
+                       help="allow --nproc above the usable cores or the memory for that many workers")
+
     p = command("train", "train the runs of a recipe, writing a checkpoint every epoch (resumes when rerun)")
     p.add_argument("recipe", help="a recipe TOML, e.g. analyses/default.toml")
     p.add_argument("--runs", nargs="+", metavar="NAME", help="runs to train (default: every run of the recipe)")
@@ -201,11 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: the recipe's threads); the numbers depend on it")
     p.add_argument("--data-root", default=None, help="folder holding the data (CIFAR, Fashion-MNIST; default: the recipe's [data] root, else Fashion-MNIST's Debian folder; mnist5k and digits need none)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
-                   help="processes on this machine (relaunches through torchrun; default: 1, or torchrun's)")
-    p.add_argument("--oversubscribe", action="store_true",
-                   help="allow --nproc above the usable cores or the memory for that many workers")
+    processes(p)
     p.set_defaults(func=_train)
 
     p = command("analyze", "run the loss-landscape analyses over run folders into tidy CSV tables")
@@ -219,11 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 0 even when checkpoints or analyses were skipped (they are still listed)")
     p.add_argument("--out", default="figures/tables", help="where the tidy CSV tables go")
     p.add_argument("--threads", type=int, default=1, help="torch threads; the numbers depend on it")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
-                   help="processes on this machine (relaunches through torchrun; default: 1, or torchrun's)")
-    p.add_argument("--oversubscribe", action="store_true",
-                   help="allow --nproc above the usable cores or the memory for that many workers")
+    processes(p)
     p.add_argument("--data-parallel", action="store_true",
                    help="with several processes: analyse every checkpoint on all of them, its batches shared "
                         "out (default: each checkpoint on one process)")
@@ -246,11 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-going", action="store_true", help="exit 0 even when something could not be analysed")
     p.add_argument("--force", action="store_true", help="recompute cached analyses")
     p.add_argument("--data-root", default=None, help="folder holding the data (CIFAR, Fashion-MNIST; default: the recipe's [data] root, else Fashion-MNIST's Debian folder; mnist5k and digits need none)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
-                   help="processes on this machine (relaunches through torchrun; default: 1, or torchrun's)")
-    p.add_argument("--oversubscribe", action="store_true",
-                   help="allow --nproc above the usable cores or the memory for that many workers")
+    processes(p)
     p.set_defaults(func=_figures)
 
     p = command("report", "best and final test accuracy of run folders (mean ± std over seeds, and per seed)")

@@ -153,43 +153,49 @@ def reference_mode():
         torch.backends.mha.set_fastpath_enabled(was)
 
 
+def _batch_weighted_columns(batches, V, product) -> torch.Tensor:
+    """``[Σ_b n_b product(v, b) / Σ_b n_b  for v in columns of V]`` stacked as columns, where
+    ``n_b`` is the number of sequences in batch ``b``."""
+    cols = []
+    for v in V.T:
+        total, count = 0, 0
+        for batch in batches:
+            n = batch["input_ids"].shape[0]
+            total = total + n * product(v, batch)
+            count += n
+        cols.append(total / count)
+    return torch.stack(cols, dim=1)
+
+
 def ref_ggn_products(model, loss_fn, batches, names, V):
     """``Σ_b n_b J_bᵀ (∂²L_b/∂f²) J_b V / Σ_b n_b`` column by column, by forward mode (``J v``:
     torch.func.jvp), the output Hessian of ``loss_fn.on_outputs`` by forward-over-reverse, and a
     vjp -- independent of the engine's double backward and of ``output_hessian``."""
     theta = flat_params(model, names)
-    cols = []
-    for v in V.T:
-        total, count = 0, 0
-        for batch in batches:
-            def f_of(th):
-                return loss_fn.outputs(_functional(model, names, th), batch)
 
-            f, Jv = torch.func.jvp(f_of, (theta,), (v,))
-            _, HJv = torch.func.jvp(torch.func.grad(lambda ff: loss_fn.on_outputs(ff, batch)), (f.detach(),), (Jv,))
-            _, vjp = torch.func.vjp(f_of, theta)
-            n = batch["input_ids"].shape[0]
-            total = total + n * vjp(HJv)[0]
-            count += n
-        cols.append(total / count)
-    return torch.stack(cols, dim=1)
+    def ggn_v(v, batch):
+        def f_of(th):
+            return loss_fn.outputs(_functional(model, names, th), batch)
+
+        f, Jv = torch.func.jvp(f_of, (theta,), (v,))
+        _, HJv = torch.func.jvp(torch.func.grad(lambda ff: loss_fn.on_outputs(ff, batch)), (f.detach(),), (Jv,))
+        _, vjp = torch.func.vjp(f_of, theta)
+        return vjp(HJv)[0]
+
+    return _batch_weighted_columns(batches, V, ggn_v)
 
 
 def ref_hvp(model, loss_fn, batches, names, V):
     """``Σ_b n_b ∇²L_b V / Σ_b n_b`` column by column, forward-over-reverse (torch.func.jvp of torch.func.grad)."""
     theta = flat_params(model, names)
-    cols = []
-    for v in V.T:
-        total, count = 0, 0
-        for batch in batches:
-            def L(th):
-                return loss_fn(_functional(model, names, th), batch)
 
-            n = batch["input_ids"].shape[0]
-            total = total + n * torch.func.jvp(torch.func.grad(L), (theta,), (v,))[1]
-            count += n
-        cols.append(total / count)
-    return torch.stack(cols, dim=1)
+    def hvp(v, batch):
+        def L(th):
+            return loss_fn(_functional(model, names, th), batch)
+
+        return torch.func.jvp(torch.func.grad(L), (theta,), (v,))[1]
+
+    return _batch_weighted_columns(batches, V, hvp)
 
 
 def exact_hessian(model, loss_fn, names, batch) -> torch.Tensor:

@@ -27,6 +27,15 @@ def _lines(kd, name="metrics.csv"):
     return (kd / name).read_text().splitlines(keepends=True)
 
 
+def _set_test_acc_of_epoch_2(kd, value):
+    """Overwrite the test_acc field of metrics.csv line 3 (epoch 2) with ``value``."""
+    lines = _lines(kd)
+    fields = lines[2].split(",")
+    fields[2] = value
+    lines[2] = ",".join(fields)
+    (kd / "metrics.csv").write_text("".join(lines))
+
+
 def _acc(kd, epoch):
     return load_checkpoint(kd / f"epoch_{epoch:04d}.pt")["metrics"]["test_acc"]
 
@@ -63,22 +72,14 @@ def test_an_uncommitted_row_is_left_out(kd):
 
 @pytest.mark.parametrize("value", ["inf", "250", "-1e308", "-0.5"])
 def test_an_accuracy_out_of_range_is_named(kd, value):
-    lines = _lines(kd)
-    fields = lines[2].split(",")
-    fields[2] = value  # test_acc of epoch 2
-    lines[2] = ",".join(fields)
-    (kd / "metrics.csv").write_text("".join(lines))
+    _set_test_acc_of_epoch_2(kd, value)
     with pytest.raises(LogError, match=r"metrics.csv line 3: test_acc = .* is out of range; expected a "
                                        r"number in \[0, 100\]"):
         accuracies(kd)
 
 
 def test_an_edited_value_in_range_disagrees_with_its_checkpoint(kd):
-    lines = _lines(kd)
-    fields = lines[2].split(",")
-    fields[2] = "99.0"
-    lines[2] = ",".join(fields)
-    (kd / "metrics.csv").write_text("".join(lines))
+    _set_test_acc_of_epoch_2(kd, "99.0")
     with pytest.raises(LogError, match=r"line 3: test_acc = 99.0, but the sealed checkpoint epoch_0002.pt "
                                        r"says 93\.8"):
         accuracies(kd)

@@ -65,6 +65,8 @@ class Point:
     #: gradients already computed at this point, shared by the analyses (the weights do not
     #: change between analyses: slices restore them bit for bit)
     grads: dict = field(default_factory=dict, repr=False)
+    #: mean losses already evaluated at this point (trace and eigen both report ``loss_value``)
+    loss_values: dict = field(default_factory=dict, repr=False)
     #: curvature operators already built at this point, so trace, eigen and density share one
     #: first-order graph per loss (the operator rebuilds it itself if the weights changed)
     operators: dict = field(default_factory=dict, repr=False)
@@ -147,6 +149,17 @@ def flat_gradient(point: Point, loss_name: str, params: Sequence[str] | None = N
                      process_group=point.process_group)
         point.grads[key] = torch.as_tensor(g).detach().flatten()
     return point.grads[key]
+
+
+def loss_value(point: Point, loss_name: str) -> float:
+    """``L(θ)``: the mean loss over the point's batches, evaluated once per point and loss (the
+    weights do not change between analyses), so trace's and eigen's ``loss_value`` rows share one pass."""
+    from landscape.curvature import mean_loss
+
+    if loss_name not in point.loss_values:
+        point.loss_values[loss_name] = float(mean_loss(point.model, point.loss(loss_name), point.batches,
+                                                       process_group=point.process_group))
+    return point.loss_values[loss_name]
 
 
 # ----------------------------------------------------------------------------- names

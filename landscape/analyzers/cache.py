@@ -53,6 +53,18 @@ def _record_seal(name: str, stamp: list, digest: str) -> str:
     return hashlib.sha256(json.dumps([name, stamp, digest]).encode()).hexdigest()[:16]
 
 
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then
+    ``os.replace`` (a reader sees the old file or the new one); the temporary never stays."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def cache_key(name: str, version: int, settings: dict, hashes: list[str]) -> str:
     """The key of one result: analysis, analyzer version, settings and checkpoint hashes."""
     blob = json.dumps({"analysis": name, "version": version, "settings": settings, "checkpoints": hashes},
@@ -113,13 +125,7 @@ class Cache:
                 except (OSError, ValueError):
                     on_disk = {}
                 on_disk.update(index)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-                try:
-                    tmp.write_text(json.dumps(on_disk))
-                    os.replace(tmp, path)
-                finally:
-                    tmp.unlink(missing_ok=True)
+                _replace(path, json.dumps(on_disk).encode())
 
     # ------------------------------------------------------------------ entries
     def _path(self, name: str, key: str) -> Path:
@@ -135,21 +141,23 @@ class Cache:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            return self._reject(path, f"cannot be read ({exc.strerror})")
+            return self.reject(path, f"cannot be read ({exc.strerror})")
         head, sep, body = data.partition(b"\n")
         want = f"{SEAL} {name} {key} sha256=".encode()
         if not sep or not head.startswith(want):
-            return self._reject(path, "has no seal for this analysis and key (written by an older "
-                                "version, or copied from another entry)")
+            return self.reject(path, "has no seal for this analysis and key (written by an older "
+                               "version, or copied from another entry)")
         if head[len(want):].decode("ascii", "replace") != _seal(name, key, body):
-            return self._reject(path, "does not match its seal (edited or truncated)")
+            return self.reject(path, "does not match its seal (edited or truncated)")
         try:
             return pd.read_csv(io.BytesIO(body), keep_default_na=True)
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-            return self._reject(path, f"cannot be parsed ({type(exc).__name__})")
+            return self.reject(path, f"cannot be parsed ({type(exc).__name__})")
 
-    def _reject(self, path: Path, why: str) -> None:
-        line = f"cache entry {path} {why}; recomputed"
+    def reject(self, where: str | Path, why: str) -> None:
+        """Record, once, that the entry ``where`` was not used because ``why`` (it is recomputed);
+        the runner warns the lines of :attr:`rejected` once per sweep. Returns None (a miss)."""
+        line = f"cache entry {where} {why}; recomputed"
         if line not in self.rejected:  # an entry is looked up again under its lock
             self.rejected.append(line)
         return None
@@ -158,14 +166,7 @@ class Cache:
         """Write one result, sealed (see the module docstring), atomically."""
         body = to_table(rows).to_csv(index=False).encode("utf-8")
         text = f"{SEAL} {name} {key} sha256={_seal(name, key, body)}\n".encode() + body
-        path = self._path(name, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        try:
-            tmp.write_bytes(text)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _replace(self._path(name, key), text)
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:

@@ -35,7 +35,7 @@ import contextlib
 import numpy as np
 import torch
 
-from landscape.analyzers._common import Point, flat_gradient, group_views, make_operator, probe_seed
+from landscape.analyzers._common import Point, flat_gradient, group_views, loss_value, make_operator, probe_seed
 from landscape.analyzers.tidy import row
 
 NAME = "eigen"
@@ -60,8 +60,15 @@ def _freezable(model) -> bool:
     return bool(quantized_layers(model) or act_quantizers(model))
 
 
+def _top_row(point: Point, loss: str, layer: str, pairs, seed: int, s: dict) -> dict:
+    """The ``top_eigenvalue`` row of one eigensolve (the whole operator, or a group's view)."""
+    return row(point.meta, loss=loss, layer=layer, metric="top_eigenvalue", value=float(pairs.values[0]),
+               residual=float(pairs.residual), converged=bool(pairs.converged), n_matvecs=int(pairs.n_matvecs),
+               probe_seed=seed, curvature=s["curvature"])
+
+
 def analyze(point: Point, cfg: dict) -> list[dict]:
-    from landscape.curvature import loss_slice, mean_loss
+    from landscape.curvature import loss_slice
 
     s = cfg[NAME]
     names = point.param_names()
@@ -73,23 +80,17 @@ def analyze(point: Point, cfg: dict) -> list[dict]:
         fn = point.loss(loss)
         H = make_operator(point, loss, s["curvature"])
         pairs = H.eigenpairs(k=1, method=s["method"], tol=s["tol"], max_iter=s["max_iter"], seed=seed)
-        lam = float(pairs.values[0])
         e = pairs.vectors[:, 0].detach()
         e = e / e.norm()
-        rows.append(row(point.meta, loss=loss, metric="top_eigenvalue", value=lam,
-                        residual=float(pairs.residual), converged=bool(pairs.converged),
-                        n_matvecs=int(pairs.n_matvecs), probe_seed=seed, curvature=s["curvature"]))
+        rows.append(_top_row(point, loss, "all", pairs, seed, s))
         for group, block in group_views(point, H).items():  # analyze_model(groups=...): λ_max per group
             gp = block.eigenpairs(k=1, method=s["method"], tol=s["tol"], max_iter=s["max_iter"], seed=seed)
-            rows.append(row(point.meta, loss=loss, layer=group, metric="top_eigenvalue", value=float(gp.values[0]),
-                            residual=float(gp.residual), converged=bool(gp.converged),
-                            n_matvecs=int(gp.n_matvecs), probe_seed=seed, curvature=s["curvature"]))
+            rows.append(_top_row(point, loss, group, gp, seed, s))
         g = flat_gradient(point, loss, names).to(e)
         scale = {"grad_along_e": lambda: float((g @ e).abs()), "grad_norm": lambda: float(g.norm()),
                  "unit": lambda: 1.0}[s["scale"]]()
         rows.append(row(point.meta, loss=loss, metric="slice_scale", value=scale))
-        rows.append(row(point.meta, loss=loss, metric="loss_value", value=float(mean_loss(point.model, fn, point.batches,
-                                                                   process_group=point.process_group))))
+        rows.append(row(point.meta, loss=loss, metric="loss_value", value=loss_value(point, loss)))
         for kind in kinds:
             step = e if kind == "requantized_unit" else e * scale
             context = (lambda: _frozen(point.model, point.batches)) if kind == "frozen" else None

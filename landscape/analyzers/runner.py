@@ -275,10 +275,8 @@ class _Job:
             return False
         if "epoch" in hit and not (pd.to_numeric(hit["epoch"], errors="coerce") == meta["epoch"]).all():
             # the key hashes the checkpoint, which holds its epoch: rows of another epoch are misplaced
-            line = (f"cache entry {name}/{key}.csv holds rows of another epoch than epoch {meta['epoch']} "
-                    f"of {meta['run']}; recomputed")
-            if line not in self.cache.rejected:
-                self.cache.rejected.append(line)
+            self.cache.reject(f"{name}/{key}.csv", f"holds rows of another epoch than epoch {meta['epoch']} "
+                              f"of {meta['run']}")
             return False
         self.add(name, _restamp(hit, meta))
         return True

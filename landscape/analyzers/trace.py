@@ -17,7 +17,7 @@ Rows: ``metric="trace"`` (``layer="all"`` or a layer name), ``metric="loss_value
 
 from __future__ import annotations
 
-from landscape.analyzers._common import Point, group_views, make_operator, probe_seed
+from landscape.analyzers._common import Point, group_views, loss_value, make_operator, probe_seed
 from landscape.analyzers.tidy import row
 
 NAME = "trace"
@@ -33,16 +33,12 @@ def _estimate(op, cfg: dict, seed: int) -> dict:
 
 
 def analyze(point: Point, cfg: dict) -> list[dict]:
-    from landscape.curvature import mean_loss
-
     seed = probe_seed(point, NAME, cfg[NAME]["seed"])
     rows = []
     for loss in point.available(cfg["losses"]):
         op = make_operator(point, loss, cfg[NAME]["curvature"])
         rows.append(row(point.meta, loss=loss, metric="trace", **_estimate(op, cfg, seed)))
-        rows.append(row(point.meta, loss=loss, metric="loss_value",
-                        value=float(mean_loss(point.model, point.loss(loss), point.batches,
-                                              process_group=point.process_group))))
+        rows.append(row(point.meta, loss=loss, metric="loss_value", value=loss_value(point, loss)))
         if cfg[NAME]["per_layer"]:
             for layer, block in op.layers().items():  # views: one graph for every layer
                 rows.append(row(point.meta, loss=loss, layer=layer, metric="trace", **_estimate(block, cfg, seed)))
