@@ -41,6 +41,7 @@ from landscape.compare.settings import quantizer_pair, split_group
 from landscape.compare.students import float_names
 from landscape.compare.study import SeedTables, _allocations
 from landscape.curvature import Hessian, mean_loss
+from landscape.curvature.batches import to_device
 from landscape.data import load_dataset
 from landscape.lm_teacher import get_lm_teacher, lm_settings, next_token_loss
 from landscape.quant import QuantizationWarning, coverage_report, quantize_model
@@ -158,8 +159,7 @@ def _study(recipe, settings, seed, root, device, quantizers) -> SeedTables:
     _, t_file = get_lm_teacher(recipe, data, Path(root), seed, device)
     teacher = teacher_from_file(t_file, device).requires_grad_(False)
     batches, evals = lm_batches(data, settings, lm_settings(recipe)["context"])
-    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    evals = [{k: v.to(device) for k, v in b.items()} for b in evals]
+    batches, evals = to_device((batches, evals), torch.device(device))
     loss_fn = lm_loss()
     float_model = copy.deepcopy(teacher)
     a_bits = settings["a_bits"]
