@@ -132,7 +132,8 @@ def _curvature_rows(student, names, loss_fn, batches, settings, base) -> list[di
 
 @torch.no_grad()
 def _val_loss_with(work: torch.nn.Module, values: dict[str, dict[str, torch.Tensor]], loss_fn, batches) -> float:
-    """Validation loss of ``work`` (the float model) with each block's parameters replaced; restored after."""
+    """Validation loss of ``work`` (the float model) with each block's parameters replaced; restored after
+    (bit for bit, so the one float copy serves every quantizer's damage and allocations)."""
     params = dict(work.named_parameters())
     saved = {n: params[n].detach().clone() for block in values.values() for n in block}
     try:
@@ -182,8 +183,7 @@ def _study(recipe, settings, seed, root, device, quantizers) -> SeedTables:
             sensitivity.append(table.assign(quantizer=q, bits=bits, seed=seed, loss="ce"))
             forward[bits] = {b: {n: values[n] for n in names} for b, names in blocks.items()}
         damage = pd.concat([t for t in sensitivity if t["quantizer"].iloc[0] == q], ignore_index=True)
-        work = copy.deepcopy(teacher)
-        allocation += _allocations(lambda values: _val_loss_with(work, values, loss_fn, evals), forward, damage,
+        allocation += _allocations(lambda values: _val_loss_with(float_model, values, loss_fn, evals), forward, damage,
                                    settings, {"quantizer": q, "seed": seed},
                                    np.random.default_rng([seed, settings["quantizers"].index(q)]), metric="val_loss")
     if settings["quantizers"][0] in (quantizers or settings["quantizers"]):
