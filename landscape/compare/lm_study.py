@@ -44,7 +44,7 @@ from landscape.curvature import Hessian, mean_loss
 from landscape.curvature.batches import to_device
 from landscape.data import load_dataset
 from landscape.lm_teacher import get_lm_teacher, lm_settings, next_token_loss
-from landscape.quant import QuantizationWarning, coverage_report, quantize_model
+from landscape.quant import QuantizationWarning, coverage_report, forward_weights, quantize_model
 from landscape.sensitivity import block_damage, quantized_weights
 from landscape.sensitivity.errors import SensitivityError
 from landscape.text_data import fixed_windows
@@ -64,18 +64,12 @@ def lm_loss():
 
 def forward_parameters(student: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``{parameter name: ŵ}``: the value each quantized parameter of the student computes with
-    (detached). A module of :mod:`landscape.quant` names its quantized parameters in
-    ``quantized_params`` (a layer's ``weight``; nn.MultiheadAttention's packed
-    ``in_proj_weight``, its ``out_proj.weight`` in the child) and gives ŵ by
-    ``quantized_param(name)``; any other quantized layer is found as
+    (detached): :func:`landscape.quant.forward_weights` for the modules of :mod:`landscape.quant`
+    (a layer's ``weight``; nn.MultiheadAttention's packed ``in_proj_weight``, its
+    ``out_proj.weight`` in the child), and any other quantized layer as
     :func:`landscape.sensitivity.quantized_weights` finds it (``"<layer>.weight"``)."""
     out = {f"{layer}.weight": w for layer, w in quantized_weights(student)}
-    for name, module in student.named_modules():
-        params = getattr(module, "quantized_params", None)
-        if params and callable(getattr(module, "quantized_param", None)):
-            with torch.no_grad():
-                for p in params:
-                    out[f"{name}.{p}" if name else p] = module.quantized_param(p).detach().clone()
+    out.update(forward_weights(student))
     return out
 
 
