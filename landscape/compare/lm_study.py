@@ -13,7 +13,7 @@ Differences from the image study, and why:
   trained on): the curvature and the per-block damage on ``analysis_batches`` ×
   ``analysis_batch_size`` windows, the students' and the allocations' validation loss on
   ``eval_batches`` × ``analysis_batch_size`` windows (the first of which are the analysis ones).
-- **Loss**: the shifted next-token cross-entropy (``landscape.losses.causal_lm`` where present),
+- **Loss**: the shifted next-token cross-entropy (``landscape.losses.causal_lm``),
   nats per predicted token; lower is better, so the allocation claim reports loss reductions.
   No KL row: the teacher *is* the float model and the claims judge CE.
 - **Blocks**: a transformer user thinks in blocks; each quantized parameter belongs to the block
@@ -43,7 +43,8 @@ from landscape.compare.study import SeedTables, _allocations
 from landscape.curvature import Hessian, mean_loss
 from landscape.curvature.batches import to_device
 from landscape.data import load_dataset
-from landscape.lm_teacher import get_lm_teacher, lm_settings, next_token_loss
+from landscape.lm_teacher import get_lm_teacher, lm_settings
+from landscape.losses import causal_lm
 from landscape.quant import QuantizationWarning, coverage_report, forward_weights, quantize_model
 from landscape.sensitivity import block_damage, quantized_weights
 from landscape.sensitivity.errors import SensitivityError
@@ -53,12 +54,8 @@ __all__ = ["study_lm_seed", "lm_loss", "forward_parameters", "block_map", "lm_ba
 
 
 def lm_loss():
-    """The next-token loss ``loss(model, batch)``: ``landscape.losses.causal_lm()`` where that
-    exists (issue 17), else this package's plain function with the same value."""
-    try:
-        from landscape.losses import causal_lm
-    except ImportError:
-        return next_token_loss
+    """The next-token loss ``loss(model, batch)``: :func:`landscape.losses.causal_lm`, the shifted
+    cross-entropy on dict batches (the value of :func:`landscape.lm_teacher.next_token_loss`)."""
     return causal_lm()
 
 
