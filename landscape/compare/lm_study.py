@@ -39,8 +39,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from landscape.checkpoints import teacher_from_file
 from landscape.compare.settings import quantizer_pair, split_group
 from landscape.compare.students import float_names
-from landscape.compare.study import SeedTables, _allocations
-from landscape.curvature import Hessian, mean_loss
+from landscape.compare.study import SeedTables, _allocations, _curvature_rows
+from landscape.curvature import mean_loss
 from landscape.curvature.batches import to_device
 from landscape.data import load_dataset
 from landscape.lm_teacher import get_lm_teacher, lm_settings
@@ -110,17 +110,6 @@ def _student(teacher, q: str, bits: int, a_bits) -> torch.nn.Module:
     return student
 
 
-def _curvature_rows(student, names, loss_fn, batches, settings, base) -> list[dict]:
-    H = Hessian(student, loss_fn, batches, params=names)
-    tr = H.trace(max_matvecs=settings["trace_matvecs"], rtol=settings["trace_rtol"], seed=base["seed"])
-    eig = H.eigenpairs(k=1, method="power", max_iter=settings["eigen_iters"], tol=1e-3, seed=base["seed"])
-    return [{**base, "loss": "ce", "metric": "trace", "value": tr.value, "stderr": tr.stderr, "converged": tr.converged},
-            {**base, "loss": "ce", "metric": "lambda_max", "value": float(eig.values[0]), "stderr": float("nan"),
-             "converged": bool(eig.converged)},
-            {**base, "loss": "ce", "metric": "loss", "value": mean_loss(student, loss_fn, batches),
-             "stderr": float("nan"), "converged": True}]
-
-
 @torch.no_grad()
 def _val_loss_with(work: torch.nn.Module, values: dict[str, dict[str, torch.Tensor]], loss_fn, batches) -> float:
     """Validation loss of ``work`` (the float model) with each block's parameters replaced; restored after
@@ -161,7 +150,8 @@ def _study(recipe, settings, seed, root, device, quantizers) -> SeedTables:
         for bits in settings["bits"]:
             base = {"quantizer": q, "bits": bits, "seed": seed}
             student = _student(teacher, q, bits, bits if a_bits == "same" else a_bits).eval()
-            curvature += _curvature_rows(student, float_names(student, teacher), loss_fn, batches, settings, base)
+            curvature_params = float_names(student, teacher)
+            curvature += _curvature_rows(student, curvature_params, {"ce": loss_fn}, batches, settings, base)
             curvature.append({**base, "loss": "ce", "metric": "val_loss", "value": mean_loss(student, loss_fn, evals),
                               "stderr": float("nan"), "converged": True})
             values = forward_parameters(student)
