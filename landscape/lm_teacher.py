@@ -31,6 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from landscape.checkpoints import TEACHER_FORMAT, VERSION, load_teacher_file, save_atomic, seal, write_text_atomic
+from landscape.curvature.batches import to_device
 from landscape.kernels import REPRODUCIBLE
 from landscape.kernels import current as current_kernels
 from landscape.lm_model import lm_spec
@@ -119,7 +120,7 @@ def train_lm(recipe: dict, data: TextData, seed: int, device="cpu") -> dict:
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(s["steps"]):
-        batch = {k: v.to(device) for k, v in random_windows(data.train, s["batch_size"], s["context"], gen).items()}
+        batch = to_device(random_windows(data.train, s["batch_size"], s["context"], gen), torch.device(device))
         loss = next_token_loss(model, batch)
         if not torch.isfinite(loss):
             from landscape.zsq.trainer import TrainingError
@@ -134,7 +135,7 @@ def train_lm(recipe: dict, data: TextData, seed: int, device="cpu") -> dict:
     val = fixed_windows(data.val, 1, min(64, len(data.val) // s["context"]), s["context"])
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return seal({"format": TEACHER_FORMAT, "version": VERSION, "model_spec": spec, "state_dict": state,
-                 "val_loss": evaluate_lm(model, [{k: v.to(device) for k, v in b.items()} for b in val]),
+                 "val_loss": evaluate_lm(model, to_device(val, torch.device(device))),
                  "data_spec": data.spec(), "teacher_config": s, "source": "trained", "seed": seed,
                  "key": lm_key(recipe)})
 

@@ -13,7 +13,7 @@ Differences from the image study, and why:
   trained on): the curvature and the per-block damage on ``analysis_batches`` ×
   ``analysis_batch_size`` windows, the students' and the allocations' validation loss on
   ``eval_batches`` × ``analysis_batch_size`` windows (the first of which are the analysis ones).
-- **Loss**: the shifted next-token cross-entropy (``landscape.losses.causal_lm`` where present),
+- **Loss**: the shifted next-token cross-entropy (``landscape.losses.causal_lm``),
   nats per predicted token; lower is better, so the allocation claim reports loss reductions.
   No KL row: the teacher *is* the float model and the claims judge CE.
 - **Blocks**: a transformer user thinks in blocks; each quantized parameter belongs to the block
@@ -39,11 +39,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from landscape.checkpoints import teacher_from_file
 from landscape.compare.settings import quantizer_pair, split_group
 from landscape.compare.students import float_names
-from landscape.compare.study import SeedTables, _allocations
-from landscape.curvature import Hessian, mean_loss
+from landscape.compare.study import SeedTables, _allocations, _curvature_rows
+from landscape.curvature import mean_loss
+from landscape.curvature.batches import to_device
 from landscape.data import load_dataset
-from landscape.lm_teacher import get_lm_teacher, lm_settings, next_token_loss
-from landscape.quant import QuantizationWarning, coverage_report, quantize_model
+from landscape.lm_teacher import get_lm_teacher, lm_settings
+from landscape.losses import causal_lm
+from landscape.quant import QuantizationWarning, coverage_report, forward_weights, quantize_model
 from landscape.sensitivity import block_damage, quantized_weights
 from landscape.sensitivity.errors import SensitivityError
 from landscape.text_data import fixed_windows
@@ -52,29 +54,19 @@ __all__ = ["study_lm_seed", "lm_loss", "forward_parameters", "block_map", "lm_ba
 
 
 def lm_loss():
-    """The next-token loss ``loss(model, batch)``: ``landscape.losses.causal_lm()`` where that
-    exists (issue 17), else this package's plain function with the same value."""
-    try:
-        from landscape.losses import causal_lm
-    except ImportError:
-        return next_token_loss
+    """The next-token loss ``loss(model, batch)``: :func:`landscape.losses.causal_lm`, the shifted
+    cross-entropy on dict batches (the value of :func:`landscape.lm_teacher.next_token_loss`)."""
     return causal_lm()
 
 
 def forward_parameters(student: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``{parameter name: ŵ}``: the value each quantized parameter of the student computes with
-    (detached). A module of :mod:`landscape.quant` names its quantized parameters in
-    ``quantized_params`` (a layer's ``weight``; nn.MultiheadAttention's packed
-    ``in_proj_weight``, its ``out_proj.weight`` in the child) and gives ŵ by
-    ``quantized_param(name)``; any other quantized layer is found as
+    (detached): :func:`landscape.quant.forward_weights` for the modules of :mod:`landscape.quant`
+    (a layer's ``weight``; nn.MultiheadAttention's packed ``in_proj_weight``, its
+    ``out_proj.weight`` in the child), and any other quantized layer as
     :func:`landscape.sensitivity.quantized_weights` finds it (``"<layer>.weight"``)."""
     out = {f"{layer}.weight": w for layer, w in quantized_weights(student)}
-    for name, module in student.named_modules():
-        params = getattr(module, "quantized_params", None)
-        if params and callable(getattr(module, "quantized_param", None)):
-            with torch.no_grad():
-                for p in params:
-                    out[f"{name}.{p}" if name else p] = module.quantized_param(p).detach().clone()
+    out.update(forward_weights(student))
     return out
 
 
@@ -118,20 +110,10 @@ def _student(teacher, q: str, bits: int, a_bits) -> torch.nn.Module:
     return student
 
 
-def _curvature_rows(student, names, loss_fn, batches, settings, base) -> list[dict]:
-    H = Hessian(student, loss_fn, batches, params=names)
-    tr = H.trace(max_matvecs=settings["trace_matvecs"], rtol=settings["trace_rtol"], seed=base["seed"])
-    eig = H.eigenpairs(k=1, method="power", max_iter=settings["eigen_iters"], tol=1e-3, seed=base["seed"])
-    return [{**base, "loss": "ce", "metric": "trace", "value": tr.value, "stderr": tr.stderr, "converged": tr.converged},
-            {**base, "loss": "ce", "metric": "lambda_max", "value": float(eig.values[0]), "stderr": float("nan"),
-             "converged": bool(eig.converged)},
-            {**base, "loss": "ce", "metric": "loss", "value": mean_loss(student, loss_fn, batches),
-             "stderr": float("nan"), "converged": True}]
-
-
 @torch.no_grad()
 def _val_loss_with(work: torch.nn.Module, values: dict[str, dict[str, torch.Tensor]], loss_fn, batches) -> float:
-    """Validation loss of ``work`` (the float model) with each block's parameters replaced; restored after."""
+    """Validation loss of ``work`` (the float model) with each block's parameters replaced; restored after
+    (bit for bit, so the one float copy serves every quantizer's damage and allocations)."""
     params = dict(work.named_parameters())
     saved = {n: params[n].detach().clone() for block in values.values() for n in block}
     try:
@@ -158,8 +140,7 @@ def _study(recipe, settings, seed, root, device, quantizers) -> SeedTables:
     _, t_file = get_lm_teacher(recipe, data, Path(root), seed, device)
     teacher = teacher_from_file(t_file, device).requires_grad_(False)
     batches, evals = lm_batches(data, settings, lm_settings(recipe)["context"])
-    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    evals = [{k: v.to(device) for k, v in b.items()} for b in evals]
+    batches, evals = to_device((batches, evals), torch.device(device))
     loss_fn = lm_loss()
     float_model = copy.deepcopy(teacher)
     a_bits = settings["a_bits"]
@@ -169,7 +150,8 @@ def _study(recipe, settings, seed, root, device, quantizers) -> SeedTables:
         for bits in settings["bits"]:
             base = {"quantizer": q, "bits": bits, "seed": seed}
             student = _student(teacher, q, bits, bits if a_bits == "same" else a_bits).eval()
-            curvature += _curvature_rows(student, float_names(student, teacher), loss_fn, batches, settings, base)
+            curvature_params = float_names(student, teacher)
+            curvature += _curvature_rows(student, curvature_params, {"ce": loss_fn}, batches, settings, base)
             curvature.append({**base, "loss": "ce", "metric": "val_loss", "value": mean_loss(student, loss_fn, evals),
                               "stderr": float("nan"), "converged": True})
             values = forward_parameters(student)
@@ -182,8 +164,7 @@ def _study(recipe, settings, seed, root, device, quantizers) -> SeedTables:
             sensitivity.append(table.assign(quantizer=q, bits=bits, seed=seed, loss="ce"))
             forward[bits] = {b: {n: values[n] for n in names} for b, names in blocks.items()}
         damage = pd.concat([t for t in sensitivity if t["quantizer"].iloc[0] == q], ignore_index=True)
-        work = copy.deepcopy(teacher)
-        allocation += _allocations(lambda values: _val_loss_with(work, values, loss_fn, evals), forward, damage,
+        allocation += _allocations(lambda values: _val_loss_with(float_model, values, loss_fn, evals), forward, damage,
                                    settings, {"quantizer": q, "seed": seed},
                                    np.random.default_rng([seed, settings["quantizers"].index(q)]), metric="val_loss")
     if settings["quantizers"][0] in (quantizers or settings["quantizers"]):

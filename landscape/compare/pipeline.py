@@ -37,6 +37,7 @@ from landscape.compare.plots import CAPTIONS, plot_compare
 from landscape.compare.settings import compare_settings
 from landscape.compare.lm_study import study_lm_seed
 from landscape.compare.study import study_seed
+from landscape.lm_teacher import get_lm_teacher, is_lm_recipe
 
 __all__ = ["run_compare", "TABLES"]
 
@@ -51,8 +52,6 @@ def _load() -> str:
 
 
 def _study_job(recipe: dict, settings: dict, seed: int, quantizer: str, root: str, data_root, device) -> dict:
-    from landscape.lm_teacher import is_lm_recipe
-
     if is_lm_recipe(recipe):  # a language model: per-block damage, validation loss instead of accuracy
         return study_lm_seed(recipe, settings, seed, root, device or "cpu", [quantizer])
     return study_seed(recipe, settings, seed, root, data_root, device or "cpu", quantizers=[quantizer])
@@ -60,7 +59,6 @@ def _study_job(recipe: dict, settings: dict, seed: int, quantizer: str, root: st
 
 def _teacher_job(recipe: dict, seed: int, root: str, data_root, device) -> str:
     """The cached teacher of one seed: the image teacher of ``landscape train``, or a language model's."""
-    from landscape.lm_teacher import get_lm_teacher, is_lm_recipe
     from landscape.pipeline import teacher_job
 
     if not is_lm_recipe(recipe):
@@ -76,8 +74,6 @@ def _teacher_job(recipe: dict, seed: int, root: str, data_root, device) -> str:
 def block_prefix(recipe: Mapping) -> str:
     """The results blocks' prefix: ``compare`` (images, ``make compare``), ``compare:<name>`` for a
     language-model recipe (``compare:tinylm:findings``), so neither overwrites the other's."""
-    from landscape.lm_teacher import is_lm_recipe
-
     if not is_lm_recipe(dict(recipe)):
         return "compare"
     name = str(recipe["name"]).lower()
@@ -86,8 +82,6 @@ def block_prefix(recipe: Mapping) -> str:
 
 def default_out(recipe: Mapping) -> Path:
     """``figures/compare`` for images; ``figures/compare/<recipe name>`` for a language model."""
-    from landscape.lm_teacher import is_lm_recipe
-
     return Path("figures/compare") / (str(recipe["name"]) if is_lm_recipe(dict(recipe)) else "")
 
 
@@ -132,7 +126,7 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
 
     from landscape import kernels
     from landscape.config import load_recipe
-    from landscape.pipeline import _Clock, recipe_seeds, teacher_job
+    from landscape.pipeline import _Clock, recipe_seeds
     from landscape.results import _timings, publish_results
     from landscape.workers import default_jobs, run_jobs, set_threads
     from landscape.zsq.runs import DEFAULT_OUT
@@ -179,9 +173,9 @@ def run_compare(recipe: str | Path | Mapping = "analyses/compare.toml", out: str
                   f"python {platform.python_version()}; {os.cpu_count()} cores, load average {load0} at the start "
                   f"and {_load()} at the end (the machine's, all users).")
     timings = _timings(clock.wall, clock.cpu)
-    _readme(out, paths, findings, settings, provenance, timings, lm=block_prefix(recipe) != "compare")
-    results = out / "results.md"
     prefix = block_prefix(recipe)
+    _readme(out, paths, findings, settings, provenance, timings, lm=prefix != "compare")
+    results = out / "results.md"
     title = "make compare" if prefix == "compare" else f"landscape compare {recipe.get('path', recipe['name'])}"
     results.write_text(_results_text(findings, timings, "\n" + provenance + "\n", prefix, title), encoding="utf-8")
     if publish:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from landscape.compare.claims import allocation_metric
 from landscape.figures import LOSS_COLORS, LOSS_LABELS, SEED_BAND, _save, plt, sns
 from matplotlib.colors import SymLogNorm
 
@@ -145,7 +146,7 @@ def fig_mixed(tables: dict, teacher_acc: float | None = None):
     df = tables["allocation"]
     if df.empty:
         return None
-    metric = "val_loss" if "val_loss" in df.columns else "accuracy"
+    metric = allocation_metric(df)  # accuracy (images) or val_loss (language models)
     quantizers = list(dict.fromkeys(df["quantizer"]))
     fig, axes = plt.subplots(1, len(quantizers), figsize=(3.1 * len(quantizers), 3.4), squeeze=False, sharey=True)
     for ax, q in zip(axes[0], quantizers):

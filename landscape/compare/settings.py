@@ -122,15 +122,6 @@ def compare_settings(recipe: Mapping, where: str | None = None) -> dict:
     if out["mode"] == "qat" and (recipe.get("model") or {}).get("name") == "tinylm":
         raise RecipeError(f"{where} mode = \"qat\" fine-tunes image students only; a language model is compared "
                           "post-training: use mode = \"ptq\"")
-    grouped = [q for q in out["quantizers"] if split_group(q)[1] is not None]
-    if grouped:
-        import inspect
-
-        from landscape.quant import quantize_model
-
-        if "group_size" not in inspect.signature(quantize_model).parameters:
-            raise RecipeError(f"{where} quantizers {grouped}: per-group quantization (\"_g<N>\") needs "
-                              "quantize_model(group_size=), which this landscape.quant lacks; remove them")
     for q in out["quantizers"]:  # a name that cannot be imported fails here, before any teacher trains
         for spec, role in zip(quantizer_pair(q), ("weight", "act")):
             try:

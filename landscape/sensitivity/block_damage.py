@@ -19,16 +19,14 @@ the tables, claims and allocations of ``landscape compare`` read blocks as they 
 
 from __future__ import annotations
 
-import math
 from typing import Mapping, Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
-from landscape.curvature import Hessian, gradient, mean_loss
 from landscape.curvature.batches import as_batches
-from landscape.sensitivity.damage import COLUMNS, _trainable
+from landscape.sensitivity.damage import damage_table
 from landscape.sensitivity.errors import SensitivityError
 
 __all__ = ["block_damage"]
@@ -66,40 +64,5 @@ def block_damage(model: nn.Module, forward: Mapping[str, torch.Tensor], blocks: 
     names = [n for names in blocks.values() for n in names]
     delta = {n: forward[n].to(device=params[n].device, dtype=params[n].dtype) - params[n].detach() for n in names}
 
-    base = mean_loss(model, loss_fn, batches, eval_mode=eval_mode)
-    measured = {}
-    for block, members in blocks.items():
-        saved = {n: params[n].detach().clone() for n in members}
-        try:
-            with torch.no_grad():
-                for n in members:
-                    params[n].add_(delta[n])
-            measured[block] = mean_loss(model, loss_fn, batches, eval_mode=eval_mode) - base
-        finally:
-            with torch.no_grad():
-                for n in members:
-                    params[n].copy_(saved[n])
-
-    rows = []
-    with _trainable(params[n] for n in names):
-        H = Hessian(model, loss_fn, batches, params=names, eval_mode=eval_mode)
-        g = gradient(model, loss_fn, batches, params=H.names, eval_mode=eval_mode)
-        sizes = [params[n].numel() for n in H.names]
-        g_of = dict(zip(H.names, torch.split(g, sizes)))
-        for block, members in blocks.items():
-            view = H.restrict(list(members))
-            flat = torch.cat([delta[n].reshape(-1) for n in view.names]).double()
-            first = float(sum(float(g_of[n].double() @ delta[n].reshape(-1).double()) for n in members))
-            second = 0.5 * float(flat @ (view @ flat.to(g.dtype)).double())
-            tr = view.trace(max_matvecs=trace_matvecs, rtol=trace_rtol, seed=seed)
-            msq = float(flat.pow(2).mean())
-            rows.append({"layer": block, "n_params": int(flat.numel()), "measured": float(measured[block]),
-                         "first_order": first, "second_order": second, "taylor": first + second,
-                         "trace_proxy": 0.5 * msq * tr.value, "trace_proxy_stderr": 0.5 * msq * tr.stderr,
-                         "trace": tr.value, "trace_stderr": tr.stderr, "trace_converged": bool(tr.converged),
-                         "delta_sq_mean": msq, "loss": float(base)})
-    out = pd.DataFrame(rows, columns=list(COLUMNS))
-    if not all(math.isfinite(v) for v in out[["measured", "first_order", "second_order"]].to_numpy().ravel()):
-        raise SensitivityError("block_damage: a loss, gradient or curvature came out non-finite; the quantized "
-                               "values may be far outside the float model's range (check the quantizer)")
-    return out
+    return damage_table(model, params, delta, blocks, loss_fn, batches, trace_matvecs=trace_matvecs,
+                        trace_rtol=trace_rtol, seed=seed, eval_mode=eval_mode, where="block_damage", what="values")

@@ -107,40 +107,55 @@ def layer_damage(model: nn.Module, quantized: nn.Module, loss_fn, batches, *, pa
         weights.append(w)
         deltas.append(forward[layer].to(device=w.device, dtype=w.dtype) - w.detach())
 
+    names = [f"{layer}.weight" for layer in layers]
+    return damage_table(model, dict(zip(names, weights)), dict(zip(names, deltas)),
+                        {layer: [name] for layer, name in zip(layers, names)}, loss_fn, batches,
+                        trace_matvecs=trace_matvecs, trace_rtol=trace_rtol, seed=seed, eval_mode=eval_mode,
+                        where="layer_damage", what="weights")
+
+
+def damage_table(model: nn.Module, params: dict[str, torch.Tensor], delta: dict[str, torch.Tensor],
+                 blocks: dict[str, Sequence[str]], loss_fn, batches, *, trace_matvecs: int, trace_rtol: float | None,
+                 seed: int, eval_mode: bool, where: str, what: str) -> pd.DataFrame:
+    """The rows of :func:`layer_damage` and :func:`~landscape.sensitivity.block_damage`: one per
+    block (a layer is a block of one weight), measured by moving the block's parameters
+    ``params[n]`` by ``delta[n]`` alone (restored bit for bit after), predicted from one gradient
+    and one Hessian over every named parameter (the block's diagonal block, its trace by
+    Hutchinson). ``where`` / ``what``: the caller and what it quantized, for the error message."""
     base = mean_loss(model, loss_fn, batches, eval_mode=eval_mode)
-    measured = []
-    for w, d in zip(weights, deltas):
-        saved = w.detach().clone()
+    measured = {}
+    for block, members in blocks.items():
+        saved = {n: params[n].detach().clone() for n in members}
         try:
             with torch.no_grad():
-                w.add_(d)
-            measured.append(mean_loss(model, loss_fn, batches, eval_mode=eval_mode) - base)
+                for n in members:
+                    params[n].add_(delta[n])
+            measured[block] = mean_loss(model, loss_fn, batches, eval_mode=eval_mode) - base
         finally:
             with torch.no_grad():
-                w.copy_(saved)
+                for n in members:
+                    params[n].copy_(saved[n])
 
-    names = [f"{layer}.weight" for layer in layers]
-    with _trainable(weights):
-        g = gradient(model, loss_fn, batches, params=names, eval_mode=eval_mode)
+    names = [n for members in blocks.values() for n in members]
+    rows = []
+    with _trainable(params[n] for n in names):
         H = Hessian(model, loss_fn, batches, params=names, eval_mode=eval_mode)
-        blocks = {name: H.restrict(name) for name in names}
-        rows, offset = [], 0
-        for layer, name, w, d, m in zip(layers, names, weights, deltas, measured):
-            n = w.numel()
-            flat = d.reshape(-1)
-            block = blocks[name]
-            first = float(g[offset:offset + n].double() @ flat.double())
-            second = 0.5 * float(flat.double() @ (block @ flat).double())
-            tr = block.trace(max_matvecs=trace_matvecs, rtol=trace_rtol, seed=seed)
-            msq = float(flat.double().pow(2).mean())
-            rows.append({"layer": layer, "n_params": n, "measured": float(m), "first_order": first,
-                         "second_order": second, "taylor": first + second,
+        g = gradient(model, loss_fn, batches, params=H.names, eval_mode=eval_mode)
+        g_of = dict(zip(H.names, torch.split(g, [params[n].numel() for n in H.names])))
+        for block, members in blocks.items():
+            view = H.restrict(list(members))
+            flat = torch.cat([delta[n].reshape(-1) for n in view.names]).double()
+            first = float(sum(float(g_of[n].double() @ delta[n].reshape(-1).double()) for n in members))
+            second = 0.5 * float(flat @ (view @ flat.to(g.dtype)).double())
+            tr = view.trace(max_matvecs=trace_matvecs, rtol=trace_rtol, seed=seed)
+            msq = float(flat.pow(2).mean())
+            rows.append({"layer": block, "n_params": int(flat.numel()), "measured": float(measured[block]),
+                         "first_order": first, "second_order": second, "taylor": first + second,
                          "trace_proxy": 0.5 * msq * tr.value, "trace_proxy_stderr": 0.5 * msq * tr.stderr,
                          "trace": tr.value, "trace_stderr": tr.stderr, "trace_converged": bool(tr.converged),
                          "delta_sq_mean": msq, "loss": float(base)})
-            offset += n
     out = pd.DataFrame(rows, columns=list(COLUMNS))
     if not all(math.isfinite(v) for v in out[["measured", "first_order", "second_order"]].to_numpy().ravel()):
-        raise SensitivityError("layer_damage: a loss, gradient or curvature came out non-finite; the quantized "
-                               "weights may be far outside the float model's range (check the quantizer)")
+        raise SensitivityError(f"{where}: a loss, gradient or curvature came out non-finite; the quantized "
+                               f"{what} may be far outside the float model's range (check the quantizer)")
     return out
